@@ -1,0 +1,509 @@
+"""CIFAR-10 for the tutorials: find it, download it, read it, and draw batches.
+
+The article's own `data_helpers.py` read the five training batches and the test
+batch with `pickle`, turned them into float64 and subtracted the mean training
+image. This module does the same (in float32, which halves the memory) and adds
+what a tool needs around it:
+
+* where the data is: an explicit `data_dir`, else `$CIFAR10_DIR`, else
+  `./cifar-10-batches-py` (where the article puts it), else a per-user cache
+  folder, where it is downloaded, md5-checked and extracted when absent;
+* validation of every file read, so a truncated or foreign file gives one
+  clear `DataError` naming it instead of a traceback;
+* the three ways the tutorials draw training batches: `random_batch` (part 1:
+  with replacement, fed through `feed_dict`), `gen_batch` (part 2: shuffled
+  epochs without replacement) and `InGraphSampler` (the training set held once
+  in device memory, batches drawn inside the graph).
+
+The official batches are Python pickles, and unpickling can run arbitrary code:
+only ever point this module at the dataset's own files.
+"""
+
+import argparse
+import hashlib
+import os
+import pickle
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
+CIFAR10_MD5 = 'c58f30108f718f92721af3b95e74349a'
+CIFAR10_FOLDER = 'cifar-10-batches-py'
+TRAIN_BATCHES = ['data_batch_%d' % i for i in range(1, 6)]
+TEST_BATCH = 'test_batch'
+# The article's short class names (batches.meta has 'airplane', 'automobile').
+CLASSES = ['plane', 'car', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
+           'ship', 'truck']
+IMAGE_PIXELS = 32 * 32 * 3
+
+
+class DataError(Exception):
+    """A data set that is missing, corrupt or cannot be fetched.
+
+    Its message is one line that names the file or URL and says what to do;
+    the scripts print it without a traceback.
+    """
+
+
+# -----------------------------------------------------------------------------
+# Where the data is
+# -----------------------------------------------------------------------------
+
+def cache_dir():
+    """The per-user folder where downloads go: $XDG_CACHE_HOME or ~/.cache."""
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
+        os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'tf-image-recognition')
+
+
+def _holds_cifar10(folder):
+    return all(os.path.isfile(os.path.join(folder, name))
+               for name in TRAIN_BATCHES + [TEST_BATCH])
+
+
+def _batches_folder(folder):
+    """`folder` itself if it holds the batches, else its cifar-10-batches-py."""
+    for candidate in (folder, os.path.join(folder, CIFAR10_FOLDER)):
+        if _holds_cifar10(candidate):
+            return candidate
+    return None
+
+
+def _place_by_hand(folder):
+    return ('download %s by hand, check its md5 (%s), extract it so that %s '
+            'holds data_batch_1..5 and test_batch, or point $CIFAR10_DIR or '
+            '--data-dir at an existing copy'
+            % (CIFAR10_URL, CIFAR10_MD5, os.path.join(folder, CIFAR10_FOLDER)))
+
+
+def find_cifar10(data_dir=None, download=True):
+    """Returns the folder that holds the CIFAR-10 batches, downloading if needed.
+
+    Args:
+      data_dir: a `cifar-10-batches-py` folder or a folder containing one. When
+        given (or when $CIFAR10_DIR is set) it must hold the data: nothing is
+        downloaded into a folder the user named.
+      download: whether to download into the per-user cache when no copy is found.
+
+    Returns:
+      The path of the folder holding data_batch_1..5 and test_batch.
+
+    Raises:
+      DataError: the data is not where it was said to be, or cannot be fetched.
+    """
+    named = data_dir or os.environ.get('CIFAR10_DIR')
+    if named:
+        found = _batches_folder(named)
+        if found is None:
+            source = '--data-dir' if data_dir else '$CIFAR10_DIR'
+            raise DataError('%s %s holds no CIFAR-10 batches (data_batch_1..5, '
+                            'test_batch); fix the path, or unset it to use '
+                            'the download in %s' % (source, named, cache_dir()))
+        return found
+    for folder in (os.getcwd(), cache_dir()):
+        found = _batches_folder(folder)
+        if found is not None:
+            return found
+    if not download:
+        raise DataError('CIFAR-10 not found in ./%s or %s; %s'
+                        % (CIFAR10_FOLDER, cache_dir(), _place_by_hand(cache_dir())))
+    return download_and_extract(CIFAR10_URL, CIFAR10_MD5, cache_dir(), CIFAR10_FOLDER)
+
+
+# -----------------------------------------------------------------------------
+# Download: temporary names throughout, so an interrupted run leaves nothing
+# half-written behind
+# -----------------------------------------------------------------------------
+
+def _progress(name, done, total):
+    if total:
+        text = '\rDownloading %s: %3d%% (%.1f of %.1f MB)' % (
+            name, 100 * done // total, done / 1e6, total / 1e6)
+    else:
+        text = '\rDownloading %s: %.1f MB' % (name, done / 1e6)
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def download(url, md5, path, timeout=30):
+    """Downloads `url` to `path`, showing progress, and checks its md5.
+
+    The bytes go to a temporary file beside `path` that is renamed only once
+    the md5 matches; on any failure it is removed.
+
+    Raises:
+      DataError: the server cannot be reached or the md5 does not match.
+    """
+    folder = os.path.dirname(path) or '.'
+    os.makedirs(folder, exist_ok=True)
+    name = os.path.basename(path)
+    fd, partial = tempfile.mkstemp(prefix='.' + name + '.', suffix='.part', dir=folder)
+    digest = hashlib.md5()
+    try:
+        with os.fdopen(fd, 'wb') as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    total = int(response.headers.get('Content-Length') or 0)
+                    done = 0
+                    while True:
+                        chunk = response.read(1 << 20)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        digest.update(chunk)
+                        done += len(chunk)
+                        _progress(name, done, total)
+                sys.stderr.write('\n')
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                reason = getattr(e, 'reason', None) or e
+                raise DataError('cannot download %s (%s)' % (url, reason)) from None
+        if digest.hexdigest() != md5:
+            raise DataError('%s downloaded with md5 %s, expected %s: the file is '
+                            'damaged or not the official one'
+                            % (url, digest.hexdigest(), md5))
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return path
+
+
+def safe_extract(archive, target):
+    """Extracts a tar archive into `target`, refusing members that would land
+    outside it (absolute paths, `..`, links pointing out, devices).
+
+    Raises:
+      DataError: the archive is unreadable or holds an unsafe member.
+    """
+    root = os.path.realpath(target)
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for member in members:
+                dest = os.path.realpath(os.path.join(root, member.name))
+                unsafe = os.path.commonpath([root, dest]) != root
+                if member.islnk() or member.issym():
+                    link = os.path.realpath(os.path.join(
+                        root if member.islnk() else os.path.dirname(dest),
+                        member.linkname))
+                    unsafe = unsafe or os.path.commonpath([root, link]) != root
+                if unsafe or member.isdev():
+                    raise DataError('%s: refusing to extract member %r, which '
+                                    'would land outside %s'
+                                    % (archive, member.name, target))
+            if hasattr(tarfile, 'data_filter'):   # Python >= 3.11.4
+                tar.extractall(target, members=members, filter='data')
+            else:
+                tar.extractall(target, members=members)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError('%s is not a readable tar archive (%s); delete it and '
+                        'download again' % (archive, e)) from None
+
+
+def download_and_extract(url, md5, folder, member):
+    """Downloads and extracts an archive so that `folder/member` appears whole.
+
+    Returns:
+      The path `folder/member`.
+    """
+    os.makedirs(folder, exist_ok=True)
+    work = tempfile.mkdtemp(prefix='.download-', dir=folder)
+    try:
+        archive = download(url, md5, os.path.join(work, os.path.basename(url)))
+        unpacked = os.path.join(work, 'unpacked')
+        safe_extract(archive, unpacked)
+        if not os.path.isdir(os.path.join(unpacked, member)):
+            raise DataError('%s holds no %s/ folder' % (url, member))
+        final = os.path.join(folder, member)
+        os.replace(os.path.join(unpacked, member), final)
+        return final
+    except DataError as e:
+        raise DataError('%s; %s' % (e, _place_by_hand(folder))) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -----------------------------------------------------------------------------
+# Reading the batches
+# -----------------------------------------------------------------------------
+
+def _unpickle(filename):
+    """Loads one Python-2 pickle with str keys, whatever the encoding gave."""
+    try:
+        with open(filename, 'rb') as f:
+            # latin1 turns the Python-2 str keys into str and leaves numpy's
+            # uint8 buffers as they were; bytes keys are turned into str below.
+            content = pickle.load(f, encoding='latin1')
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError,
+            AttributeError, ImportError, IndexError, KeyError, MemoryError) as e:
+        raise DataError('%s is truncated or not a CIFAR-10 batch (%s: %s); '
+                        'delete it and download or place it again'
+                        % (filename, type(e).__name__, e)) from None
+    except OSError as e:
+        raise DataError('cannot read %s (%s)' % (filename, e.strerror or e)) from None
+    if not isinstance(content, dict):
+        raise DataError('%s is not a CIFAR-10 batch (it holds a %s, not a dict)'
+                        % (filename, type(content).__name__))
+    return {k.decode('latin1') if isinstance(k, bytes) else k: v
+            for k, v in content.items()}
+
+
+def load_CIFAR10_batch(filename, expected_count=None):
+    """Loads one CIFAR-10 batch file, as the article's function of that name.
+
+    Args:
+      filename: path of data_batch_N or test_batch.
+      expected_count: the number of images the batch must hold, or None.
+
+    Returns:
+      (images uint8 [N, 3072], labels int64 [N]); each image row holds the
+      1024 red, then 1024 green, then 1024 blue values.
+
+    Raises:
+      DataError: the file is missing, truncated or not a CIFAR-10 batch.
+    """
+    batch = _unpickle(filename)
+    missing = [key for key in ('data', 'labels') if key not in batch]
+    if missing:
+        raise DataError('%s is not a CIFAR-10 batch: it has no %s'
+                        % (filename, ' or '.join(repr(k) for k in missing)))
+    images, labels = batch['data'], np.asarray(batch['labels'])
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8
+            and images.ndim == 2 and images.shape[1] == IMAGE_PIXELS):
+        found = ('%s %s' % (images.dtype, images.shape) if isinstance(images, np.ndarray)
+                 else type(images).__name__)
+        raise DataError('%s is not a CIFAR-10 batch: data is %s, expected uint8 '
+                        '(N, 3072)' % (filename, found))
+    if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError('%s is not a CIFAR-10 batch: %d images but labels of shape %s'
+                        % (filename, images.shape[0], labels.shape))
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError('%s is not a CIFAR-10 batch: labels outside 0..9' % filename)
+    if expected_count is not None and images.shape[0] != expected_count:
+        raise DataError('%s holds %d images, expected %d: the file is truncated'
+                        % (filename, images.shape[0], expected_count))
+    return images, labels.astype(np.int64)
+
+
+def _images_per_batch(folder):
+    """num_cases_per_batch from batches.meta (10000 in the official set)."""
+    meta_file = os.path.join(folder, 'batches.meta')
+    if not os.path.exists(meta_file):
+        return None
+    meta = _unpickle(meta_file)
+    count = meta.get('num_cases_per_batch')
+    if not isinstance(count, int) or count <= 0:
+        raise DataError('%s is not CIFAR-10 metadata: no num_cases_per_batch' % meta_file)
+    return count
+
+
+def load_raw(data_dir=None):
+    """Reads the six batches as stored, without normalising.
+
+    Returns:
+      (images_train uint8 [50000, 3072], labels_train int64 [50000],
+       images_test uint8 [10000, 3072], labels_test int64 [10000]).
+    """
+    folder = find_cifar10(data_dir)
+    count = _images_per_batch(folder)
+    train = [load_CIFAR10_batch(os.path.join(folder, name), count)
+             for name in TRAIN_BATCHES]
+    images_test, labels_test = load_CIFAR10_batch(
+        os.path.join(folder, TEST_BATCH), count)
+    images_train = np.concatenate([images for images, _ in train])
+    labels_train = np.concatenate([labels for _, labels in train])
+    return images_train, labels_train, images_test, labels_test
+
+
+def to_nhwc(images):
+    """[N, 3072] rows of R, G, B planes -> [N, 32, 32, 3] (a view, no copy)."""
+    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def load_data(data_dir=None, normalization='mean', layout='flat'):
+    """Loads CIFAR-10 as the article's `load_data()` does, in float32.
+
+    Args:
+      data_dir: where the batches are (see `find_cifar10`); None searches and,
+        failing that, downloads.
+      normalization: 'mean' subtracts the mean training image from raw 0..255
+        pixel values, as the article does; 'scale' divides by 255 so pixels lie
+        in [0, 1], as the Keras-style tutorials do.
+      layout: 'flat' gives images as [N, 3072] rows (R, G, B planes), 'nhwc'
+        as [N, 32, 32, 3] arrays for convolutions.
+
+    Returns:
+      The article's dict: images_train (50000, 3072) float32, labels_train
+      (50000,) int64, images_test (10000, 3072) float32, labels_test (10000,)
+      int64, classes (10 names).
+
+    Raises:
+      DataError: the data is missing, corrupt or cannot be fetched.
+    """
+    if normalization not in ('mean', 'scale'):
+        raise ValueError("normalization must be 'mean' or 'scale', not %r" % normalization)
+    if layout not in ('flat', 'nhwc'):
+        raise ValueError("layout must be 'flat' or 'nhwc', not %r" % layout)
+    images_train, labels_train, images_test, labels_test = load_raw(data_dir)
+
+    if normalization == 'mean':
+        # Normalize data: subtract the mean training image, as the article does.
+        offset = np.mean(images_train, axis=0, dtype=np.float64).astype(np.float32)
+        scale = np.float32(1)
+    else:
+        offset, scale = np.float32(0), np.float32(1 / 255)
+    if layout == 'nhwc':
+        images_train, images_test = to_nhwc(images_train), to_nhwc(images_test)
+        offset = to_nhwc(offset) if np.ndim(offset) else offset
+
+    def normalize(images):
+        # One pass from uint8 into a new float32 array: no float64 copy.
+        result = np.subtract(images, offset, dtype=np.float32, order='C')
+        if scale != 1:
+            result *= scale
+        return result
+
+    return {
+        'images_train': normalize(images_train),
+        'labels_train': labels_train,
+        'images_test': normalize(images_test),
+        'labels_test': labels_test,
+        'classes': list(CLASSES),
+    }
+
+
+# -----------------------------------------------------------------------------
+# Drawing batches
+# -----------------------------------------------------------------------------
+
+def random_batch(images, labels, batch_size, rng=np.random):
+    """Part 1's batch: `batch_size` indices drawn uniformly, with replacement.
+
+    Args:
+      images, labels: the training set.
+      batch_size: images per batch.
+      rng: a numpy Generator or RandomState (np.random by default, as the article).
+
+    Returns:
+      (images_batch, labels_batch), copies of the chosen rows.
+    """
+    if hasattr(rng, 'integers'):
+        indices = rng.integers(0, images.shape[0], batch_size)
+    else:
+        indices = rng.choice(images.shape[0], batch_size)
+    return images[indices], labels[indices]
+
+
+def gen_batch(images, labels, batch_size, num_iter, rng=np.random):
+    """Part 2's batch generator: shuffled epochs, consecutive batches.
+
+    Every epoch takes a fresh permutation and yields consecutive, disjoint
+    batches of it; a remainder smaller than `batch_size` is dropped, so no
+    image repeats within an epoch. (The original zipped images and labels into
+    one numpy array of pairs, which numpy 2 refuses; indices do the same job.)
+
+    Args:
+      images, labels: the training set.
+      batch_size: images per batch (at most the number of images).
+      num_iter: number of batches to yield.
+      rng: a numpy Generator or RandomState.
+
+    Yields:
+      (images_batch, labels_batch).
+    """
+    count = images.shape[0]
+    if not 0 < batch_size <= count:
+        raise ValueError('batch_size must be in 1..%d, not %d' % (count, batch_size))
+    position, order = count, None
+    for _ in range(num_iter):
+        if position + batch_size > count:
+            order, position = rng.permutation(count), 0
+        indices = order[position:position + batch_size]
+        position += batch_size
+        yield images[indices], labels[indices]
+
+
+def default_device():
+    """'/gpu:0' when TensorFlow sees a GPU, else '/cpu:0'."""
+    import tensorflow as tf
+    return '/gpu:0' if tf.config.list_physical_devices('GPU') else '/cpu:0'
+
+
+class InGraphSampler:
+    """The training set held once in device memory; batches drawn in the graph.
+
+    The arrays enter the graph as non-trainable variables initialised from a
+    placeholder (a graph constant would copy 600 MB into the GraphDef). Each
+    `session.run` that needs `images` draws `batch_size` indices with
+    `tf.random.uniform` (with replacement, as part 1 does) and gathers them,
+    so no batch is copied from Python. Pair the outputs with
+    `tf.placeholder_with_default` so the same graph can still be fed.
+
+    Call `initialize(session)` once, after the global variables initializer.
+    """
+
+    def __init__(self, images, labels, batch_size, seed=None, device=None):
+        import tensorflow.compat.v1 as tf
+        self._images, self._labels = images, labels
+        with tf.device(device or default_device()), tf.name_scope('in_graph_sampler'):
+            self._images_init = tf.placeholder(images.dtype, images.shape, name='images_init')
+            self._labels_init = tf.placeholder(labels.dtype, labels.shape, name='labels_init')
+            # collections=[]: not part of global_variables_initializer (which
+            # would need the feed) nor of the checkpoints.
+            images_var = tf.Variable(self._images_init, trainable=False,
+                                     collections=[], name='train_images')
+            labels_var = tf.Variable(self._labels_init, trainable=False,
+                                     collections=[], name='train_labels')
+            self._initializers = [images_var.initializer, labels_var.initializer]
+            indices = tf.random.uniform([batch_size], 0, images.shape[0],
+                                        dtype=tf.int64, seed=seed)
+            self.images = tf.gather(images_var, indices, name='images_batch')
+            self.labels = tf.gather(labels_var, indices, name='labels_batch')
+
+    def initialize(self, session):
+        """Copies the training set into the graph's variables, once."""
+        session.run(self._initializers, feed_dict={
+            self._images_init: self._images, self._labels_init: self._labels})
+
+
+# -----------------------------------------------------------------------------
+# Command-line plumbing shared by the scripts
+# -----------------------------------------------------------------------------
+
+def positive_int(text):
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not an integer' % text) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError('must be > 0, not %s' % text)
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not a number' % text) from None
+    if not 0 < value < float('inf'):
+        raise argparse.ArgumentTypeError('must be a finite number > 0, not %s' % text)
+    return value
+
+
+def exit_on_data_error(main, args):
+    """Runs main(args); a DataError or Ctrl-C ends the program with one line."""
+    program = os.path.basename(sys.argv[0])
+    try:
+        return main(args)
+    except DataError as e:
+        sys.exit('%s: error: %s' % (program, e))
+    except KeyboardInterrupt:
+        sys.exit('%s: interrupted' % program)

@@ -1,0 +1,154 @@
+"""A softmax classifier for CIFAR-10, step by step as the article builds it.
+
+Wolfgang Beyer, "How to Build a Simple Image Recognition System with
+TensorFlow" (part 1): 3072 pixel values in, 10 class scores out, one weight
+per pixel and class, trained by gradient descent on random batches. The
+article reports a test accuracy of 0.3066 (25-31% from run to run).
+
+    python softmax.py                      # the article's run
+    python softmax.py --seed 1             # the same printed lines every time
+    python softmax.py --sampler graph      # batches drawn inside the graph
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import data_helpers  # noqa: E402
+
+tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Softmax classifier on CIFAR-10 (the article, part 1).')
+    parser.add_argument('--batch-size', type=data_helpers.positive_int, default=100,
+                        help='images per training step (default: 100)')
+    parser.add_argument('--learning-rate', type=data_helpers.positive_float, default=0.005,
+                        help='gradient descent step size (default: 0.005)')
+    parser.add_argument('--max-steps', type=data_helpers.positive_int, default=1000,
+                        help='training steps (default: 1000)')
+    parser.add_argument('--seed', type=int, default=None,
+                        help='seed for batches and TensorFlow; the same seed '
+                             'prints the same lines (default: random)')
+    parser.add_argument('--data-dir', default=None,
+                        help='folder holding cifar-10-batches-py (default: '
+                             '$CIFAR10_DIR, ./cifar-10-batches-py, or a download '
+                             'into ~/.cache/tf-image-recognition)')
+    parser.add_argument('--sampler', choices=['feed', 'graph'], default='feed',
+                        help="'feed': numpy batches through feed_dict, as the "
+                             "article; 'graph': the training set kept in device "
+                             "memory and batches drawn in the graph (default: feed)")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    beginTime = time.time()
+
+    # Parameter definitions
+    batch_size = args.batch_size
+    learning_rate = args.learning_rate
+    max_steps = args.max_steps
+
+    # Setting a seed removes randomness: you'll get exactly the same result on
+    # each run.
+    # (A fresh graph each call, so that the seed means the same in every run.)
+    tf.reset_default_graph()
+    rng = np.random.default_rng(args.seed)
+    tf.set_random_seed(args.seed)
+
+    # Prepare data
+    data_sets = data_helpers.load_data(args.data_dir)
+
+    # -------------------------------------------------------------------------
+    # Prepare the TensorFlow graph
+    # (We're only defining the graph here, no actual calculations taking place)
+    # -------------------------------------------------------------------------
+
+    # Define input placeholders. With --sampler graph the placeholders default
+    # to batches drawn inside the graph, so training steps need no feed; the
+    # test set is still fed in through the same placeholders.
+    if args.sampler == 'graph':
+        sampler = data_helpers.InGraphSampler(
+            data_sets['images_train'], data_sets['labels_train'], batch_size)
+        images_placeholder = tf.placeholder_with_default(sampler.images, shape=[None, 3072])
+        labels_placeholder = tf.placeholder_with_default(sampler.labels, shape=[None])
+    else:
+        images_placeholder = tf.placeholder(tf.float32, shape=[None, 3072])
+        labels_placeholder = tf.placeholder(tf.int64, shape=[None])
+
+    # Define variables (these are the values we want to optimize)
+    weights = tf.Variable(tf.zeros([3072, 10]))
+    biases = tf.Variable(tf.zeros([10]))
+
+    # Define the classifier's result
+    logits = tf.matmul(images_placeholder, weights) + biases
+
+    # Define the loss function
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        logits=logits, labels=labels_placeholder))
+
+    # Define the training operation
+    train_step = tf.train.GradientDescentOptimizer(learning_rate).minimize(loss)
+
+    # Operation comparing prediction with true label
+    correct_prediction = tf.equal(tf.argmax(logits, 1), labels_placeholder)
+
+    # Operation calculating the accuracy of our predictions
+    accuracy = tf.reduce_mean(tf.cast(correct_prediction, tf.float32))
+
+    # -------------------------------------------------------------------------
+    # Run the TensorFlow graph
+    # -------------------------------------------------------------------------
+
+    with tf.Session() as sess:
+        # Initialize variables
+        sess.run(tf.global_variables_initializer())
+        if args.sampler == 'graph':
+            sampler.initialize(sess)
+
+        # Repeat max_steps times
+        for i in range(max_steps):
+
+            # Generate input data batch. The graph sampler draws its own batch
+            # in every step; on print steps we fetch one so that accuracy and
+            # training see the same images, as in the article.
+            if args.sampler == 'feed':
+                images_batch, labels_batch = data_helpers.random_batch(
+                    data_sets['images_train'], data_sets['labels_train'],
+                    batch_size, rng)
+                feed = {images_placeholder: images_batch,
+                        labels_placeholder: labels_batch}
+            elif i % 100 == 0:
+                images_batch, labels_batch = sess.run([sampler.images, sampler.labels])
+                feed = {images_placeholder: images_batch,
+                        labels_placeholder: labels_batch}
+            else:
+                feed = None
+
+            # Periodically print out the model's current accuracy
+            if i % 100 == 0:
+                train_accuracy = sess.run(accuracy, feed_dict=feed)
+                print('Step {:5d}: training accuracy {:g}'.format(i, train_accuracy))
+
+            # Perform a single training step
+            sess.run(train_step, feed_dict=feed)
+
+        # After finishing the training, evaluate on the test set
+        test_accuracy = sess.run(accuracy, feed_dict={
+            images_placeholder: data_sets['images_test'],
+            labels_placeholder: data_sets['labels_test']})
+        print('Test accuracy {:g}'.format(test_accuracy))
+
+    endTime = time.time()
+    print('Total time: {:5.2f}s'.format(endTime - beginTime))
+    return test_accuracy
+
+
+if __name__ == '__main__':
+    data_helpers.exit_on_data_error(main, parse_args())
