@@ -76,11 +76,13 @@ def main(args):
     if args.sampler == 'graph':
         sampler = data_helpers.InGraphSampler(
             data_sets['images_train'], data_sets['labels_train'], batch_size)
-        images_placeholder = tf.placeholder_with_default(sampler.images, shape=[None, 3072])
-        labels_placeholder = tf.placeholder_with_default(sampler.labels, shape=[None])
+        images_placeholder = tf.placeholder_with_default(
+            sampler.images, shape=[None, 3072], name='images')
+        labels_placeholder = tf.placeholder_with_default(
+            sampler.labels, shape=[None], name='labels')
     else:
-        images_placeholder = tf.placeholder(tf.float32, shape=[None, 3072])
-        labels_placeholder = tf.placeholder(tf.int64, shape=[None])
+        images_placeholder = tf.placeholder(tf.float32, shape=[None, 3072], name='images')
+        labels_placeholder = tf.placeholder(tf.int64, shape=[None], name='labels')
 
     # Define variables (these are the values we want to optimize)
     weights = tf.Variable(tf.zeros([3072, 10]))
@@ -91,16 +93,17 @@ def main(args):
 
     # Define the loss function
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        logits=logits, labels=labels_placeholder))
+        logits=logits, labels=labels_placeholder), name='loss')
 
     # Define the training operation
-    train_step = tf.train.GradientDescentOptimizer(learning_rate).minimize(loss)
+    train_step = tf.train.GradientDescentOptimizer(learning_rate).minimize(
+        loss, name='train_step')
 
     # Operation comparing prediction with true label
     correct_prediction = tf.equal(tf.argmax(logits, 1), labels_placeholder)
 
     # Operation calculating the accuracy of our predictions
-    accuracy = tf.reduce_mean(tf.cast(correct_prediction, tf.float32))
+    accuracy = tf.reduce_mean(tf.cast(correct_prediction, tf.float32), name='accuracy')
 
     # -------------------------------------------------------------------------
     # Run the TensorFlow graph

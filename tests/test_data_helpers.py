@@ -1,0 +1,291 @@
+"""data_helpers: reading, validation, download, extraction and the samplers."""
+
+import argparse
+import hashlib
+import io
+import os
+import pickle
+import socket
+import tarfile
+
+import numpy as np
+import pytest
+
+import data_helpers
+from conftest import IMAGES_PER_BATCH, make_tarball, write_fake_cifar10
+
+TRAIN = 5 * IMAGES_PER_BATCH
+TEST = IMAGES_PER_BATCH
+
+
+# --- load_data ---------------------------------------------------------------
+
+@pytest.mark.parametrize('keys', ['str', 'bytes'])
+def test_load_data_shapes_dtypes_and_mean_subtraction(tmp_path, keys):
+    folder = write_fake_cifar10(str(tmp_path / 'c' / 'cifar-10-batches-py'), keys=keys)
+    raw_train, _, raw_test, _ = data_helpers.load_raw(folder)
+    data = data_helpers.load_data(folder)
+
+    assert data['images_train'].shape == (TRAIN, 3072)
+    assert data['images_test'].shape == (TEST, 3072)
+    assert data['labels_train'].shape == (TRAIN,)
+    assert data['labels_test'].shape == (TEST,)
+    assert data['images_train'].dtype == np.float32
+    assert data['labels_train'].dtype == np.int64
+    assert data['classes'] == ['plane', 'car', 'bird', 'cat', 'deer', 'dog',
+                               'frog', 'horse', 'ship', 'truck']
+    # The mean training image is subtracted from both sets.
+    mean_image = raw_train.mean(axis=0)
+    np.testing.assert_allclose(data['images_train'].mean(axis=0), 0, atol=1e-3)
+    np.testing.assert_allclose(data['images_test'], raw_test - mean_image, atol=1e-3)
+
+
+def test_load_data_finds_the_parent_folder_too(fake_cifar10):
+    data = data_helpers.load_data(os.path.dirname(fake_cifar10))
+    assert data['images_train'].shape == (TRAIN, 3072)
+
+
+def test_scaled_and_nhwc_layouts(fake_cifar10):
+    raw_train, labels, _, _ = data_helpers.load_raw(fake_cifar10)
+    data = data_helpers.load_data(fake_cifar10, normalization='scale', layout='nhwc')
+    images = data['images_train']
+    assert images.shape == (TRAIN, 32, 32, 3) and images.dtype == np.float32
+    assert images.flags['C_CONTIGUOUS']
+    assert 0 <= images.min() and images.max() <= 1
+    # Row layout is 1024 red, 1024 green, 1024 blue values, rows top to bottom.
+    np.testing.assert_allclose(images[3, 0, 1, 0], raw_train[3, 1] / 255, rtol=1e-6)
+    np.testing.assert_allclose(images[3, 2, 5, 1], raw_train[3, 1024 + 2 * 32 + 5] / 255,
+                               rtol=1e-6)
+    np.testing.assert_allclose(images[3, 31, 31, 2], raw_train[3, 3071] / 255, rtol=1e-6)
+    # Pixel 0 carries the label in the fake data: images and labels stay paired.
+    np.testing.assert_array_equal(np.round(images[:, 0, 0, 0] * 255 / 20), labels)
+
+
+def test_environment_variable_and_working_directory(fake_cifar10, monkeypatch, tmp_path):
+    monkeypatch.setenv('CIFAR10_DIR', fake_cifar10)
+    assert data_helpers.find_cifar10() == fake_cifar10
+    monkeypatch.delenv('CIFAR10_DIR')
+    monkeypatch.chdir(os.path.dirname(fake_cifar10))   # ./cifar-10-batches-py
+    assert os.path.samefile(data_helpers.find_cifar10(download=False), fake_cifar10)
+
+
+def test_named_folder_without_data_is_an_error(tmp_path, monkeypatch):
+    with pytest.raises(data_helpers.DataError, match='--data-dir .*empty holds no CIFAR-10'):
+        data_helpers.find_cifar10(str(tmp_path / 'empty'))
+    monkeypatch.setenv('CIFAR10_DIR', str(tmp_path / 'nowhere'))
+    with pytest.raises(data_helpers.DataError, match=r'\$CIFAR10_DIR'):
+        data_helpers.find_cifar10()
+
+
+def test_truncated_batch_names_the_file(fake_cifar10):
+    path = os.path.join(fake_cifar10, 'data_batch_3')
+    with open(path, 'rb') as f:
+        content = f.read()
+    with open(path, 'wb') as f:
+        f.write(content[:len(content) // 2])
+    with pytest.raises(data_helpers.DataError, match='data_batch_3 is truncated'):
+        data_helpers.load_data(fake_cifar10)
+
+
+@pytest.mark.parametrize('content, message', [
+    (['not', 'a', 'dict'], 'holds a list'),
+    ({'labels': [0]}, "has no 'data'"),
+    ({'data': np.zeros((2, 100), np.uint8), 'labels': [0, 1]}, r'uint8 \(2, 100\)'),
+    ({'data': np.zeros((2, 3072), np.float64), 'labels': [0, 1]}, 'float64'),
+    ({'data': np.zeros((2, 3072), np.uint8), 'labels': [0]}, 'labels of shape'),
+    ({'data': np.zeros((2, 3072), np.uint8), 'labels': [0, 10]}, 'outside 0..9'),
+])
+def test_foreign_batch_names_the_file(fake_cifar10, content, message):
+    with open(os.path.join(fake_cifar10, 'test_batch'), 'wb') as f:
+        pickle.dump(content, f, protocol=2)
+    with pytest.raises(data_helpers.DataError, match='test_batch.*' + message):
+        data_helpers.load_data(fake_cifar10)
+
+
+def test_batch_with_too_few_images_is_caught(fake_cifar10):
+    path = os.path.join(fake_cifar10, 'data_batch_2')
+    with open(path, 'rb') as f:
+        batch = pickle.load(f)
+    batch['data'], batch['labels'] = batch['data'][:5], batch['labels'][:5]
+    with open(path, 'wb') as f:
+        pickle.dump(batch, f, protocol=2)
+    with pytest.raises(data_helpers.DataError, match='data_batch_2 holds 5 images, expected 30'):
+        data_helpers.load_data(fake_cifar10)
+
+
+# --- samplers ----------------------------------------------------------------
+
+@pytest.fixture
+def small_set():
+    images = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)
+    labels = np.arange(50) % 10
+    return images, labels
+
+
+def test_random_batch_shapes_pairing_and_seed(small_set):
+    images, labels = small_set
+    batch_images, batch_labels = data_helpers.random_batch(
+        images, labels, 64, np.random.default_rng(1))
+    assert batch_images.shape == (64, 4) and batch_labels.shape == (64,)
+    assert set(batch_labels) <= set(range(10))
+    np.testing.assert_array_equal(batch_images[:, 0] // 4 % 10, batch_labels)
+    again = data_helpers.random_batch(images, labels, 64, np.random.default_rng(1))
+    np.testing.assert_array_equal(again[0], batch_images)
+    # With replacement: 64 draws from 50 images must repeat some.
+    assert len(np.unique(batch_images[:, 0])) < 64
+
+
+def test_gen_batch_epochs_have_no_repeats(small_set):
+    images, labels = small_set
+    batches = list(data_helpers.gen_batch(images, labels, 8, 12, np.random.default_rng(0)))
+    assert len(batches) == 12
+    assert all(b[0].shape == (8, 4) and b[1].shape == (8,) for b in batches)
+    # 50 // 8 = 6 batches per epoch, the remainder dropped.
+    for epoch in (batches[:6], batches[6:]):
+        seen = np.concatenate([b[0][:, 0] for b in epoch])
+        assert len(np.unique(seen)) == len(seen) == 48
+    assert not np.array_equal(batches[0][0], batches[6][0])   # reshuffled
+    for batch_images, batch_labels in batches:
+        np.testing.assert_array_equal(batch_images[:, 0] // 4 % 10, batch_labels)
+    again = list(data_helpers.gen_batch(images, labels, 8, 12, np.random.default_rng(0)))
+    np.testing.assert_array_equal(again[7][0], batches[7][0])
+
+
+def test_gen_batch_refuses_batches_larger_than_the_set(small_set):
+    with pytest.raises(ValueError, match='batch_size'):
+        next(data_helpers.gen_batch(*small_set, 51, 1))
+
+
+def _in_graph_batches(images, labels, seed, draws=3):
+    import tensorflow.compat.v1 as tf
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(seed)
+        sampler = data_helpers.InGraphSampler(images, labels, 16)
+        with tf.Session() as sess:
+            sampler.initialize(sess)
+            return [sess.run([sampler.images, sampler.labels]) for _ in range(draws)], graph
+
+
+def test_in_graph_sampler_shapes_pairing_seed_and_small_graph(small_set):
+    images, labels = small_set
+    batches, _ = _in_graph_batches(images, labels, seed=5)
+    for batch_images, batch_labels in batches:
+        assert batch_images.shape == (16, 4) and batch_labels.shape == (16,)
+        assert batch_labels.min() >= 0 and batch_labels.max() <= 9
+        np.testing.assert_array_equal(batch_images[:, 0] // 4 % 10, batch_labels)
+    assert not np.array_equal(batches[0][0], batches[1][0])
+    again, _ = _in_graph_batches(images, labels, seed=5)
+    for (a, _), (b, _) in zip(batches, again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_in_graph_sampler_keeps_a_large_set_out_of_the_graph_def():
+    # The data enters through a placeholder, not as a constant in the GraphDef.
+    images = np.zeros((2000, 3072), np.float32)    # 24 MB
+    _, graph = _in_graph_batches(images, np.zeros(2000, np.int64), seed=1, draws=1)
+    assert graph.as_graph_def().ByteSize() < 100_000
+
+
+# --- download and extraction -------------------------------------------------
+
+@pytest.fixture
+def served_cifar10(http_server, tmp_path):
+    """(base_url, md5) of a tiny cifar-10-python.tar.gz on a local HTTP server."""
+    root, base_url = http_server
+    source = write_fake_cifar10(str(tmp_path / 'src' / 'cifar-10-batches-py'))
+    path = make_tarball(str(root / 'cifar-10-python.tar.gz'), source, 'cifar-10-batches-py')
+    with open(path, 'rb') as f:
+        md5 = hashlib.md5(f.read()).hexdigest()
+    return base_url + '/cifar-10-python.tar.gz', md5
+
+
+def test_download_extracts_and_loads(served_cifar10, tmp_path, capsys):
+    url, md5 = served_cifar10
+    folder = str(tmp_path / 'cache')
+    result = data_helpers.download_and_extract(url, md5, folder, 'cifar-10-batches-py')
+    assert result == os.path.join(folder, 'cifar-10-batches-py')
+    assert sorted(os.listdir(folder)) == ['cifar-10-batches-py']   # no leftovers
+    assert data_helpers.load_data(result)['images_train'].shape == (TRAIN, 3072)
+    assert '100%' in capsys.readouterr().err                       # progress shown
+
+
+def test_load_data_downloads_into_the_cache_when_nothing_is_found(
+        served_cifar10, monkeypatch, tmp_path):
+    url, md5 = served_cifar10
+    monkeypatch.setattr(data_helpers, 'CIFAR10_URL', url)
+    monkeypatch.setattr(data_helpers, 'CIFAR10_MD5', md5)
+    data = data_helpers.load_data()
+    assert data['images_test'].shape == (TEST, 3072)
+    cached = os.path.join(data_helpers.cache_dir(), 'cifar-10-batches-py')
+    assert cached.startswith(str(tmp_path)) and os.path.isdir(cached)
+
+
+def test_md5_mismatch_is_an_error_and_leaves_nothing(served_cifar10, tmp_path):
+    url, _ = served_cifar10
+    folder = tmp_path / 'cache'
+    with pytest.raises(data_helpers.DataError, match='md5 .* expected 0{32}.*by hand'):
+        data_helpers.download_and_extract(url, '0' * 32, str(folder), 'cifar-10-batches-py')
+    assert list(folder.iterdir()) == []
+
+
+def test_unreachable_server_is_one_clear_error(tmp_path):
+    with socket.socket() as s:              # a port nobody listens on
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    url = 'http://127.0.0.1:%d/cifar-10-python.tar.gz' % port
+    folder = tmp_path / 'cache'
+    with pytest.raises(data_helpers.DataError) as error:
+        data_helpers.download_and_extract(url, '0' * 32, str(folder), 'cifar-10-batches-py')
+    message = str(error.value)
+    assert 'cannot download ' + url in message and '\n' not in message
+    assert str(folder / 'cifar-10-batches-py') in message      # where to place it
+    assert list(folder.iterdir()) == []
+
+
+def _tar_with(path, member, link=None):
+    with tarfile.open(path, 'w:gz') as tar:
+        info = tarfile.TarInfo(member)
+        if link is not None:
+            info.type, info.linkname = tarfile.SYMTYPE, link
+            tar.addfile(info)
+        else:
+            info.size = 5
+            tar.addfile(info, io.BytesIO(b'hello'))
+    return path
+
+
+@pytest.mark.parametrize('member, link', [
+    ('../escaped.txt', None),
+    ('cifar-10-batches-py/../../escaped.txt', None),
+    ('/tmp/absolute.txt', None),
+    ('cifar-10-batches-py/link', '../../outside'),
+])
+def test_unsafe_tar_members_are_refused(tmp_path, member, link):
+    archive = _tar_with(str(tmp_path / 'evil.tar.gz'), member, link)
+    target = tmp_path / 'target'
+    with pytest.raises(data_helpers.DataError, match='refusing to extract'):
+        data_helpers.safe_extract(archive, str(target))
+    assert not (tmp_path / 'escaped.txt').exists()
+    assert not target.exists() or list(target.iterdir()) == []
+
+
+def test_corrupt_archive_is_one_clear_error(tmp_path):
+    archive = tmp_path / 'broken.tar.gz'
+    archive.write_bytes(b'\x1f\x8b not really gzip')
+    with pytest.raises(data_helpers.DataError, match='broken.tar.gz is not a readable tar'):
+        data_helpers.safe_extract(str(archive), str(tmp_path / 'target'))
+
+
+# --- command-line types ------------------------------------------------------
+
+@pytest.mark.parametrize('text', ['0', '-3', 'abc', '1.5'])
+def test_positive_int_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        data_helpers.positive_int(text)
+
+
+@pytest.mark.parametrize('text', ['0', '-0.1', 'nan', 'inf', 'x'])
+def test_positive_float_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        data_helpers.positive_float(text)
