@@ -131,7 +131,7 @@ def _progress(name, done, total):
     sys.stderr.flush()
 
 
-def download(url, md5, path, timeout=30):
+def download_file(url, md5, path, timeout=30):
     """Downloads `url` to `path`, showing progress, and checks its md5.
 
     The bytes go to a temporary file beside `path` that is renamed only once
@@ -215,7 +215,7 @@ def download_and_extract(url, md5, folder, member):
     os.makedirs(folder, exist_ok=True)
     work = tempfile.mkdtemp(prefix='.download-', dir=folder)
     try:
-        archive = download(url, md5, os.path.join(work, os.path.basename(url)))
+        archive = download_file(url, md5, os.path.join(work, os.path.basename(url)))
         unpacked = os.path.join(work, 'unpacked')
         safe_extract(archive, unpacked)
         if not os.path.isdir(os.path.join(unpacked, member)):
@@ -379,6 +379,145 @@ def load_data(data_dir=None, normalization='mean', layout='flat'):
 
 
 # -----------------------------------------------------------------------------
+# MNIST: the four official IDX files
+# -----------------------------------------------------------------------------
+
+# Yann LeCun's own site no longer serves the files reliably; these maintained
+# mirrors hold byte-identical copies, tried in order.
+MNIST_MIRRORS = ['https://storage.googleapis.com/cvdf-datasets/mnist/',
+                 'https://ossci-datasets.s3.amazonaws.com/mnist/']
+MNIST_FILES = {
+    'train-images-idx3-ubyte.gz': 'f68b3c2dcbeaaa9fbdd348bbdeb94873',
+    'train-labels-idx1-ubyte.gz': 'd53e105ee54ea40749a09fcbcd1e9432',
+    't10k-images-idx3-ubyte.gz': '9fb629c4189551a2d022fa330f9573f3',
+    't10k-labels-idx1-ubyte.gz': 'ec29112dd5afa0611ce80d1b7f02629c',
+}
+MNIST_VALIDATION_SIZE = 5000   # as TensorFlow's old input_data.read_data_sets
+
+
+def parse_idx(filename, expected_dims):
+    """Reads one IDX file (gzip-compressed or not) into a uint8 array.
+
+    The format: two zero bytes, a type byte (0x08 for unsigned bytes), the
+    number of dimensions, each dimension as a big-endian int32, then the data.
+
+    Args:
+      filename: path of the file.
+      expected_dims: the dimensions it must have; None in a position accepts
+        any size there.
+
+    Raises:
+      DataError: the file is unreadable, truncated or not of that shape.
+    """
+    import gzip
+    try:
+        with open(filename, 'rb') as f:
+            raw = f.read()
+        if raw[:2] == b'\x1f\x8b':
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError) as e:
+        raise DataError('cannot read %s (%s); delete it and download or place it '
+                        'again' % (filename, e)) from None
+    ndim = len(expected_dims)
+    if len(raw) < 4 or raw[:3] != b'\x00\x00\x08' or raw[3] != ndim:
+        raise DataError('%s is not an MNIST IDX file of unsigned bytes with %d '
+                        'dimensions (magic number %s); delete it and download or '
+                        'place it again' % (filename, ndim, raw[:4].hex()))
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError('%s is truncated (no complete header)' % filename)
+    dims = tuple(int(d) for d in np.frombuffer(raw, '>i4', ndim, 4))
+    if any(want is not None and want != got for want, got in zip(expected_dims, dims)):
+        raise DataError('%s has dimensions %s, expected %s' % (
+            filename, dims, tuple('any' if d is None else d for d in expected_dims)))
+    size = int(np.prod(dims))
+    if len(raw) != header + size:
+        raise DataError('%s holds %d data bytes, expected %d: the file is truncated '
+                        'or damaged' % (filename, len(raw) - header, size))
+    return np.frombuffer(raw, np.uint8, size, header).reshape(dims)
+
+
+def find_mnist(data_dir=None, download=True):
+    """Returns the folder holding the four MNIST files, downloading if needed.
+
+    Looks in `data_dir`, else $MNIST_DIR (either must hold the files), else
+    ./MNIST_data and the per-user cache; downloads into the cache otherwise.
+    """
+    names = list(MNIST_FILES)
+
+    def holds(folder):
+        return all(os.path.isfile(os.path.join(folder, n)) for n in names)
+
+    named = data_dir or os.environ.get('MNIST_DIR')
+    if named:
+        if not holds(named):
+            source = '--data-dir' if data_dir else '$MNIST_DIR'
+            raise DataError('%s %s does not hold the MNIST files (%s); fix the path, '
+                            'or unset it to use the download in %s'
+                            % (source, named, ', '.join(names), cache_dir()))
+        return named
+    cached = os.path.join(cache_dir(), 'mnist')
+    for folder in ('MNIST_data', cached):
+        if holds(folder):
+            return folder
+    if not download:
+        raise DataError('MNIST not found in ./MNIST_data or %s' % cached)
+    for name, md5 in MNIST_FILES.items():
+        path = os.path.join(cached, name)
+        if os.path.isfile(path):
+            continue
+        errors = []
+        for mirror in MNIST_MIRRORS:
+            try:
+                download_file(mirror + name, md5, path)
+                break
+            except DataError as e:
+                errors.append(str(e))
+        else:
+            raise DataError('%s; place the four files (%s) in %s by hand or point '
+                            '$MNIST_DIR or --data-dir at them'
+                            % ('; '.join(errors), ', '.join(names), cached))
+    return cached
+
+
+def load_mnist(data_dir=None):
+    """Loads MNIST as TensorFlow's old `input_data` did.
+
+    Returns:
+      A dict: images_train (55000, 784), images_validation (5000, 784) and
+      images_test (10000, 784), float32 pixels in [0, 1]; labels_* int64 in
+      0..9; classes ('0'..'9'). The validation images are the first 5000 of
+      the official training file.
+
+    Raises:
+      DataError: a file is missing, damaged or cannot be fetched.
+    """
+    folder = find_mnist(data_dir)
+    arrays = {}
+    for split, prefix in (('train', 'train'), ('test', 't10k')):
+        images = parse_idx(os.path.join(folder, prefix + '-images-idx3-ubyte.gz'),
+                           (None, 28, 28))
+        labels_file = os.path.join(folder, prefix + '-labels-idx1-ubyte.gz')
+        labels = parse_idx(labels_file, (len(images),))
+        if labels.size and labels.max() > 9:
+            raise DataError('%s holds labels outside 0..9' % labels_file)
+        arrays[split] = (np.multiply(images.reshape(len(images), 784), np.float32(1 / 255),
+                                     dtype=np.float32), labels.astype(np.int64))
+    if len(arrays['train'][0]) <= MNIST_VALIDATION_SIZE:
+        raise DataError('%s holds only %d training images; the official file has 60000'
+                        % (os.path.join(folder, 'train-images-idx3-ubyte.gz'),
+                           len(arrays['train'][0])))
+    (train_images, train_labels), (test_images, test_labels) = arrays['train'], arrays['test']
+    cut = MNIST_VALIDATION_SIZE
+    return {
+        'images_train': train_images[cut:], 'labels_train': train_labels[cut:],
+        'images_validation': train_images[:cut], 'labels_validation': train_labels[:cut],
+        'images_test': test_images, 'labels_test': test_labels,
+        'classes': [str(d) for d in range(10)],
+    }
+
+
+# -----------------------------------------------------------------------------
 # Drawing batches
 # -----------------------------------------------------------------------------
 
@@ -496,6 +635,15 @@ def positive_float(text):
     if not 0 < value < float('inf'):
         raise argparse.ArgumentTypeError('must be a finite number > 0, not %s' % text)
     return value
+
+
+def session_config():
+    """Session options for these small graphs: one op at a time, each using
+    every core. TensorFlow's default also runs independent ops side by side,
+    and on a machine with few cores they then fight over them (measured in
+    BENCHMARKS.md)."""
+    import tensorflow.compat.v1 as tf
+    return tf.ConfigProto(inter_op_parallelism_threads=1)
 
 
 def exit_on_data_error(main, args):
