@@ -321,6 +321,19 @@ def load_raw(data_dir=None):
     return images_train, labels_train, images_test, labels_test
 
 
+def aligned_empty(shape, dtype=np.float32, alignment=64):
+    """An uninitialised C-ordered array whose data starts on a 64-byte boundary.
+
+    TensorFlow uses a fed numpy array in place, without copying it, only when
+    its data is aligned like this; numpy's own large arrays are 16-byte aligned,
+    and a copy of the 600 MB training set costs seconds here (BENCHMARKS.md).
+    """
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
 def to_nhwc(images):
     """[N, 3072] rows of R, G, B planes -> [N, 32, 32, 3] (a view, no copy)."""
     return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -364,7 +377,8 @@ def load_data(data_dir=None, normalization='mean', layout='flat'):
 
     def normalize(images):
         # One pass from uint8 into a new float32 array: no float64 copy.
-        result = np.subtract(images, offset, dtype=np.float32, order='C')
+        result = aligned_empty(images.shape)
+        np.subtract(images, offset, out=result, dtype=np.float32)
         if scale != 1:
             result *= scale
         return result
@@ -501,8 +515,10 @@ def load_mnist(data_dir=None):
         labels = parse_idx(labels_file, (len(images),))
         if labels.size and labels.max() > 9:
             raise DataError('%s holds labels outside 0..9' % labels_file)
-        arrays[split] = (np.multiply(images.reshape(len(images), 784), np.float32(1 / 255),
-                                     dtype=np.float32), labels.astype(np.int64))
+        scaled = aligned_empty((len(images), 784))
+        np.multiply(images.reshape(len(images), 784), np.float32(1 / 255), out=scaled,
+                    dtype=np.float32)
+        arrays[split] = (scaled, labels.astype(np.int64))
     if len(arrays['train'][0]) <= MNIST_VALIDATION_SIZE:
         raise DataError('%s holds only %d training images; the official file has 60000'
                         % (os.path.join(folder, 'train-images-idx3-ubyte.gz'),
@@ -539,32 +555,42 @@ def random_batch(images, labels, batch_size, rng=np.random):
     return images[indices], labels[indices]
 
 
-def gen_batch(images, labels, batch_size, num_iter, rng=np.random):
-    """Part 2's batch generator: shuffled epochs, consecutive batches.
+def epoch_indices(count, batch_size, num_iter, rng=np.random):
+    """Indices of part 2's batches: shuffled epochs, consecutive batches.
 
-    Every epoch takes a fresh permutation and yields consecutive, disjoint
-    batches of it; a remainder smaller than `batch_size` is dropped, so no
-    image repeats within an epoch. (The original zipped images and labels into
-    one numpy array of pairs, which numpy 2 refuses; indices do the same job.)
+    Every epoch takes a fresh permutation of range(count) and yields
+    consecutive, disjoint slices of it; a remainder smaller than `batch_size`
+    is dropped, so no index repeats within an epoch.
 
     Args:
-      images, labels: the training set.
-      batch_size: images per batch (at most the number of images).
+      count: number of images in the training set.
+      batch_size: indices per batch (at most `count`).
       num_iter: number of batches to yield.
       rng: a numpy Generator or RandomState.
 
     Yields:
-      (images_batch, labels_batch).
+      int64 arrays of `batch_size` indices.
     """
-    count = images.shape[0]
     if not 0 < batch_size <= count:
         raise ValueError('batch_size must be in 1..%d, not %d' % (count, batch_size))
     position, order = count, None
     for _ in range(num_iter):
         if position + batch_size > count:
             order, position = rng.permutation(count), 0
-        indices = order[position:position + batch_size]
+        yield order[position:position + batch_size]
         position += batch_size
+
+
+def gen_batch(images, labels, batch_size, num_iter, rng=np.random):
+    """Part 2's batch generator: the batches of `epoch_indices`, as arrays.
+
+    (The original zipped images and labels into one numpy array of pairs,
+    which numpy 2 refuses; indices do the same job.)
+
+    Yields:
+      (images_batch, labels_batch).
+    """
+    for indices in epoch_indices(images.shape[0], batch_size, num_iter, rng):
         yield images[indices], labels[indices]
 
 
@@ -579,10 +605,12 @@ class InGraphSampler:
 
     The arrays enter the graph as non-trainable variables initialised from a
     placeholder (a graph constant would copy 600 MB into the GraphDef). Each
-    `session.run` that needs `images` draws `batch_size` indices with
-    `tf.random.uniform` (with replacement, as part 1 does) and gathers them,
-    so no batch is copied from Python. Pair the outputs with
-    `tf.placeholder_with_default` so the same graph can still be fed.
+    `session.run` that needs `images` gathers the rows named by `indices`:
+    by default `batch_size` indices drawn with `tf.random.uniform` (with
+    replacement, as part 1 does); feed `indices` from `epoch_indices` for part
+    2's shuffled epochs. Either way only indices, never images, cross from
+    Python per step. Pair the outputs with `tf.placeholder_with_default` so
+    the same graph can still be fed images directly.
 
     Call `initialize(session)` once, after the global variables initializer.
     """
@@ -600,10 +628,11 @@ class InGraphSampler:
             labels_var = tf.Variable(self._labels_init, trainable=False,
                                      collections=[], name='train_labels')
             self._initializers = [images_var.initializer, labels_var.initializer]
-            indices = tf.random.uniform([batch_size], 0, images.shape[0],
-                                        dtype=tf.int64, seed=seed)
-            self.images = tf.gather(images_var, indices, name='images_batch')
-            self.labels = tf.gather(labels_var, indices, name='labels_batch')
+            self.indices = tf.placeholder_with_default(
+                tf.random.uniform([batch_size], 0, images.shape[0], dtype=tf.int64,
+                                  seed=seed), shape=[None], name='indices')
+            self.images = tf.gather(images_var, self.indices, name='images_batch')
+            self.labels = tf.gather(labels_var, self.indices, name='labels_batch')
 
     def initialize(self, session):
         """Copies the training set into the graph's variables, once."""

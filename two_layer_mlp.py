@@ -294,9 +294,15 @@ def main(args):
     # (We're only defining the graph here, no actual calculations taking place)
     # -------------------------------------------------------------------------
 
-    # Define input placeholders
-    images_placeholder = tf.placeholder(tf.float32, shape=[None, image_pixels], name='images')
-    labels_placeholder = tf.placeholder(tf.int64, shape=[None], name='labels')
+    # Define input placeholders. By default they take training batches from
+    # the training set held in the graph (only the batch indices are fed each
+    # step); the test set is fed through the same placeholders.
+    sampler = data_helpers.InGraphSampler(data_sets['images_train'],
+                                          data_sets['labels_train'], args.batch_size)
+    images_placeholder = tf.placeholder_with_default(
+        sampler.images, shape=[None, image_pixels], name='images')
+    labels_placeholder = tf.placeholder_with_default(
+        sampler.labels, shape=[None], name='labels')
 
     # Operation for the classifier's result
     logits = inference(images_placeholder, image_pixels, args.hidden, CLASSES,
@@ -334,23 +340,22 @@ def main(args):
 
         # Initialize variables and create summary-writer
         sess.run(tf.global_variables_initializer())
+        sampler.initialize(sess)
         run_dir = new_run_dir(args.train_dir)
         summary_writer = tf.summary.FileWriter(run_dir, sess.graph)
         checkpoint_file = os.path.join(run_dir, 'model.ckpt')
 
         # Generate input data batches: shuffled epochs, without replacement
-        train_images, train_labels = data_sets['images_train'], data_sets['labels_train']
-        steps_per_epoch = len(train_images) // args.batch_size
+        train_count = len(data_sets['images_train'])
+        steps_per_epoch = train_count // args.batch_size
         max_steps = args.max_steps or args.epochs * steps_per_epoch
-        batches = data_helpers.gen_batch(train_images, train_labels, args.batch_size,
-                                         max_steps, rng)
+        batches = data_helpers.epoch_indices(train_count, args.batch_size, max_steps, rng)
         epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
 
         for i in range(max_steps):
 
             # Get next input data batch
-            images_batch, labels_batch = next(batches)
-            feed_dict = {images_placeholder: images_batch, labels_placeholder: labels_batch}
+            feed_dict = {sampler.indices: next(batches)}
 
             # Periodically print the model's current accuracy (step-counted
             # runs) and write summaries for TensorBoard

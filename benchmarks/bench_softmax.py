@@ -28,10 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def run_program(folder, extra):
+def run_program(folder, extra, script='softmax.py'):
     """One fresh process: (wall seconds, printed Total time, test accuracy)."""
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, 'softmax.py'] + extra, cwd=folder,
+    out = subprocess.run([sys.executable, script] + extra, cwd=folder,
                          capture_output=True, text=True, check=True).stdout
     wall = time.perf_counter() - start
     return (wall, float(re.search(r'Total time: *([0-9.]+)s', out).group(1)),

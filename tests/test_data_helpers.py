@@ -151,6 +151,20 @@ def test_gen_batch_epochs_have_no_repeats(small_set):
     np.testing.assert_array_equal(again[7][0], batches[7][0])
 
 
+def test_epoch_indices_match_gen_batch(small_set):
+    images, labels = small_set
+    indices = list(data_helpers.epoch_indices(50, 8, 12, np.random.default_rng(3)))
+    batches = list(data_helpers.gen_batch(images, labels, 8, 12, np.random.default_rng(3)))
+    for index, (batch_images, _) in zip(indices, batches):
+        np.testing.assert_array_equal(images[index], batch_images)
+
+
+def test_load_data_arrays_are_aligned_for_zero_copy_feeding(fake_cifar10):
+    data = data_helpers.load_data(fake_cifar10)
+    for key in ('images_train', 'images_test'):
+        assert data[key].ctypes.data % 64 == 0 and data[key].flags['C_CONTIGUOUS']
+
+
 def test_gen_batch_refuses_batches_larger_than_the_set(small_set):
     with pytest.raises(ValueError, match='batch_size'):
         next(data_helpers.gen_batch(*small_set, 51, 1))
@@ -178,6 +192,19 @@ def test_in_graph_sampler_shapes_pairing_seed_and_small_graph(small_set):
     again, _ = _in_graph_batches(images, labels, seed=5)
     for (a, _), (b, _) in zip(batches, again):
         np.testing.assert_array_equal(a, b)
+
+
+def test_in_graph_sampler_gathers_fed_indices(small_set):
+    import tensorflow.compat.v1 as tf
+    images, labels = small_set
+    with tf.Graph().as_default():
+        sampler = data_helpers.InGraphSampler(images, labels, 16)
+        with tf.Session() as sess:
+            sampler.initialize(sess)
+            got_images, got_labels = sess.run([sampler.images, sampler.labels],
+                                              {sampler.indices: [4, 0, 49]})
+    np.testing.assert_array_equal(got_images, images[[4, 0, 49]])
+    np.testing.assert_array_equal(got_labels, labels[[4, 0, 49]])
 
 
 def test_in_graph_sampler_keeps_a_large_set_out_of_the_graph_def():
