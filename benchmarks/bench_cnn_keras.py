@@ -1,0 +1,119 @@
+"""Training and inference speed of cnn.py's `batchnorm` model against the same
+model in tf.keras (`model.fit` / `model.predict`), in one process on this machine.
+
+    python benchmarks/bench_cnn_keras.py [--steps 60] [--repeats 3]
+
+Both train with batch 128 on the training set held in memory; inference runs
+over 10,000 images. Reported: images/second (median of --repeats timings
+after a warm-up), the ratio, and the fraction of the 2-core fp32 convolution
+ceiling (~425 GFLOP/s, the issue's figure) reached at about 1.23 GFLOP per
+training image (forward and backward). Set $CIFAR10_DIR first.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+GFLOP_PER_TRAINING_IMAGE = 1.23
+CEILING_GFLOPS = 425.0
+
+
+def keras_model():
+    import keras
+    from keras import layers
+    model = keras.Sequential([keras.Input((32, 32, 3))])
+    for filters, rate in [(64, 0.2), (128, 0.25), (128, 0.35)]:
+        for _ in range(2):
+            model.add(layers.Conv2D(filters, 4, padding='same', activation='relu'))
+            model.add(layers.BatchNormalization())
+        model.add(layers.MaxPooling2D())
+        model.add(layers.Dropout(rate))
+    model.add(layers.Flatten())
+    model.add(layers.Dense(256, activation='relu'))
+    model.add(layers.BatchNormalization())
+    model.add(layers.Dropout(0.5))
+    model.add(layers.Dense(10))
+    model.compile(optimizer=keras.optimizers.Adam(),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=['accuracy'])
+    return model
+
+
+def time_it(function, repeats):
+    function()                                   # warm-up: graph building, tracing
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--steps', type=int, default=60, help='training steps per timing')
+    parser.add_argument('--repeats', type=int, default=3)
+    args = parser.parse_args()
+    import data_helpers
+    data = data_helpers.load_data(normalization='scale', layout='nhwc')
+    x, y = data['images_train'][:40000], data['labels_train'][:40000]
+    x_test = data['images_test']
+    batch = 128
+    results = {}
+
+    # Graph mode: cnn.py's own graph and in-graph batches
+    import cnn
+    tf = cnn.tf
+    graph = tf.Graph()
+    with graph.as_default():
+        sampler = data_helpers.InGraphSampler(x, y, batch)
+        images = tf.placeholder_with_default(sampler.images, [None, 32, 32, 3])
+        training = tf.placeholder_with_default(False, [])
+        logits = cnn.inference(images, 'batchnorm', training)
+        loss = cnn.loss(logits, sampler.labels)
+        train_step = cnn.training(loss, 1e-3, 1e-7)
+        with tf.Session(config=data_helpers.session_config()) as sess:
+            sess.run(tf.global_variables_initializer())
+            sampler.initialize(sess)
+            rng = np.random.default_rng(0)
+            batches = data_helpers.epoch_indices(len(x), batch, 10 ** 9, rng)
+
+            def graph_train():
+                for _ in range(args.steps):
+                    sess.run(train_step, {sampler.indices: next(batches), training: True})
+
+            def graph_predict():
+                for start in range(0, len(x_test), 500):
+                    sess.run(logits, {images: x_test[start:start + 500]})
+
+            results['graph'] = (args.steps * batch / time_it(graph_train, args.repeats),
+                                len(x_test) / time_it(graph_predict, args.repeats))
+
+    # tf.keras: the same layers, fit and predict
+    model = keras_model()
+    steps_x, steps_y = x[:args.steps * batch], y[:args.steps * batch]
+    fit = lambda: model.fit(steps_x, steps_y, batch_size=batch, epochs=1, verbose=0)
+    predict = lambda: model.predict(x_test, batch_size=500, verbose=0)
+    results['keras'] = (args.steps * batch / time_it(fit, args.repeats),
+                        len(x_test) / time_it(predict, args.repeats))
+
+    print('model batchnorm: %d parameters (Keras count %d)'
+          % (1517450, model.count_params()))
+    for name, (train, infer) in results.items():
+        print('%-6s training %6.0f images/s (%5.1f GFLOP/s, %2.0f%% of ceiling)  '
+              'inference %6.0f images/s' % (name, train, train * GFLOP_PER_TRAINING_IMAGE,
+                                            100 * train * GFLOP_PER_TRAINING_IMAGE
+                                            / CEILING_GFLOPS, infer))
+    print('graph / keras: training %.2fx, inference %.2fx'
+          % (results['graph'][0] / results['keras'][0],
+             results['graph'][1] / results['keras'][1]))
+
+
+if __name__ == '__main__':
+    main()

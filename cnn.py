@@ -1,0 +1,461 @@
+"""Convolutional networks for CIFAR-10, as the CNN articles build them, in graph mode.
+
+* `--model augmented` (default): "Image Classification using Deep Neural
+  Networks", whose pre-processing comes from Hvass-Labs' CIFAR-10 tutorial.
+  Training images are randomly cropped to 24x24, flipped and colour-jittered
+  inside the graph; 3 conv layers (5x5; 64, 64, 128 filters; each followed by
+  2x2 max-pooling), 2 fully connected layers (256, 128), Adam 1e-4, batch 64,
+  150,000 steps. Article: 78.4% (the Hvass tutorial: 79.3% after 15 h on a
+  laptop CPU).
+* `--model small`: "Identifying images using the universal workflow of
+  machine learning": conv 16/32/64, dense 128, Adam, batch 128, 20 epochs,
+  the last 20% of the training set held out. Article: 68%.
+* `--model batchnorm`: the same article's batch-normalised net (1,517,450
+  parameters, dropout 0.2-0.5), Adam, batch 128, 20 epochs. Article: 83.18%.
+
+Each run writes to `--train-dir/<model>-<timestamp>/`: checkpoints every epoch
+(every `--log-every` steps for `augmented`), the history as JSON, the
+article's accuracy and loss curves, sample predictions, misclassified images,
+a confusion matrix and a per-class precision / recall / F1 table.
+
+    python cnn.py --model small                # about 10 minutes on 2 cores
+    python cnn.py --model batchnorm
+    python cnn.py --restore runs/small-...     # evaluate a saved run
+"""
+
+import argparse
+import datetime
+import json
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import data_helpers  # noqa: E402
+import reporting  # noqa: E402
+
+tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
+
+# Each model with the schedule of its article; flags override.
+MODELS = {
+    'augmented': dict(batch_size=64, learning_rate=1e-4, adam_epsilon=1e-8,
+                      epochs=None, max_steps=150_000, validation_split=0.0),
+    'small': dict(batch_size=128, learning_rate=1e-3, adam_epsilon=1e-7,
+                  epochs=20, max_steps=None, validation_split=0.2),
+    'batchnorm': dict(batch_size=128, learning_rate=1e-3, adam_epsilon=1e-7,
+                      epochs=20, max_steps=None, validation_split=0.2),
+}
+IMAGE_SIZE, CROP_SIZE, CHANNELS, CLASSES = 32, 24, 3, 10
+EVAL_BATCH_SIZE = 500
+
+
+# -----------------------------------------------------------------------------
+# Pre-processing (the augmented model): random per image, over the whole batch
+# -----------------------------------------------------------------------------
+
+def _per_image(batch, minval, maxval):
+    """One uniform random number per image, shaped to broadcast over it."""
+    return tf.random.uniform([batch, 1, 1, 1], minval, maxval)
+
+
+def augment(images):
+    """Hvass-Labs' training distortions, each drawn per image.
+
+    Random 24x24 crop, random left-right flip, then hue (max delta 0.05),
+    contrast (0.3-1.0), brightness (max delta 0.2) and saturation (0.0-2.0),
+    clipped to [0, 1]. The tutorial applied tf.image.random_* to one image at
+    a time through tf.map_fn; here every operation works on the whole batch
+    with one random value per image, which is the same distribution.
+
+    Args:
+      images: [batch, 32, 32, 3] float32 in [0, 1].
+
+    Returns:
+      [batch, 24, 24, 3] float32 in [0, 1].
+    """
+    with tf.name_scope('augment'):
+        batch = tf.shape(images)[0]
+        # Random crop: crop_and_resize with boxes on whole pixels copies the
+        # pixels exactly (no interpolation happens).
+        offsets = tf.cast(tf.random.uniform([batch, 2], 0, IMAGE_SIZE - CROP_SIZE + 1,
+                                            dtype=tf.int32), tf.float32)
+        scale = 1.0 / (IMAGE_SIZE - 1)
+        boxes = tf.concat([offsets * scale, (offsets + CROP_SIZE - 1) * scale], axis=1)
+        images = tf.image.crop_and_resize(images, boxes, box_indices=tf.range(batch),
+                                          crop_size=[CROP_SIZE, CROP_SIZE], method='nearest')
+        # Random left-right flip.
+        flip = _per_image(batch, 0.0, 1.0) < 0.5
+        images = tf.where(tf.broadcast_to(flip, tf.shape(images)),
+                          tf.reverse(images, axis=[2]), images)
+        # Hue: rotate the hue channel in HSV space.
+        hsv = tf.image.rgb_to_hsv(images)
+        hue = tf.math.floormod(hsv[..., :1] + _per_image(batch, -0.05, 0.05), 1.0)
+        images = tf.image.hsv_to_rgb(tf.concat([hue, hsv[..., 1:]], axis=-1))
+        # Contrast: scale each channel's distance from its mean.
+        mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+        images = (images - mean) * _per_image(batch, 0.3, 1.0) + mean
+        # Brightness: add one delta to every pixel.
+        images = images + _per_image(batch, -0.2, 0.2)
+        # Saturation: scale the saturation channel in HSV space.
+        hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 1.0))
+        saturation = tf.clip_by_value(hsv[..., 1:2] * _per_image(batch, 0.0, 2.0), 0.0, 1.0)
+        images = tf.image.hsv_to_rgb(tf.concat([hsv[..., :1], saturation, hsv[..., 2:]],
+                                               axis=-1))
+        return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def centre_crop(images):
+    """The test-time pre-processing: the central 24x24 pixels."""
+    start = (IMAGE_SIZE - CROP_SIZE) // 2
+    return images[:, start:start + CROP_SIZE, start:start + CROP_SIZE, :]
+
+
+# -----------------------------------------------------------------------------
+# Layers
+# -----------------------------------------------------------------------------
+
+def conv(x, filters, kernel, name, activation=tf.nn.relu):
+    """A 'same'-padded convolution with Glorot-uniform weights and zero biases."""
+    with tf.variable_scope(name):
+        weights = tf.get_variable('weights', [kernel, kernel, x.shape[-1], filters],
+                                  initializer=tf.glorot_uniform_initializer())
+        biases = tf.get_variable('biases', [filters], initializer=tf.zeros_initializer())
+        x = tf.nn.bias_add(tf.nn.conv2d(x, weights, strides=1, padding='SAME'), biases)
+        return activation(x) if activation else x
+
+
+def dense(x, units, name, activation=tf.nn.relu):
+    """A fully connected layer with Glorot-uniform weights and zero biases."""
+    with tf.variable_scope(name):
+        weights = tf.get_variable('weights', [x.shape[-1], units],
+                                  initializer=tf.glorot_uniform_initializer())
+        biases = tf.get_variable('biases', [units], initializer=tf.zeros_initializer())
+        x = tf.matmul(x, weights) + biases
+        return activation(x) if activation else x
+
+
+def max_pool(x):
+    return tf.nn.max_pool2d(x, ksize=2, strides=2, padding='VALID')
+
+
+def flatten(x):
+    return tf.reshape(x, [-1, int(np.prod(x.shape[1:]))])
+
+
+def batch_norm(x, training, name, momentum=0.99, epsilon=1e-3):
+    """Fused batch normalisation with Keras' defaults.
+
+    In training it normalises with the batch's statistics and moves the
+    moving averages towards them (the update ops go to UPDATE_OPS, which the
+    training op depends on); in inference it normalises with the moving
+    averages, and the same update ops then leave them where they are.
+    """
+    with tf.variable_scope(name):
+        channels = x.shape[-1]
+        gamma = tf.get_variable('gamma', [channels], initializer=tf.ones_initializer())
+        beta = tf.get_variable('beta', [channels], initializer=tf.zeros_initializer())
+        moving_mean = tf.get_variable(
+            'moving_mean', [channels], initializer=tf.zeros_initializer(), trainable=False,
+            collections=[tf.GraphKeys.GLOBAL_VARIABLES,
+                         tf.GraphKeys.MOVING_AVERAGE_VARIABLES])
+        moving_variance = tf.get_variable(
+            'moving_variance', [channels], initializer=tf.ones_initializer(),
+            trainable=False, collections=[tf.GraphKeys.GLOBAL_VARIABLES,
+                                          tf.GraphKeys.MOVING_AVERAGE_VARIABLES])
+        rank2 = x.shape.ndims == 2
+        if rank2:       # fused batch norm wants 4-D input
+            x = x[:, None, None, :]
+
+        def batch_statistics():
+            y, mean, variance = tf.nn.fused_batch_norm(x, gamma, beta, epsilon=epsilon,
+                                                       is_training=True)
+            return y, mean, variance
+
+        def moving_statistics():
+            y, _, _ = tf.nn.fused_batch_norm(x, gamma, beta, mean=moving_mean,
+                                             variance=moving_variance, epsilon=epsilon,
+                                             is_training=False)
+            return y, tf.identity(moving_mean), tf.identity(moving_variance)
+
+        y, mean, variance = tf.cond(training, batch_statistics, moving_statistics)
+        for average, value in ((moving_mean, mean), (moving_variance, variance)):
+            tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign_sub(
+                average, (average - value) * (1 - momentum)))
+        return y[:, 0, 0, :] if rank2 else y
+
+
+def dropout(x, rate, training):
+    return tf.cond(training, lambda: tf.nn.dropout(x, rate=rate), lambda: x)
+
+
+# -----------------------------------------------------------------------------
+# The three models: inference()
+# -----------------------------------------------------------------------------
+
+def inference(images, model, training):
+    """Builds a model up to its logits.
+
+    Args:
+      images: [batch, 32, 32, 3] float32 in [0, 1].
+      model: 'augmented', 'small' or 'batchnorm'.
+      training: scalar bool tensor; switches augmentation, batch norm and
+        dropout between training and inference.
+
+    Returns:
+      logits: [batch, 10].
+    """
+    if model == 'augmented':
+        x = tf.cond(training, lambda: augment(images), lambda: centre_crop(images))
+        x.set_shape([None, CROP_SIZE, CROP_SIZE, CHANNELS])
+        x = max_pool(conv(x, 64, 5, 'conv1'))
+        x = max_pool(conv(x, 64, 5, 'conv2'))
+        x = max_pool(conv(x, 128, 5, 'conv3'))
+        x = dense(flatten(x), 256, 'fc1')
+        x = dense(x, 128, 'fc2')
+    elif model == 'small':
+        x = max_pool(conv(images, 16, 3, 'conv1'))
+        x = max_pool(conv(x, 32, 3, 'conv2'))
+        x = max_pool(conv(x, 64, 3, 'conv3'))
+        x = dense(flatten(x), 128, 'fc1')
+    elif model == 'batchnorm':
+        x = images
+        for block, (filters, rate) in enumerate([(64, 0.2), (128, 0.25), (128, 0.35)], 1):
+            x = batch_norm(conv(x, filters, 4, 'conv%da' % block), training, 'bn%da' % block)
+            x = batch_norm(conv(x, filters, 4, 'conv%db' % block), training, 'bn%db' % block)
+            x = dropout(max_pool(x), rate, training)
+        x = batch_norm(dense(flatten(x), 256, 'fc1'), training, 'bn_fc1')
+        x = dropout(x, 0.5, training)
+    else:
+        raise ValueError('unknown model %r' % model)
+    return tf.identity(dense(x, CLASSES, 'logits', activation=None), name='logits')
+
+
+def loss(logits, labels):
+    """Mean cross-entropy of the logits against the int64 labels."""
+    with tf.name_scope('loss'):
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            logits=logits, labels=labels), name='cross_entropy')
+
+
+def training(loss, learning_rate, epsilon):
+    """Adam on the loss; batch-norm averages updated with every step."""
+    global_step = tf.train.get_or_create_global_step()
+    with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
+        return tf.train.AdamOptimizer(learning_rate, epsilon=epsilon).minimize(
+            loss, global_step=global_step, name='train_step')
+
+
+def evaluation(logits, labels):
+    """Fraction of images whose top class is the label."""
+    with tf.name_scope('accuracy'):
+        return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1), labels), tf.float32),
+                              name='accuracy')
+
+
+def count_parameters():
+    """Parameters as Keras counts them: trainable ones plus batch-norm averages."""
+    return sum(int(np.prod(v.shape.as_list()))
+               for v in tf.trainable_variables() + tf.moving_average_variables())
+
+
+# -----------------------------------------------------------------------------
+# The runner
+# -----------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Convolutional networks on CIFAR-10 (graph mode).')
+    parser.add_argument('--model', choices=sorted(MODELS), default='augmented',
+                        help='which article to reproduce (default: augmented)')
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument('--epochs', type=data_helpers.positive_int,
+                        help='passes over the training set (default: the article\'s)')
+    length.add_argument('--max-steps', type=data_helpers.positive_int,
+                        help='training steps instead of epochs')
+    parser.add_argument('--batch-size', type=data_helpers.positive_int)
+    parser.add_argument('--learning-rate', type=data_helpers.positive_float)
+    parser.add_argument('--lr-schedule', choices=['constant', 'linear'], default='constant',
+                        help="'linear': decay the learning rate to zero over the run "
+                             "(for shortened runs; default: constant, as the articles)")
+    parser.add_argument('--log-every', type=data_helpers.positive_int, default=1000,
+                        help='steps between reports and checkpoints for step-counted '
+                             'runs (default: 1000)')
+    parser.add_argument('--seed', type=int, default=None,
+                        help='seed for weights, batches and augmentation')
+    parser.add_argument('--data-dir', default=None, help='where cifar-10-batches-py is')
+    parser.add_argument('--train-dir', default='runs',
+                        help='folder for run folders (default: runs)')
+    parser.add_argument('--restore', metavar='RUN_DIR',
+                        help='only evaluate the latest checkpoint of RUN_DIR on the test set')
+    parser.add_argument('--no-plots', action='store_true',
+                        help='skip the PNG pictures at the end')
+    args = parser.parse_args(argv)
+    defaults = MODELS[args.model]
+    if args.epochs is None and args.max_steps is None:
+        args.epochs, args.max_steps = defaults['epochs'], defaults['max_steps']
+    for key in ('batch_size', 'learning_rate'):
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[key])
+    args.adam_epsilon = defaults['adam_epsilon']
+    args.validation_split = defaults['validation_split']
+    return args
+
+
+def evaluate(sess, fetches, images_placeholder, labels_placeholder, images, labels):
+    """Runs `fetches` (a dict of per-batch means or per-image arrays) over a
+    whole set in batches; means are weighted by batch size, arrays joined."""
+    totals = {}
+    for start in range(0, len(images), EVAL_BATCH_SIZE):
+        feed = {images_placeholder: images[start:start + EVAL_BATCH_SIZE],
+                labels_placeholder: labels[start:start + EVAL_BATCH_SIZE]}
+        count = len(feed[labels_placeholder])
+        for key, value in sess.run(fetches, feed).items():
+            if np.ndim(value):
+                totals.setdefault(key, []).append(value)
+            else:
+                totals[key] = totals.get(key, 0.0) + float(value) * count
+    return {key: np.concatenate(value) if isinstance(value, list) else value / len(images)
+            for key, value in totals.items()}
+
+
+def main(args):
+    begin_time = time.time()
+    tf.reset_default_graph()   # a fresh graph each call: the seed means the same every run
+    tf.set_random_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    # Load the data: pixels scaled to [0, 1], images as 32x32x3 arrays. The
+    # epoch-counted articles hold out the last 20% of the training set.
+    data_sets = data_helpers.load_data(args.data_dir, normalization='scale', layout='nhwc')
+    held_out = int(len(data_sets['images_train']) * args.validation_split)
+    train_count = len(data_sets['images_train']) - held_out
+    train_images = data_sets['images_train'][:train_count]
+    train_labels = data_sets['labels_train'][:train_count]
+    if held_out:
+        val_images = data_sets['images_train'][train_count:]
+        val_labels = data_sets['labels_train'][train_count:]
+    else:   # the augmented article trains on all 50,000 and reports the test set
+        val_images, val_labels = data_sets['images_test'], data_sets['labels_test']
+
+    if args.batch_size > train_count and not args.restore:
+        raise data_helpers.DataError('--batch-size %d is larger than the %d training images'
+                                     % (args.batch_size, train_count))
+
+    # -------------------------------------------------------------------------
+    # The graph (only defined here; nothing is computed yet)
+    # -------------------------------------------------------------------------
+
+    # Inputs: training batches are gathered inside the graph from the training
+    # set held in memory (only indices are fed); evaluation feeds images.
+    sampler = data_helpers.InGraphSampler(train_images, train_labels, args.batch_size)
+    images_placeholder = tf.placeholder_with_default(
+        sampler.images, [None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS], name='images')
+    labels_placeholder = tf.placeholder_with_default(sampler.labels, [None], name='labels')
+    training_flag = tf.placeholder_with_default(False, [], name='training')
+
+    logits = inference(images_placeholder, args.model, training_flag)
+    probabilities = tf.nn.softmax(logits, name='probabilities')
+    predictions = tf.argmax(logits, 1, name='predictions')
+    loss_op = loss(logits, labels_placeholder)
+    steps_per_epoch = train_count // args.batch_size
+    max_steps = args.max_steps or args.epochs * steps_per_epoch
+    learning_rate = args.learning_rate
+    if args.lr_schedule == 'linear':
+        learning_rate = tf.train.polynomial_decay(
+            args.learning_rate, tf.train.get_or_create_global_step(), max_steps, 0.0)
+    train_step = training(loss_op, learning_rate, args.adam_epsilon)
+    accuracy = evaluation(logits, labels_placeholder)
+    saver = tf.train.Saver(max_to_keep=3)
+    print('Model {}: {:,} parameters'.format(args.model, count_parameters()))
+
+    # -------------------------------------------------------------------------
+    # Run it
+    # -------------------------------------------------------------------------
+
+    with tf.Session(config=data_helpers.session_config()) as sess:
+        if args.restore:
+            checkpoint = tf.train.latest_checkpoint(args.restore)
+            if checkpoint is None:
+                raise data_helpers.DataError('no checkpoint in %s; train first' % args.restore)
+            saver.restore(sess, checkpoint)
+            result = evaluate(sess, {'accuracy': accuracy}, images_placeholder,
+                              labels_placeholder, data_sets['images_test'],
+                              data_sets['labels_test'])
+            print('Restored {}\nTest accuracy {:.4f}'.format(checkpoint, result['accuracy']))
+            return result['accuracy']
+
+        sess.run(tf.global_variables_initializer())
+        sampler.initialize(sess)
+        run_dir = os.path.join(args.train_dir, '%s-%s' % (
+            args.model, datetime.datetime.now().strftime('%Y%m%d-%H%M%S')))
+        os.makedirs(run_dir, exist_ok=True)
+        print('Writing to {}'.format(run_dir))
+
+        # Report every epoch, or every --log-every steps for step-counted runs
+        report_every = steps_per_epoch if args.epochs else args.log_every
+        history = {'step': [], 'epoch': [], 'loss': [], 'accuracy': [], 'val_loss': [],
+                   'val_accuracy': [], 'images_per_second': [], 'elapsed': []}
+        batches = data_helpers.epoch_indices(train_count, args.batch_size, max_steps, rng)
+        sum_loss, sum_accuracy, interval_start = 0.0, 0.0, time.time()
+        train_start = time.time()
+
+        for step in range(1, max_steps + 1):
+            # One training step on the next batch (training=True turns on
+            # augmentation, batch statistics and dropout)
+            _, batch_loss, batch_accuracy = sess.run(
+                [train_step, loss_op, accuracy],
+                {sampler.indices: next(batches), training_flag: True})
+            sum_loss += batch_loss
+            sum_accuracy += batch_accuracy
+
+            if step % report_every == 0 or step == max_steps:
+                steps = step - (history['step'][-1] if history['step'] else 0)
+                images_per_second = steps * args.batch_size / (time.time() - interval_start)
+                val = evaluate(sess, {'loss': loss_op, 'accuracy': accuracy},
+                               images_placeholder, labels_placeholder, val_images, val_labels)
+                for key, value in (('step', step), ('epoch', step / steps_per_epoch),
+                                   ('loss', sum_loss / steps),
+                                   ('accuracy', sum_accuracy / steps),
+                                   ('val_loss', val['loss']),
+                                   ('val_accuracy', val['accuracy']),
+                                   ('images_per_second', images_per_second),
+                                   ('elapsed', time.time() - train_start)):
+                    history[key].append(float(value))
+                label = ('Epoch {}/{}'.format(step // steps_per_epoch, args.epochs)
+                         if args.epochs else 'Step {}/{}'.format(step, max_steps))
+                print('{} - loss: {:.4f} - accuracy: {:.4f} - {}loss: {:.4f} - {}accuracy: '
+                      '{:.4f} - {:.0f} images/s - {:.0f}s'.format(
+                          label, sum_loss / steps, sum_accuracy / steps,
+                          'val_' if held_out else 'test_', val['loss'],
+                          'val_' if held_out else 'test_', val['accuracy'],
+                          images_per_second, time.time() - train_start), flush=True)
+                saver.save(sess, os.path.join(run_dir, 'model.ckpt'), global_step=step)
+                reporting.write_json(os.path.join(run_dir, 'history.json'), history)
+                sum_loss, sum_accuracy, interval_start = 0.0, 0.0, time.time()
+
+        # Evaluate on the test set, then draw the article's pictures
+        test = evaluate(sess, {'accuracy': accuracy, 'predictions': predictions},
+                        images_placeholder, labels_placeholder,
+                        data_sets['images_test'], data_sets['labels_test'])
+        print('Test accuracy {:.4f}'.format(test['accuracy']))
+
+    classes = data_sets['classes']
+    table = reporting.per_class_table(data_sets['labels_test'], test['predictions'], classes)
+    print(table)
+    reporting.write_text(os.path.join(run_dir, 'per_class.txt'), table + '\n')
+    reporting.write_json(os.path.join(run_dir, 'result.json'), {
+        'model': args.model, 'test_accuracy': test['accuracy'], 'steps': max_steps,
+        'batch_size': args.batch_size, 'seed': args.seed,
+        'train_seconds': time.time() - train_start})
+    if not args.no_plots:
+        reporting.save_report(run_dir, history, data_sets['images_test'],
+                              data_sets['labels_test'], test['predictions'], classes)
+    print('Total time: {:5.2f}s'.format(time.time() - begin_time))
+    return test['accuracy']
+
+
+if __name__ == '__main__':
+    data_helpers.exit_on_data_error(main, parse_args())

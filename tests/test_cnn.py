@@ -1,0 +1,217 @@
+"""cnn.py and reporting.py: models, augmentation, batch norm, dropout, runs, pictures."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import cnn
+import data_helpers
+import reporting
+
+REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
+
+
+def build(model):
+    images = tf.placeholder(tf.float32, [None, 32, 32, 3])
+    training = tf.placeholder_with_default(False, [])
+    logits = cnn.inference(images, model, training)
+    return images, training, logits
+
+
+@pytest.mark.parametrize('model, parameters', [
+    ('augmented', 641_610), ('small', 156_074), ('batchnorm', 1_517_450)])
+def test_output_shape_and_parameter_count(model, parameters):
+    with tf.Graph().as_default():
+        images, _, logits = build(model)
+        assert logits.shape.as_list() == [None, 10]
+        assert cnn.count_parameters() == parameters
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            assert sess.run(logits, {images: np.zeros((3, 32, 32, 3))}).shape == (3, 10)
+
+
+def test_augmentation_shapes_range_randomness():
+    rng = np.random.default_rng(0)
+    batch = rng.random((16, 32, 32, 3)).astype(np.float32)
+    with tf.Graph().as_default():
+        tf.set_random_seed(0)
+        images = tf.placeholder(tf.float32, [None, 32, 32, 3])
+        augmented, centred = cnn.augment(images), cnn.centre_crop(images)
+        with tf.Session() as sess:
+            first, second = sess.run(augmented, {images: batch}), sess.run(augmented, {images: batch})
+            test_a, test_b = sess.run(centred, {images: batch}), sess.run(centred, {images: batch})
+    assert first.shape == (16, 24, 24, 3)
+    assert first.min() >= 0 and first.max() <= 1
+    assert not np.allclose(first, second)                    # random every call
+    assert not np.allclose(first[0], first[1])
+    np.testing.assert_array_equal(test_a, test_b)            # the test path is fixed
+    np.testing.assert_array_equal(test_a, batch[:, 4:28, 4:28, :])
+
+
+def test_augmentation_crops_exact_pixels():
+    # A constant grey image keeps every colour operation's output grey; what
+    # the crop must keep exact is a pattern: check a 24x24 window of a ramp
+    # lies somewhere in the original (up to flip) when colours are untouched.
+    ramp = np.arange(32 * 32, dtype=np.float32).reshape(1, 32, 32, 1) / 1024
+    ramp = np.repeat(ramp, 3, axis=3)
+    with tf.Graph().as_default():
+        images = tf.constant(ramp)
+        offsets = tf.constant([[3.0, 5.0]])
+        scale = 1.0 / 31
+        boxes = tf.concat([offsets * scale, (offsets + 23) * scale], axis=1)
+        crop = tf.image.crop_and_resize(images, boxes, box_indices=[0], crop_size=[24, 24],
+                                        method='nearest')
+        with tf.Session() as sess:
+            np.testing.assert_array_equal(sess.run(crop)[0], ramp[0, 3:27, 5:29])
+
+
+def test_batch_norm_statistics_move_in_training_only():
+    batch = np.random.default_rng(1).random((8, 32, 32, 3)).astype(np.float32) * 5 + 2
+    with tf.Graph().as_default():
+        images, training, _ = build('batchnorm')
+        updates = tf.get_collection(tf.GraphKeys.UPDATE_OPS)
+        averages = tf.moving_average_variables()
+        assert len(averages) == 14 and len(updates) == 14      # 7 layers x (mean, variance)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            before = sess.run(averages)
+            sess.run(updates, {images: batch, training: False})
+            still = sess.run(averages)
+            sess.run(updates, {images: batch, training: True})
+            moved = sess.run(averages)
+    for b, s in zip(before, still):
+        np.testing.assert_allclose(b, s, atol=1e-7)
+    assert all(not np.allclose(b, m) for b, m in zip(before, moved))
+
+
+def test_dropout_only_in_training():
+    batch = np.random.default_rng(2).random((4, 32, 32, 3)).astype(np.float32)
+    with tf.Graph().as_default():
+        tf.set_random_seed(3)
+        images, training, logits = build('batchnorm')
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            infer = [sess.run(logits, {images: batch}) for _ in range(2)]
+            train = [sess.run(logits, {images: batch, training: True}) for _ in range(2)]
+    np.testing.assert_array_equal(infer[0], infer[1])
+    assert not np.allclose(train[0], train[1])
+
+
+@pytest.mark.parametrize('model', ['augmented', 'small', 'batchnorm'])
+def test_a_few_steps_lower_the_loss(fake_cifar10, model):
+    data = data_helpers.load_data(fake_cifar10, normalization='scale', layout='nhwc')
+    x, y = data['images_train'][:64], data['labels_train'][:64]
+    with tf.Graph().as_default():
+        tf.set_random_seed(0)
+        images, training, logits = build(model)
+        labels = tf.placeholder(tf.int64, [None])
+        loss = cnn.loss(logits, labels)
+        train_step = cnn.training(loss, 1e-3, 1e-7)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            for _ in range(3):          # settle the batch-norm averages a little
+                sess.run(tf.get_collection(tf.GraphKeys.UPDATE_OPS),
+                         {images: x, training: True})
+            before = sess.run(loss, {images: x, labels: y, training: True})
+            for _ in range(15):
+                sess.run(train_step, {images: x, labels: y, training: True})
+            after = sess.run(loss, {images: x, labels: y, training: True})
+    assert after < 0.8 * before
+
+
+def run(capsys, *argv):
+    accuracy = cnn.main(cnn.parse_args(list(argv)))
+    return accuracy, capsys.readouterr().out
+
+
+def test_run_writes_history_checkpoints_pictures_and_restores(fake_cifar10, tmp_path, capsys):
+    train_dir = tmp_path / 'runs'
+    accuracy, out = run(capsys, '--model', 'small', '--epochs', '2', '--batch-size', '16',
+                        '--data-dir', fake_cifar10, '--train-dir', str(train_dir),
+                        '--seed', '1')
+    assert 'Model small: 156,074 parameters' in out
+    assert re.search(r'^Epoch 2/2 - loss: [0-9.]+ - accuracy: [0-9.]+ - val_loss: [0-9.]+ - '
+                     r'val_accuracy: [0-9.]+ - [0-9]+ images/s', out, re.M)
+    run_dir, = train_dir.iterdir()
+    history = json.loads((run_dir / 'history.json').read_text())
+    assert history['epoch'] == [1.0, 2.0] and len(history['val_accuracy']) == 2
+    for name in ('accuracy.png', 'loss.png', 'predictions.png', 'misclassified.png',
+                 'confusion_matrix.png'):
+        content = (run_dir / name).read_bytes()
+        assert content.startswith(b'\x89PNG') and len(content) > 1000, name
+    assert 'precision' in (run_dir / 'per_class.txt').read_text()
+    assert tf.train.latest_checkpoint(str(run_dir)).endswith('model.ckpt-14')   # 2 x 120 // 16
+
+    restored, out = run(capsys, '--model', 'small', '--data-dir', fake_cifar10,
+                        '--restore', str(run_dir))
+    assert restored == pytest.approx(accuracy, abs=1e-9)
+
+
+def test_step_counted_runs_report_every_log_every(fake_cifar10, tmp_path, capsys):
+    _, out = run(capsys, '--model', 'augmented', '--max-steps', '6', '--log-every', '3',
+                 '--batch-size', '8', '--data-dir', fake_cifar10, '--train-dir',
+                 str(tmp_path), '--no-plots', '--lr-schedule', 'linear')
+    assert re.search(r'^Step 3/6 .* test_accuracy', out, re.M)
+    assert re.search(r'^Step 6/6 ', out, re.M)
+
+
+def test_same_seed_same_run(fake_cifar10, tmp_path, capsys):
+    args = ('--model', 'augmented', '--max-steps', '4', '--log-every', '2', '--batch-size', '8',
+            '--data-dir', fake_cifar10, '--train-dir', str(tmp_path), '--no-plots',
+            '--seed', '5')
+    numbers = [re.sub(r'[0-9]+ images/s - [0-9]+s|Writing to .*|Total time.*', '',
+                      run(capsys, *args)[1]) for _ in range(2)]
+    assert numbers[0] == numbers[1]
+
+
+@pytest.mark.parametrize('argv', [['--model', 'vgg'], ['--epochs', '0'],
+                                  ['--epochs', '2', '--max-steps', '5'],
+                                  ['--learning-rate', '-1']])
+def test_bad_flags_are_refused(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cnn.parse_args(argv)
+    assert exit_info.value.code == 2
+
+
+def test_batch_larger_than_the_training_set_is_one_clear_error(fake_cifar10, tmp_path):
+    with pytest.raises(data_helpers.DataError, match='--batch-size 500 .* 120 training'):
+        cnn.main(cnn.parse_args(['--model', 'small', '--batch-size', '500', '--data-dir',
+                                 fake_cifar10, '--train-dir', str(tmp_path)]))
+
+
+# --- reporting ---------------------------------------------------------------
+
+def test_confusion_matrix_and_per_class_scores_by_hand():
+    labels = [0, 0, 0, 1, 1, 2]
+    predictions = [0, 0, 1, 1, 2, 2]
+    counts = reporting.confusion_matrix(labels, predictions, 3)
+    np.testing.assert_array_equal(counts, [[2, 1, 0], [0, 1, 1], [0, 0, 1]])
+    scores = reporting.per_class_scores(labels, predictions, 3)
+    # class 0: tp 2, predicted 2, actual 3 -> precision 1, recall 2/3, f1 0.8
+    # class 1: tp 1, predicted 2, actual 2 -> 0.5, 0.5, 0.5
+    # class 2: tp 1, predicted 2, actual 1 -> 0.5, 1, 2/3
+    np.testing.assert_allclose(scores['precision'], [1, 0.5, 0.5])
+    np.testing.assert_allclose(scores['recall'], [2 / 3, 0.5, 1])
+    np.testing.assert_allclose(scores['f1'], [0.8, 0.5, 2 / 3])
+    np.testing.assert_array_equal(scores['support'], [3, 2, 1])
+    table = reporting.per_class_table(labels, predictions, ['cat', 'dog', 'frog']).splitlines()
+    assert table[1].split() == ['cat', '1.000', '0.667', '0.800', '3']
+    assert table[-1].split() == ['accuracy', '0.667', '6']
+
+
+def test_scores_of_a_class_never_predicted_are_zero_not_nan():
+    scores = reporting.per_class_scores([0, 1], [0, 0], 3)
+    assert scores['precision'][1] == 0 and scores['recall'][2] == 0 and scores['f1'][2] == 0
+
+
+@pytest.mark.skipif(not REAL_CIFAR10, reason='real CIFAR-10 not available: set $CIFAR10_DIR '
+                    '(CI builds it from ../shared)')
+def test_small_model_one_epoch_on_real_cifar10(tmp_path, capsys):
+    accuracy, out = run(capsys, '--model', 'small', '--epochs', '1', '--seed', '0',
+                        '--data-dir', REAL_CIFAR10, '--train-dir', str(tmp_path), '--no-plots')
+    print(out)
+    assert accuracy >= 0.40
