@@ -24,8 +24,6 @@ a confusion matrix and a per-class precision / recall / F1 table.
 """
 
 import argparse
-import datetime
-import json
 import os
 import time
 
@@ -357,7 +355,7 @@ def main(args):
     training_flag = tf.placeholder_with_default(False, [], name='training')
 
     logits = inference(images_placeholder, args.model, training_flag)
-    probabilities = tf.nn.softmax(logits, name='probabilities')
+    tf.nn.softmax(logits, name='probabilities')   # the name predict.py looks for
     predictions = tf.argmax(logits, 1, name='predictions')
     loss_op = loss(logits, labels_placeholder)
     steps_per_epoch = train_count // args.batch_size
@@ -377,9 +375,7 @@ def main(args):
 
     with tf.Session(config=data_helpers.session_config()) as sess:
         if args.restore:
-            checkpoint = tf.train.latest_checkpoint(args.restore)
-            if checkpoint is None:
-                raise data_helpers.DataError('no checkpoint in %s; train first' % args.restore)
+            checkpoint = data_helpers.latest_checkpoint(args.restore)
             saver.restore(sess, checkpoint)
             result = evaluate(sess, {'accuracy': accuracy}, images_placeholder,
                               labels_placeholder, data_sets['images_test'],
@@ -389,9 +385,8 @@ def main(args):
 
         sess.run(tf.global_variables_initializer())
         sampler.initialize(sess)
-        run_dir = os.path.join(args.train_dir, '%s-%s' % (
-            args.model, datetime.datetime.now().strftime('%Y%m%d-%H%M%S')))
-        os.makedirs(run_dir, exist_ok=True)
+        run_dir = data_helpers.new_run_dir(args.train_dir, args.model + '-')
+        data_helpers.write_model_info(run_dir, data_sets, 'cifar10', 'nhwc')
         print('Writing to {}'.format(run_dir))
 
         # Report every epoch, or every --log-every steps for step-counted runs
@@ -433,7 +428,7 @@ def main(args):
                           'val_' if held_out else 'test_', val['accuracy'],
                           images_per_second, time.time() - train_start), flush=True)
                 saver.save(sess, os.path.join(run_dir, 'model.ckpt'), global_step=step)
-                reporting.write_json(os.path.join(run_dir, 'history.json'), history)
+                data_helpers.write_json(os.path.join(run_dir, 'history.json'), history)
                 sum_loss, sum_accuracy, interval_start = 0.0, 0.0, time.time()
 
         # Evaluate on the test set, then draw the article's pictures
@@ -445,8 +440,9 @@ def main(args):
     classes = data_sets['classes']
     table = reporting.per_class_table(data_sets['labels_test'], test['predictions'], classes)
     print(table)
-    reporting.write_text(os.path.join(run_dir, 'per_class.txt'), table + '\n')
-    reporting.write_json(os.path.join(run_dir, 'result.json'), {
+    data_helpers.write_file_atomically(os.path.join(run_dir, 'per_class.txt'),
+                                       (table + '\n').encode())
+    data_helpers.write_json(os.path.join(run_dir, 'result.json'), {
         'model': args.model, 'test_accuracy': test['accuracy'], 'steps': max_steps,
         'batch_size': args.batch_size, 'seed': args.seed,
         'train_seconds': time.time() - train_start})

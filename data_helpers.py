@@ -20,7 +20,9 @@ only ever point this module at the dataset's own files.
 """
 
 import argparse
+import datetime
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -354,7 +356,8 @@ def load_data(data_dir=None, normalization='mean', layout='flat'):
     Returns:
       The article's dict: images_train (50000, 3072) float32, labels_train
       (50000,) int64, images_test (10000, 3072) float32, labels_test (10000,)
-      int64, classes (10 names).
+      int64, classes (10 names); and mean_image, the mean training image that
+      was subtracted (in the images' layout), or None for 'scale'.
 
     Raises:
       DataError: the data is missing, corrupt or cannot be fetched.
@@ -389,6 +392,8 @@ def load_data(data_dir=None, normalization='mean', layout='flat'):
         'images_test': normalize(images_test),
         'labels_test': labels_test,
         'classes': list(CLASSES),
+        # What was subtracted (None when scaled), for predicting on new images.
+        'mean_image': offset if normalization == 'mean' else None,
     }
 
 
@@ -638,6 +643,90 @@ class InGraphSampler:
         """Copies the training set into the graph's variables, once."""
         session.run(self._initializers, feed_dict={
             self._images_init: self._images, self._labels_init: self._labels})
+
+
+# -----------------------------------------------------------------------------
+# Run folders: what predict.py needs to use a trained model
+# -----------------------------------------------------------------------------
+
+MODEL_INFO = 'model.json'
+
+
+def write_file_atomically(path, data):
+    """Writes bytes to `path` through a temporary name, so no half file remains."""
+    folder = os.path.dirname(path) or '.'
+    fd, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)    # mkstemp's 0600 is for secrets
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path, content):
+    write_file_atomically(path, json.dumps(content, indent=1).encode())
+
+
+def write_model_info(run_dir, data_sets, dataset, layout):
+    """Saves, beside the checkpoints, how the model wants its input.
+
+    Args:
+      run_dir: the run folder.
+      data_sets: the dict the model was trained from (its classes, mean_image).
+      dataset: 'cifar10' or 'mnist'.
+      layout: 'flat' ([N, pixels] rows; CIFAR-10's as R, G, B planes) or
+        'nhwc' ([N, height, width, channels]).
+    """
+    mean_image = data_sets.get('mean_image')
+    write_json(os.path.join(run_dir, MODEL_INFO), {
+        'dataset': dataset,
+        'image_size': 28 if dataset == 'mnist' else 32,
+        'channels': 1 if dataset == 'mnist' else 3,
+        'layout': layout,
+        'normalization': 'scale' if mean_image is None else 'mean',
+        'mean_image': None if mean_image is None else
+        np.asarray(mean_image, np.float64).reshape(-1).tolist(),
+        'classes': list(data_sets['classes']),
+        'input': 'images:0',
+        'output': 'probabilities:0',
+    })
+
+
+def new_run_dir(train_dir, prefix=''):
+    """Makes train_dir/<prefix><timestamp>/, unique if two runs start in one second."""
+    stamp = prefix + datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    path, suffix = os.path.join(train_dir, stamp), 1
+    while True:
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            path, suffix = os.path.join(train_dir, '%s-%d' % (stamp, suffix)), suffix + 1
+
+
+def latest_checkpoint(train_dir):
+    """The newest checkpoint in train_dir itself or in its newest run folder.
+
+    Raises:
+      DataError: there is none.
+    """
+    import tensorflow.compat.v1 as tf
+    checkpoint = tf.train.latest_checkpoint(train_dir)
+    if checkpoint:
+        return checkpoint
+    runs = sorted((os.path.join(train_dir, name) for name in
+                   (os.listdir(train_dir) if os.path.isdir(train_dir) else [])
+                   if tf.train.latest_checkpoint(os.path.join(train_dir, name))),
+                  key=os.path.getmtime)
+    if not runs:
+        raise DataError('no checkpoint in %s or its run folders; train first'
+                        % train_dir)
+    return tf.train.latest_checkpoint(runs[-1])
 
 
 # -----------------------------------------------------------------------------

@@ -6,34 +6,12 @@ non-interactive Agg backend, so they work without a screen. Every file is
 written under a temporary name and renamed, so a crash leaves no half file.
 """
 
-import json
+import io
 import os
-import tempfile
 
 import numpy as np
 
-
-def _write_atomically(path, write):
-    folder = os.path.dirname(path) or '.'
-    fd, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)    # mkstemp's 0600 is for secrets
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def write_json(path, content):
-    _write_atomically(path, lambda f: f.write(json.dumps(content, indent=1).encode()))
-
-
-def write_text(path, text):
-    _write_atomically(path, lambda f: f.write(text.encode()))
+import data_helpers
 
 
 # -----------------------------------------------------------------------------
@@ -90,9 +68,10 @@ def _pyplot():
 
 def _save(figure, path):
     plt = _pyplot()
-    _write_atomically(path, lambda f: figure.savefig(f, format='png', dpi=80,
-                                                     bbox_inches='tight'))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=80, bbox_inches='tight')
     plt.close(figure)
+    data_helpers.write_file_atomically(path, buffer.getvalue())
     return path
 
 
@@ -123,8 +102,10 @@ def plot_images(images, titles, path, columns=5):
     for i, axis in enumerate(axes.flat):
         axis.axis('off')
         if i < len(images):
-            axis.imshow(np.clip(images[i], 0, 1), interpolation='nearest',
-                        cmap='gray' if images[i].shape[-1] == 1 else None)
+            gray = images[i].shape[-1] == 1
+            axis.imshow(np.clip(images[i][..., 0] if gray else images[i], 0, 1),
+                        interpolation='nearest', cmap='gray' if gray else None,
+                        vmin=0, vmax=1)
             axis.set_title(titles[i], fontsize=8)
     return _save(figure, path)
 

@@ -40,6 +40,9 @@ def parse_args(argv=None):
                         help='folder holding cifar-10-batches-py (default: '
                              '$CIFAR10_DIR, ./cifar-10-batches-py, or a download '
                              'into ~/.cache/tf-image-recognition)')
+    parser.add_argument('--train-dir', default=None,
+                        help='save the trained model into a new run folder here, '
+                             'for predict.py (default: save nothing, as the article)')
     parser.add_argument('--sampler', choices=['feed', 'graph'], default='feed',
                         help="'feed': numpy batches through feed_dict, as the "
                              "article; 'graph': the training set kept in device "
@@ -55,9 +58,8 @@ def main(args):
     learning_rate = args.learning_rate
     max_steps = args.max_steps
 
-    # Setting a seed removes randomness: you'll get exactly the same result on
-    # each run.
-    # (A fresh graph each call, so that the seed means the same in every run.)
+    # A seed removes randomness: the same seed prints the same lines. (A fresh
+    # graph each call keeps TensorFlow's op seeds the same from call to call.)
     tf.reset_default_graph()
     rng = np.random.default_rng(args.seed)
     tf.set_random_seed(args.seed)
@@ -90,6 +92,8 @@ def main(args):
 
     # Define the classifier's result
     logits = tf.matmul(images_placeholder, weights) + biases
+    # (and the class probabilities, under the name predict.py looks for)
+    tf.nn.softmax(logits, name='probabilities')
 
     # Define the loss function
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -147,6 +151,12 @@ def main(args):
             images_placeholder: data_sets['images_test'],
             labels_placeholder: data_sets['labels_test']})
         print('Test accuracy {:g}'.format(test_accuracy))
+
+        # Save the trained model when asked (not part of the article)
+        if args.train_dir:
+            run_dir = data_helpers.new_run_dir(args.train_dir)
+            tf.train.Saver().save(sess, os.path.join(run_dir, 'model.ckpt'))
+            data_helpers.write_model_info(run_dir, data_sets, 'cifar10', 'flat')
 
     endTime = time.time()
     print('Total time: {:5.2f}s'.format(endTime - beginTime))

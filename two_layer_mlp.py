@@ -21,7 +21,6 @@ checkpoint on the test set (the original's restore_model.py).
 """
 
 import argparse
-import datetime
 import os
 import time
 
@@ -244,33 +243,6 @@ def evaluate(sess, accuracy, images_placeholder, labels_placeholder, images, lab
     return correct / len(images), loss_sum / len(images)
 
 
-def new_run_dir(train_dir):
-    """train_dir/<timestamp>/, made unique if two runs start in one second."""
-    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    path, suffix = os.path.join(train_dir, stamp), 1
-    while True:
-        try:
-            os.makedirs(path)
-            return path
-        except FileExistsError:
-            path, suffix = os.path.join(train_dir, '%s-%d' % (stamp, suffix)), suffix + 1
-
-
-def latest_checkpoint(train_dir):
-    """The newest checkpoint in train_dir itself or in its newest run folder."""
-    checkpoint = tf.train.latest_checkpoint(train_dir)
-    if checkpoint:
-        return checkpoint
-    runs = sorted((os.path.join(train_dir, name) for name in
-                   (os.listdir(train_dir) if os.path.isdir(train_dir) else [])
-                   if tf.train.latest_checkpoint(os.path.join(train_dir, name))),
-                  key=os.path.getmtime)
-    if not runs:
-        raise data_helpers.DataError('no checkpoint in %s or its run folders; train '
-                                     'first (without --restore)' % train_dir)
-    return tf.train.latest_checkpoint(runs[-1])
-
-
 def main(args):
     beginTime = time.time()
     tf.reset_default_graph()   # a fresh graph each call: the seed means the same every run
@@ -311,6 +283,9 @@ def main(args):
     logits = inference(images_placeholder, image_pixels, args.hidden, CLASSES,
                        reg_constant=args.reg_constant, init=args.init)
 
+    # Class probabilities, under a name predict.py looks for
+    tf.nn.softmax(logits, name='probabilities')
+
     # Operation for the loss function
     loss_op = loss(logits, labels_placeholder)
 
@@ -333,7 +308,7 @@ def main(args):
     with tf.Session(config=data_helpers.session_config()) as sess:
         if args.restore:
             # Evaluate a saved model, as the original restore_model.py does
-            checkpoint = latest_checkpoint(args.train_dir)
+            checkpoint = data_helpers.latest_checkpoint(args.train_dir)
             saver.restore(sess, checkpoint)
             print('Restored {}'.format(checkpoint))
             test_accuracy = evaluate(sess, accuracy, images_placeholder, labels_placeholder,
@@ -344,9 +319,11 @@ def main(args):
         # Initialize variables and create summary-writer
         sess.run(tf.global_variables_initializer())
         sampler.initialize(sess)
-        run_dir = new_run_dir(args.train_dir)
+        run_dir = data_helpers.new_run_dir(args.train_dir)
         summary_writer = tf.summary.FileWriter(run_dir, sess.graph)
         checkpoint_file = os.path.join(run_dir, 'model.ckpt')
+        data_helpers.write_model_info(run_dir, data_sets, 'mnist' if args.dataset == 'mnist'
+                                      else 'cifar10', 'flat')
 
         # Generate input data batches: shuffled epochs, without replacement
         train_count = len(data_sets['images_train'])

@@ -11,8 +11,10 @@ training image (forward and backward). Set $CIFAR10_DIR first.
 """
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -55,23 +57,11 @@ def time_it(function, repeats):
     return statistics.median(times)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--steps', type=int, default=60, help='training steps per timing')
-    parser.add_argument('--repeats', type=int, default=3)
-    args = parser.parse_args()
-    import data_helpers
-    data = data_helpers.load_data(normalization='scale', layout='nhwc')
-    x, y = data['images_train'][:40000], data['labels_train'][:40000]
-    x_test = data['images_test']
-    batch = 128
-    results = {}
-
-    # Graph mode: cnn.py's own graph and in-graph batches
+def measure_graph(x, y, x_test, batch, steps, repeats):
     import cnn
+    import data_helpers
     tf = cnn.tf
-    graph = tf.Graph()
-    with graph.as_default():
+    with tf.Graph().as_default():
         sampler = data_helpers.InGraphSampler(x, y, batch)
         images = tf.placeholder_with_default(sampler.images, [None, 32, 32, 3])
         training = tf.placeholder_with_default(False, [])
@@ -81,38 +71,60 @@ def main():
         with tf.Session(config=data_helpers.session_config()) as sess:
             sess.run(tf.global_variables_initializer())
             sampler.initialize(sess)
-            rng = np.random.default_rng(0)
-            batches = data_helpers.epoch_indices(len(x), batch, 10 ** 9, rng)
+            batches = data_helpers.epoch_indices(len(x), batch, 10 ** 9,
+                                                 np.random.default_rng(0))
 
-            def graph_train():
-                for _ in range(args.steps):
+            def train():
+                for _ in range(steps):
                     sess.run(train_step, {sampler.indices: next(batches), training: True})
 
-            def graph_predict():
+            def infer():
                 for start in range(0, len(x_test), 500):
                     sess.run(logits, {images: x_test[start:start + 500]})
 
-            results['graph'] = (args.steps * batch / time_it(graph_train, args.repeats),
-                                len(x_test) / time_it(graph_predict, args.repeats))
+            return (steps * batch / time_it(train, repeats),
+                    len(x_test) / time_it(infer, repeats))
 
-    # tf.keras: the same layers, fit and predict
+
+def measure_keras(x, y, x_test, batch, steps, repeats):
     model = keras_model()
-    steps_x, steps_y = x[:args.steps * batch], y[:args.steps * batch]
+    assert model.count_params() == 1517450, model.count_params()
+    steps_x, steps_y = x[:steps * batch], y[:steps * batch]
     fit = lambda: model.fit(steps_x, steps_y, batch_size=batch, epochs=1, verbose=0)
     predict = lambda: model.predict(x_test, batch_size=500, verbose=0)
-    results['keras'] = (args.steps * batch / time_it(fit, args.repeats),
-                        len(x_test) / time_it(predict, args.repeats))
+    return (steps * batch / time_it(fit, repeats), len(x_test) / time_it(predict, repeats))
 
-    print('model batchnorm: %d parameters (Keras count %d)'
-          % (1517450, model.count_params()))
-    for name, (train, infer) in results.items():
-        print('%-6s training %6.0f images/s (%5.1f GFLOP/s, %2.0f%% of ceiling)  '
-              'inference %6.0f images/s' % (name, train, train * GFLOP_PER_TRAINING_IMAGE,
-                                            100 * train * GFLOP_PER_TRAINING_IMAGE
-                                            / CEILING_GFLOPS, infer))
-    print('graph / keras: training %.2fx, inference %.2fx'
-          % (results['graph'][0] / results['keras'][0],
-             results['graph'][1] / results['keras'][1]))
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--steps', type=int, default=60, help='training steps per timing')
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--only', choices=['graph', 'keras'],
+                        help='(internal) measure one side in this process')
+    args = parser.parse_args()
+    if args.only is None:
+        # Each side in a fresh process: cnn.py switches TensorFlow to graph
+        # mode for its whole process, and Keras needs eager mode.
+        results = {}
+        for side in ('graph', 'keras'):
+            out = subprocess.run([sys.executable, __file__, '--only', side, '--steps',
+                                  str(args.steps), '--repeats', str(args.repeats)],
+                                 capture_output=True, text=True, check=True).stdout
+            results[side] = json.loads(out.strip().splitlines()[-1])
+        for name, (train, infer) in results.items():
+            print('%-6s training %6.0f images/s (%5.1f GFLOP/s, %2.0f%% of the ceiling)  '
+                  'inference %6.0f images/s' % (
+                      name, train, train * GFLOP_PER_TRAINING_IMAGE,
+                      100 * train * GFLOP_PER_TRAINING_IMAGE / CEILING_GFLOPS, infer))
+        print('graph / keras: training %.2fx, inference %.2fx'
+              % (results['graph'][0] / results['keras'][0],
+                 results['graph'][1] / results['keras'][1]))
+        return
+    import data_helpers
+    data = data_helpers.load_data(normalization='scale', layout='nhwc')
+    x, y = data['images_train'][:40000], data['labels_train'][:40000]
+    measure = measure_graph if args.only == 'graph' else measure_keras
+    print(json.dumps(measure(x, y, data['images_test'], 128, args.steps, args.repeats)))
 
 
 if __name__ == '__main__':

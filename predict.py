@@ -1,0 +1,224 @@
+"""Name what is in your own pictures with a model trained by any of the scripts.
+
+    python predict.py RUN_DIR photo.jpg other.png folder_of_pictures/
+    python predict.py RUN_DIR cat.jpg --top-k 5 --json
+    python predict.py RUN_DIR --test-index 7          # a CIFAR-10 test image
+    python predict.py RUN_DIR pictures/ --plot predictions.png
+
+RUN_DIR is a run folder written by `softmax.py --train-dir`, `two_layer_mlp.py`
+or `cnn.py` (or the folder holding such run folders: the newest is used). The
+model is not rebuilt: its graph comes from the checkpoint's meta graph
+(`import_meta_graph`) and its pre-processing from the `model.json` beside it.
+
+Pictures in JPEG, PNG, GIF (first frame) or BMP of any size are decoded by
+TensorFlow, made RGB (or grayscale for MNIST models), resized to the model's
+input with antialiasing (`--crop center` first cuts the largest central
+square, keeping the aspect ratio), then normalised as in training. For MNIST
+models a dark digit on a light background (a photo of paper) is inverted to
+the light-on-dark of the training images.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import data_helpers  # noqa: E402
+
+tf.disable_eager_execution()
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Classify your own pictures with a trained model.')
+    parser.add_argument('run_dir', help='a run folder with a checkpoint and model.json')
+    parser.add_argument('images', nargs='*', metavar='IMAGE_OR_FOLDER',
+                        help='picture files, or folders of them')
+    parser.add_argument('--top-k', type=data_helpers.positive_int, default=3,
+                        help='how many classes to show per picture (default: 3)')
+    parser.add_argument('--crop', choices=['none', 'center'], default='none',
+                        help="'center': cut the largest central square before "
+                             "resizing, keeping the aspect ratio (default: none, "
+                             "squeeze the whole picture)")
+    parser.add_argument('--json', action='store_true', help='print one JSON list')
+    parser.add_argument('--plot', metavar='PNG', help='also draw the pictures with '
+                        'their predicted labels into this PNG file')
+    parser.add_argument('--test-index', type=int, action='append', default=[],
+                        metavar='N', help='also predict image N of the CIFAR-10 test '
+                        'set and show its true label (repeatable)')
+    parser.add_argument('--data-dir', default=None,
+                        help='where CIFAR-10 is, for --test-index')
+    args = parser.parse_args(argv)
+    if not args.images and not args.test_index:
+        parser.error('give at least one IMAGE_OR_FOLDER or --test-index')
+    return args
+
+
+def load_model(run_dir):
+    """Restores the newest checkpoint under run_dir into a new graph.
+
+    Returns:
+      (session, info dict from model.json, input tensor, output tensor).
+
+    Raises:
+      DataError: no run folder, no checkpoint or no model.json.
+    """
+    if not os.path.isdir(run_dir):
+        raise data_helpers.DataError('run folder %s does not exist' % run_dir)
+    checkpoint = data_helpers.latest_checkpoint(run_dir)
+    info_file = os.path.join(os.path.dirname(checkpoint), data_helpers.MODEL_INFO)
+    try:
+        with open(info_file) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise data_helpers.DataError('cannot read %s (%s); it is written by the training '
+                                     'scripts beside their checkpoints' % (info_file, e))
+    graph = tf.Graph()
+    with graph.as_default():
+        saver = tf.train.import_meta_graph(checkpoint + '.meta', clear_devices=True)
+        session = tf.Session(graph=graph)
+        saver.restore(session, checkpoint)
+    return (session, info, graph.get_tensor_by_name(info['input']),
+            graph.get_tensor_by_name(info['output']))
+
+
+class ImageReader:
+    """Decodes any picture file into the model's input size, as float pixels 0..255."""
+
+    def __init__(self, size, channels, crop):
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.contents = tf.placeholder(tf.string, [])
+            # Decode as RGB (grayscale is repeated, alpha dropped), then make
+            # it gray for the MNIST models.
+            image = tf.io.decode_image(self.contents, channels=3, expand_animations=False)
+            if channels == 1:
+                image = tf.image.rgb_to_grayscale(image)
+            if crop == 'center':
+                height, width = tf.shape(image)[0], tf.shape(image)[1]
+                side = tf.minimum(height, width)
+                image = tf.image.crop_to_bounding_box(
+                    image, (height - side) // 2, (width - side) // 2, side, side)
+            image = tf.cast(image, tf.float32)
+            # Already the model's size: take the pixels as they are.
+            self.image = tf.cond(
+                tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size])),
+                lambda: image,
+                # (tf.compat.v1's resize has no antialiasing; the v2 op does)
+                lambda: tf.compat.v2.image.resize(image, [size, size], antialias=True))
+            self.session = tf.Session(graph=self.graph)
+
+    def read(self, path):
+        """Returns [size, size, channels] float32 in 0..255.
+
+        Raises:
+          DataError: the file cannot be read or is not a supported picture.
+        """
+        try:
+            with open(path, 'rb') as f:
+                contents = f.read()
+        except OSError as e:
+            raise data_helpers.DataError('%s: cannot read (%s)' % (path, e.strerror or e))
+        try:
+            return self.session.run(self.image, {self.contents: contents})
+        except tf.errors.InvalidArgumentError as e:
+            # The reason is the line before TensorFlow's '[[{{node ...}}]]'.
+            lines = [line.strip() for line in (e.message or '').splitlines()]
+            ends = [i for i, line in enumerate(lines) if line.startswith('[[')]
+            reason = lines[ends[0] - 1] if ends and ends[0] > 0 else 'cannot decode'
+            raise data_helpers.DataError('%s: not a readable JPEG, PNG, GIF or BMP picture '
+                                         '(%s)' % (path, reason)) from None
+
+
+def model_input(pixels, info):
+    """float pixels [size, size, channels] in 0..255 -> the model's input row."""
+    if info['dataset'] == 'mnist' and pixels.mean() > 127.5:
+        pixels = 255 - pixels            # dark on light: invert, as MNIST is light on dark
+    if info['layout'] == 'flat':
+        # CIFAR-10 rows hold the red plane, then green, then blue.
+        pixels = np.transpose(pixels, (2, 0, 1)).reshape(-1)
+    if info['normalization'] == 'mean':
+        pixels = pixels - np.asarray(info['mean_image'], np.float32).reshape(pixels.shape)
+    else:
+        pixels = pixels / 255
+    return pixels.astype(np.float32)
+
+
+def expand(paths):
+    """Files as given; folders replaced by the pictures they hold, sorted."""
+    for path in paths:
+        if os.path.isdir(path):
+            for name in sorted(os.listdir(path)):
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    yield os.path.join(path, name)
+        else:
+            yield path
+
+
+def main(args):
+    session, info, input_tensor, output_tensor = load_model(args.run_dir)
+    classes = info['classes']
+    reader = ImageReader(info['image_size'], info['channels'], args.crop)
+    items, failures = [], 0     # items: (name, true label or None, pixels, input)
+
+    for path in expand(args.images):
+        try:
+            pixels = reader.read(path)
+        except data_helpers.DataError as e:
+            print('predict.py: error: %s' % e, file=sys.stderr)
+            failures += 1
+            continue
+        items.append((path, None, pixels, model_input(pixels, info)))
+
+    if args.test_index:
+        if info['dataset'] != 'cifar10':
+            raise data_helpers.DataError('--test-index needs a CIFAR-10 model; this one '
+                                         'was trained on %s' % info['dataset'])
+        images_train, _, images_test, labels_test = data_helpers.load_raw(args.data_dir)
+        del images_train
+        for index in args.test_index:
+            if not 0 <= index < len(images_test):
+                print('predict.py: error: --test-index %d is outside 0..%d'
+                      % (index, len(images_test) - 1), file=sys.stderr)
+                failures += 1
+                continue
+            pixels = data_helpers.to_nhwc(images_test[index:index + 1])[0].astype(np.float32)
+            items.append(('test image %d' % index, classes[labels_test[index]], pixels,
+                          model_input(pixels, info)))
+
+    results = []
+    if items:
+        inputs = np.stack([item[3] for item in items])
+        probabilities = session.run(output_tensor, {input_tensor: inputs})
+        for (name, truth, _, _), row in zip(items, probabilities):
+            top = np.argsort(-row)[:args.top_k]
+            results.append({'image': name, 'true': truth,
+                            'top': [{'class': classes[i], 'probability': float(row[i])}
+                                    for i in top]})
+
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for result in results:
+            labels = ', '.join('%s %.3f' % (entry['class'], entry['probability'])
+                               for entry in result['top'])
+            truth = ' (true: %s)' % result['true'] if result['true'] else ''
+            print('%s%s: %s' % (result['image'], truth, labels))
+    if args.plot and results:
+        import reporting
+        pictures = np.stack([item[2] for item in items]) / 255
+        titles = [('True: %s\n' % r['true'] if r['true'] else '') + 'Predict: %s %.2f'
+                  % (r['top'][0]['class'], r['top'][0]['probability']) for r in results]
+        reporting.plot_images(pictures, titles, args.plot)
+    return 1 if failures else 0
+
+
+if __name__ == '__main__':
+    sys.exit(data_helpers.exit_on_data_error(main, parse_args()))

@@ -1,0 +1,194 @@
+"""predict.py: any trained run folder, any picture, one clear line per bad input."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import cnn
+import data_helpers
+import predict
+import softmax
+import two_layer_mlp
+from test_two_layer_mlp import write_fake_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def encode(pixels, kind):
+    """PNG or JPEG bytes of a uint8 [H, W, C] array, by TensorFlow's encoders."""
+    with tf.Graph().as_default(), tf.Session() as sess:
+        op = (tf.io.encode_png(pixels) if kind == 'png'
+              else tf.io.encode_jpeg(pixels, quality=95))
+        return sess.run(op)
+
+
+def bmp(pixels):
+    """A 24-bit BMP of a uint8 [H, W, 3] array (rows bottom-up, BGR, padded)."""
+    height, width, _ = pixels.shape
+    row = width * 3 + (-width * 3) % 4
+    body = b''.join(pixels[y, :, ::-1].tobytes().ljust(row, b'\0')
+                    for y in range(height - 1, -1, -1))
+    header = struct.pack('<2sIHHI', b'BM', 54 + len(body), 0, 0, 54)
+    info = struct.pack('<IiiHHIIiiII', 40, width, height, 1, 24, 0, len(body), 0, 0, 0, 0)
+    return header + info + body
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    """Run folders of each script, trained for a few steps on tiny fake data."""
+    from conftest import write_fake_cifar10
+    base = tmp_path_factory.mktemp('predict')
+    cifar = write_fake_cifar10(str(base / 'cifar-10-batches-py'))
+    mnist = write_fake_mnist(str(base / 'mnist'))
+    quiet = lambda main, args: main(args)
+    folders = {}
+    quiet(softmax.main, softmax.parse_args(
+        ['--data-dir', cifar, '--max-steps', '20', '--train-dir', str(base / 'softmax'),
+         '--seed', '0']))
+    quiet(two_layer_mlp.main, two_layer_mlp.parse_args(
+        ['--data-dir', cifar, '--max-steps', '20', '--batch-size', '20',
+         '--train-dir', str(base / 'mlp'), '--seed', '0']))
+    quiet(two_layer_mlp.main, two_layer_mlp.parse_args(
+        ['--preset', 'mnist', '--data-dir', mnist, '--max-steps', '20',
+         '--train-dir', str(base / 'mnist_mlp'), '--seed', '0']))
+    quiet(cnn.main, cnn.parse_args(
+        ['--model', 'small', '--data-dir', cifar, '--max-steps', '5', '--batch-size', '16',
+         '--train-dir', str(base / 'cnn'), '--no-plots', '--seed', '0']))
+    quiet(cnn.main, cnn.parse_args(
+        ['--model', 'augmented', '--data-dir', cifar, '--max-steps', '5', '--batch-size', '16',
+         '--train-dir', str(base / 'cnn_augmented'), '--no-plots', '--seed', '0']))
+    for name in ('softmax', 'mlp', 'mnist_mlp', 'cnn', 'cnn_augmented'):
+        folders[name] = str(base / name)
+    folders['cifar'] = cifar
+    return folders
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    rng = np.random.default_rng(0)
+    files = {
+        'exact.png': encode(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), 'png'),
+        'large.jpg': encode(rng.integers(0, 256, (120, 90, 3), dtype=np.uint8), 'jpeg'),
+        'gray.png': encode(rng.integers(0, 256, (40, 40, 1), dtype=np.uint8), 'png'),
+        'alpha.png': encode(rng.integers(0, 256, (17, 50, 4), dtype=np.uint8), 'png'),
+        'picture.bmp': bmp(rng.integers(0, 256, (33, 31, 3), dtype=np.uint8)),
+    }
+    folder = tmp_path / 'pictures'
+    folder.mkdir()
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def predict_main(capsys, *argv):
+    status = predict.main(predict.parse_args([str(a) for a in argv]))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize('run', ['softmax', 'mlp', 'mnist_mlp', 'cnn', 'cnn_augmented'])
+def test_every_script_any_picture_top_k(runs, pictures, capsys, run):
+    status, out, err = predict_main(capsys, runs[run], pictures, '--json', '--top-k', '4')
+    assert status == 0, err
+    results = json.loads(out)
+    assert sorted(os.path.basename(r['image']) for r in results) == sorted(
+        os.listdir(pictures))
+    classes = [str(d) for d in range(10)] if run == 'mnist_mlp' else data_helpers.CLASSES
+    for result in results:
+        probabilities = [entry['probability'] for entry in result['top']]
+        assert len(result['top']) == 4
+        assert all(entry['class'] in classes for entry in result['top'])
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert 0 <= min(probabilities) and sum(probabilities) <= 1 + 1e-6
+
+
+@pytest.mark.parametrize('run', ['softmax', 'mlp', 'cnn', 'cnn_augmented'])
+def test_a_picture_at_model_size_gets_the_training_pipelines_probabilities(
+        runs, tmp_path, capsys, run):
+    # Test image 3 saved as a lossless PNG must give exactly the probabilities
+    # that the model gives the same image through load_data's pre-processing.
+    _, _, images_test, _ = data_helpers.load_raw(runs['cifar'])
+    path = tmp_path / 'test3.png'
+    path.write_bytes(encode(data_helpers.to_nhwc(images_test[3:4])[0], 'png'))
+    _, out, _ = predict_main(capsys, runs[run], path, '--test-index', '3', '--json',
+                             '--top-k', '10', '--data-dir', runs['cifar'])
+    from_file, from_dataset = json.loads(out)
+    assert from_dataset['true'] is not None
+    for a, b in zip(from_file['top'], from_dataset['top']):
+        assert a['class'] == b['class']
+        assert a['probability'] == pytest.approx(b['probability'], abs=1e-5)
+
+
+def test_training_pipeline_and_predict_agree_with_the_training_graph(runs, capsys):
+    # The --test-index path itself against the trained graph fed by cnn.py's loader.
+    data = data_helpers.load_data(runs['cifar'], normalization='scale', layout='nhwc')
+    session, info, images, probabilities = predict.load_model(runs['cnn'])
+    expected = session.run(probabilities, {images: data['images_test'][:1]})[0]
+    _, out, _ = predict_main(capsys, runs['cnn'], '--test-index', '0', '--json',
+                             '--top-k', '10', '--data-dir', runs['cifar'])
+    got = {e['class']: e['probability'] for e in json.loads(out)[0]['top']}
+    np.testing.assert_allclose([got[c] for c in info['classes']], expected, atol=1e-6)
+
+
+def test_corrupt_file_is_reported_and_the_others_still_classified(runs, pictures, capsys):
+    (pictures / 'broken.jpg').write_bytes(b'\xff\xd8\xff not a jpeg at all')
+    (pictures / 'notes.png').write_text('hello')
+    status, out, err = predict_main(capsys, runs['cnn'], pictures, pictures / 'missing.png')
+    assert status == 1
+    assert len(out.strip().splitlines()) == 5            # the five good pictures
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith('predict.py: error: ') for line in lines)
+    assert any('broken.jpg: not a readable' in line for line in lines)
+    assert any('missing.png: cannot read' in line for line in lines)
+
+
+def test_mnist_dark_on_light_is_inverted():
+    info = {'dataset': 'mnist', 'layout': 'flat', 'normalization': 'scale'}
+    paper = np.full((28, 28, 1), 250.0, np.float32)
+    paper[10:18, 12:15] = 5.0                         # a dark stroke on white paper
+    row = predict.model_input(paper, info)
+    assert row.shape == (784,)
+    assert row.reshape(28, 28)[14, 13] > 0.9 and row.reshape(28, 28)[0, 0] < 0.1
+
+
+def test_center_crop_keeps_the_aspect_ratio(tmp_path):
+    wide = np.zeros((32, 96, 3), np.uint8)
+    wide[:, 32:64] = 255                                # white centre square
+    path = tmp_path / 'wide.png'
+    path.write_bytes(encode(wide, 'png'))
+    cropped = predict.ImageReader(32, 3, 'center').read(str(path))
+    squeezed = predict.ImageReader(32, 3, 'none').read(str(path))
+    assert cropped.min() == 255                         # only the white square is left
+    assert squeezed.min() < 100                         # the black sides are squeezed in
+
+
+def run_cli(*argv):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py')]
+                          + [str(a) for a in argv], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_missing_run_folder_is_one_line(tmp_path, pictures):
+    result = run_cli(tmp_path / 'nowhere', pictures)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        'predict.py: error: run folder %s does not exist' % (tmp_path / 'nowhere'))
+
+
+def test_folder_without_checkpoint_is_one_line(tmp_path, pictures):
+    result = run_cli(tmp_path, pictures)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert 'predict.py: error: no checkpoint in %s' % tmp_path in result.stderr
+
+
+def test_plot_is_written(runs, pictures, tmp_path, capsys):
+    status, _, _ = predict_main(capsys, runs['mnist_mlp'], pictures, '--plot',
+                                tmp_path / 'grid.png')
+    assert status == 0
+    assert (tmp_path / 'grid.png').read_bytes().startswith(b'\x89PNG')
