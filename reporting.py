@@ -86,6 +86,7 @@ def plot_history(history, folder):
         axes.plot(history['epoch'], history['val_' + metric], 's-',
                   label='validation ' + metric)
         axes.set_xlabel('epoch')
+        axes.xaxis.get_major_locator().set_params(integer=True)
         axes.set_ylabel(metric)
         axes.set_title('Training and validation ' + metric)
         axes.legend()
