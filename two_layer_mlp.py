@@ -260,7 +260,7 @@ def main(args):
     # Load the data
     data_sets = load_dataset(args.dataset, args.data_dir)
     image_pixels = data_sets['images_train'].shape[1]
-    if args.batch_size > len(data_sets['images_train']):
+    if not args.restore and args.batch_size > len(data_sets['images_train']):
         raise data_helpers.DataError('--batch-size %d is larger than the %d training images'
                                      % (args.batch_size, len(data_sets['images_train'])))
 
