@@ -273,8 +273,10 @@ def parse_args(argv=None):
                         help='passes over the training set (default: the article\'s)')
     length.add_argument('--max-steps', type=data_helpers.positive_int,
                         help='training steps instead of epochs')
-    parser.add_argument('--batch-size', type=data_helpers.positive_int)
-    parser.add_argument('--learning-rate', type=data_helpers.positive_float)
+    parser.add_argument('--batch-size', type=data_helpers.positive_int,
+                        help='images per step (default: 64 augmented, 128 the others)')
+    parser.add_argument('--learning-rate', type=data_helpers.positive_float,
+                        help='Adam step size (default: 1e-4 augmented, 1e-3 the others)')
     parser.add_argument('--lr-schedule', choices=['constant', 'linear'], default='constant',
                         help="'linear': decay the learning rate to zero over the run "
                              "(for shortened runs; default: constant, as the articles)")
@@ -376,7 +378,7 @@ def main(args):
     with tf.Session(config=data_helpers.session_config()) as sess:
         if args.restore:
             checkpoint = data_helpers.latest_checkpoint(args.restore)
-            saver.restore(sess, checkpoint)
+            data_helpers.restore(saver, sess, checkpoint, '--model ' + args.model)
             result = evaluate(sess, {'accuracy': accuracy}, images_placeholder,
                               labels_placeholder, data_sets['images_test'],
                               data_sets['labels_test'])

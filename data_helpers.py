@@ -729,6 +729,20 @@ def latest_checkpoint(train_dir):
     return tf.train.latest_checkpoint(runs[-1])
 
 
+def restore(saver, session, checkpoint, built_with):
+    """saver.restore, with one clear line when the checkpoint is of another model.
+
+    Raises:
+      DataError: the checkpoint's variables do not match this graph.
+    """
+    import tensorflow.compat.v1 as tf
+    try:
+        saver.restore(session, checkpoint)
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError):
+        raise DataError('%s does not match the model built with %s: give the options it '
+                        'was trained with' % (checkpoint, built_with)) from None
+
+
 # -----------------------------------------------------------------------------
 # Command-line plumbing shared by the scripts
 # -----------------------------------------------------------------------------

@@ -178,9 +178,12 @@ def parse_args(argv=None):
                         help='which article to reproduce (default: wolfib)')
     parser.add_argument('--hidden', type=data_helpers.positive_int, nargs='+',
                         help='hidden layer sizes, e.g. --hidden 256 256')
-    parser.add_argument('--optimizer', choices=['gd', 'adam', 'rmsprop'])
-    parser.add_argument('--learning-rate', type=data_helpers.positive_float)
-    parser.add_argument('--batch-size', type=data_helpers.positive_int)
+    parser.add_argument('--optimizer', choices=['gd', 'adam', 'rmsprop'],
+                        help='gradient descent, Adam or RMSprop (default: the preset\'s)')
+    parser.add_argument('--learning-rate', type=data_helpers.positive_float,
+                        help='step size (default: the preset\'s)')
+    parser.add_argument('--batch-size', type=data_helpers.positive_int,
+                        help='images per step (default: the preset\'s)')
     length = parser.add_mutually_exclusive_group()
     length.add_argument('--max-steps', type=data_helpers.positive_int,
                         help='train for this many steps')
@@ -309,7 +312,7 @@ def main(args):
         if args.restore:
             # Evaluate a saved model, as the original restore_model.py does
             checkpoint = data_helpers.latest_checkpoint(args.train_dir)
-            saver.restore(sess, checkpoint)
+            data_helpers.restore(saver, sess, checkpoint, '--preset ' + args.preset)
             print('Restored {}'.format(checkpoint))
             test_accuracy = evaluate(sess, accuracy, images_placeholder, labels_placeholder,
                                      data_sets['images_test'], data_sets['labels_test'])

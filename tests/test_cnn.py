@@ -149,6 +149,10 @@ def test_run_writes_history_checkpoints_pictures_and_restores(fake_cifar10, tmp_
     restored, out = run(capsys, '--model', 'small', '--data-dir', fake_cifar10,
                         '--restore', str(run_dir))
     assert restored == pytest.approx(accuracy, abs=1e-9)
+    with pytest.raises(data_helpers.DataError, match='does not match the model built with '
+                       '--model batchnorm'):
+        run(capsys, '--model', 'batchnorm', '--data-dir', fake_cifar10, '--restore',
+            str(run_dir))
 
 
 def test_step_counted_runs_report_every_log_every(fake_cifar10, tmp_path, capsys):
