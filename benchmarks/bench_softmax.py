@@ -46,6 +46,16 @@ def report(name, walls, totals, accuracies):
               min(accuracies), max(accuracies), len(accuracies)))
 
 
+def compare(ours, original):
+    """Reports both programs' runs and the ratio of their median Total times."""
+    report('ours', *zip(*ours))
+    if original:
+        report('original', *zip(*original))
+        print('Total time ratio ours / original (medians): %.2f'
+              % (statistics.median([r[1] for r in ours])
+                 / statistics.median([r[1] for r in original])))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--runs', type=int, default=5)
@@ -59,12 +69,7 @@ def main():
         ours.append(run_program(ROOT, ['--seed', str(i)]))
         if args.original:
             original.append(run_program(args.original, []))
-    report('ours', *zip(*ours))
-    if args.original:
-        report('original', *zip(*original))
-        print('Total time ratio ours / original (medians): %.2f'
-              % (statistics.median([r[1] for r in ours])
-                 / statistics.median([r[1] for r in original])))
+    compare(ours, original)
 
     import data_helpers
     import softmax

@@ -10,12 +10,11 @@ project. Set $CIFAR10_DIR first.
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_softmax import ROOT, report, run_program  # noqa: E402
+from bench_softmax import ROOT, compare, run_program  # noqa: E402
 
 
 def main():
@@ -31,12 +30,7 @@ def main():
         if args.original:
             original.append(run_program(args.original, ['--train_dir', logs],
                                         script='run_fc_model.py'))
-    report('ours', *zip(*ours))
-    if args.original:
-        report('original', *zip(*original))
-        print('Total time ratio ours / original (medians): %.2f'
-              % (statistics.median([r[1] for r in ours])
-                 / statistics.median([r[1] for r in original])))
+    compare(ours, original)
 
 
 if __name__ == '__main__':
