@@ -323,6 +323,13 @@ def load_raw(data_dir=None):
     return images_train, labels_train, images_test, labels_test
 
 
+def load_test_batch(data_dir=None):
+    """Reads only the test batch, as stored: (images uint8 [10000, 3072],
+    labels int64 [10000]), for tools that never need the training set."""
+    folder = find_cifar10(data_dir)
+    return load_CIFAR10_batch(os.path.join(folder, TEST_BATCH), _images_per_batch(folder))
+
+
 def aligned_empty(shape, dtype=np.float32, alignment=64):
     """An uninitialised C-ordered array whose data starts on a 64-byte boundary.
 

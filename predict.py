@@ -181,8 +181,7 @@ def main(args):
         if info['dataset'] != 'cifar10':
             raise data_helpers.DataError('--test-index needs a CIFAR-10 model; this one '
                                          'was trained on %s' % info['dataset'])
-        images_train, _, images_test, labels_test = data_helpers.load_raw(args.data_dir)
-        del images_train
+        images_test, labels_test = data_helpers.load_test_batch(args.data_dir)
         for index in args.test_index:
             if not 0 <= index < len(images_test):
                 print('predict.py: error: --test-index %d is outside 0..%d'

@@ -40,6 +40,17 @@ def test_load_data_shapes_dtypes_and_mean_subtraction(tmp_path, keys):
     np.testing.assert_allclose(data['images_test'], raw_test - mean_image, atol=1e-3)
 
 
+def test_load_test_batch_reads_the_test_set_alone(fake_cifar10):
+    _, _, raw_test, raw_labels = data_helpers.load_raw(fake_cifar10)
+    with open(os.path.join(fake_cifar10, 'data_batch_3'), 'wb') as f:
+        f.write(b'garbage')                      # a training batch: not read at all
+    with pytest.raises(data_helpers.DataError):
+        data_helpers.load_raw(fake_cifar10)
+    images, labels = data_helpers.load_test_batch(fake_cifar10)
+    np.testing.assert_array_equal(images, raw_test)
+    np.testing.assert_array_equal(labels, raw_labels)
+
+
 def test_load_data_finds_the_parent_folder_too(fake_cifar10):
     data = data_helpers.load_data(os.path.dirname(fake_cifar10))
     assert data['images_train'].shape == (TRAIN, 3072)
