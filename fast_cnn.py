@@ -1,8 +1,10 @@
-"""94% on CIFAR-10 in minutes on a laptop-class CPU, in TensorFlow 1 graph mode.
+"""A GPU speed-run recipe for CIFAR-10 on a laptop-class CPU, in TensorFlow 1 graph mode.
 
 The articles stop at 78-83% after an hour. The GPU speed-runs show what a
-good recipe does with far less compute; this file is that recipe, written out
-step by step so it can be read beside them. Where each idea comes from:
+good recipe does with far less compute (airbench94: 94% in seconds on an
+A100); this file is that recipe, written out step by step so it can be read
+beside them. On 2 CPU cores it trains in about 15 minutes (BENCHMARKS.md).
+Where each idea comes from:
 
 * The network, its widths (64/256/256), the hyper-parameters, lookahead
   weight averaging, alternating flips and multi-crop test-time augmentation:
