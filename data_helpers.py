@@ -1,38 +1,36 @@
-"""CIFAR-10 for the tutorials: find it, download it, read it, and draw batches.
+"""CIFAR-10 (and MNIST) for the tutorials: find it, read it, check it, draw batches.
 
-The article's own `data_helpers.py` read the five training batches and the test
-batch with `pickle`, turned them into float64 and subtracted the mean training
-image. This module does the same (in float32, which halves the memory) and adds
-what a tool needs around it:
+The article's own `data_helpers.py` read the five training batches and the
+test batch with `pickle`, turned them into float64 and subtracted the mean
+training image. `load_data()` below does the same (in float32, which halves
+the memory); the rest is what a tool needs around it:
 
-* where the data is: an explicit `data_dir`, else `$CIFAR10_DIR`, else
-  `./cifar-10-batches-py` (where the article puts it), else a per-user cache
-  folder, where it is downloaded, md5-checked and extracted when absent;
-* validation of every file read, so a truncated or foreign file gives one
-  clear `DataError` naming it instead of a traceback;
+* `load_data()`: the article's function; `load_raw()` and `load_test_batch()`
+  give the uint8 pixels as stored, `load_CIFAR10_batch()` one file;
+* `find_cifar10()`: an explicit `data_dir`, else `$CIFAR10_DIR`, else
+  `./cifar-10-batches-py` (where the article puts it), else the per-user cache
+  folder, where it is downloaded, md5-checked and extracted when absent
+  (downloads.py does the fetching);
+* `load_mnist()`: the four official IDX files, as TensorFlow's old `input_data`;
 * the three ways the tutorials draw training batches: `random_batch` (part 1:
-  with replacement, fed through `feed_dict`), `gen_batch` (part 2: shuffled
-  epochs without replacement) and `InGraphSampler` (the training set held once
-  in device memory, batches drawn inside the graph).
+  with replacement, fed through `feed_dict`), `epoch_indices` / `gen_batch`
+  (part 2: shuffled epochs without replacement) and `InGraphSampler` (the
+  training set held once in device memory, batches drawn inside the graph).
 
-The official batches are Python pickles, and unpickling can run arbitrary code:
-only ever point this module at the dataset's own files.
+Every file read is validated, so a truncated or foreign file gives one clear
+`DataError` naming it instead of a traceback. The official batches are Python
+pickles, and unpickling can run arbitrary code: only ever point this module at
+the dataset's own files.
 """
 
-import argparse
-import datetime
-import hashlib
-import json
+import gzip
 import os
 import pickle
-import shutil
-import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 
 import numpy as np
+import tensorflow.compat.v1 as tf
+
+from downloads import DataError, cache_dir, download_and_extract, download_from_mirrors
 
 CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 CIFAR10_MD5 = 'c58f30108f718f92721af3b95e74349a'
@@ -45,308 +43,9 @@ CLASSES = ['plane', 'car', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
 IMAGE_PIXELS = 32 * 32 * 3
 
 
-class DataError(Exception):
-    """A data set that is missing, corrupt or cannot be fetched.
-
-    Its message is one line that names the file or URL and says what to do;
-    the scripts print it without a traceback.
-    """
-
-
 # -----------------------------------------------------------------------------
-# Where the data is
+# The article's load_data()
 # -----------------------------------------------------------------------------
-
-def cache_dir():
-    """The per-user folder where downloads go: $XDG_CACHE_HOME or ~/.cache."""
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
-        os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'tf-image-recognition')
-
-
-def _holds_cifar10(folder):
-    return all(os.path.isfile(os.path.join(folder, name))
-               for name in TRAIN_BATCHES + [TEST_BATCH])
-
-
-def _batches_folder(folder):
-    """`folder` itself if it holds the batches, else its cifar-10-batches-py."""
-    for candidate in (folder, os.path.join(folder, CIFAR10_FOLDER)):
-        if _holds_cifar10(candidate):
-            return candidate
-    return None
-
-
-def _place_by_hand(folder):
-    return ('download %s by hand, check its md5 (%s), extract it so that %s '
-            'holds data_batch_1..5 and test_batch, or point $CIFAR10_DIR or '
-            '--data-dir at an existing copy'
-            % (CIFAR10_URL, CIFAR10_MD5, os.path.join(folder, CIFAR10_FOLDER)))
-
-
-def find_cifar10(data_dir=None, download=True):
-    """Returns the folder that holds the CIFAR-10 batches, downloading if needed.
-
-    Args:
-      data_dir: a `cifar-10-batches-py` folder or a folder containing one. When
-        given (or when $CIFAR10_DIR is set) it must hold the data: nothing is
-        downloaded into a folder the user named.
-      download: whether to download into the per-user cache when no copy is found.
-
-    Returns:
-      The path of the folder holding data_batch_1..5 and test_batch.
-
-    Raises:
-      DataError: the data is not where it was said to be, or cannot be fetched.
-    """
-    named = data_dir or os.environ.get('CIFAR10_DIR')
-    if named:
-        found = _batches_folder(named)
-        if found is None:
-            source = '--data-dir' if data_dir else '$CIFAR10_DIR'
-            raise DataError('%s %s holds no CIFAR-10 batches (data_batch_1..5, '
-                            'test_batch); fix the path, or unset it to use '
-                            'the download in %s' % (source, named, cache_dir()))
-        return found
-    for folder in (os.getcwd(), cache_dir()):
-        found = _batches_folder(folder)
-        if found is not None:
-            return found
-    if not download:
-        raise DataError('CIFAR-10 not found in ./%s or %s; %s'
-                        % (CIFAR10_FOLDER, cache_dir(), _place_by_hand(cache_dir())))
-    return download_and_extract(CIFAR10_URL, CIFAR10_MD5, cache_dir(), CIFAR10_FOLDER)
-
-
-# -----------------------------------------------------------------------------
-# Download: temporary names throughout, so an interrupted run leaves nothing
-# half-written behind
-# -----------------------------------------------------------------------------
-
-def _progress(name, done, total):
-    if total:
-        text = '\rDownloading %s: %3d%% (%.1f of %.1f MB)' % (
-            name, 100 * done // total, done / 1e6, total / 1e6)
-    else:
-        text = '\rDownloading %s: %.1f MB' % (name, done / 1e6)
-    sys.stderr.write(text)
-    sys.stderr.flush()
-
-
-def download_file(url, md5, path, timeout=30):
-    """Downloads `url` to `path`, showing progress, and checks its md5.
-
-    The bytes go to a temporary file beside `path` that is renamed only once
-    the md5 matches; on any failure it is removed.
-
-    Raises:
-      DataError: the server cannot be reached or the md5 does not match.
-    """
-    folder = os.path.dirname(path) or '.'
-    os.makedirs(folder, exist_ok=True)
-    name = os.path.basename(path)
-    fd, partial = tempfile.mkstemp(prefix='.' + name + '.', suffix='.part', dir=folder)
-    digest = hashlib.md5()
-    try:
-        with os.fdopen(fd, 'wb') as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    total = int(response.headers.get('Content-Length') or 0)
-                    done = 0
-                    while True:
-                        chunk = response.read(1 << 20)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        digest.update(chunk)
-                        done += len(chunk)
-                        _progress(name, done, total)
-                sys.stderr.write('\n')
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, 'reason', None) or e
-                raise DataError('cannot download %s (%s)' % (url, reason)) from None
-        if digest.hexdigest() != md5:
-            raise DataError('%s downloaded with md5 %s, expected %s: the file is '
-                            'damaged or not the official one'
-                            % (url, digest.hexdigest(), md5))
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-    return path
-
-
-def safe_extract(archive, target):
-    """Extracts a tar archive into `target`, refusing members that would land
-    outside it (absolute paths, `..`, links pointing out, devices).
-
-    Raises:
-      DataError: the archive is unreadable or holds an unsafe member.
-    """
-    root = os.path.realpath(target)
-    try:
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            for member in members:
-                dest = os.path.realpath(os.path.join(root, member.name))
-                unsafe = os.path.commonpath([root, dest]) != root
-                if member.islnk() or member.issym():
-                    link = os.path.realpath(os.path.join(
-                        root if member.islnk() else os.path.dirname(dest),
-                        member.linkname))
-                    unsafe = unsafe or os.path.commonpath([root, link]) != root
-                if unsafe or member.isdev():
-                    raise DataError('%s: refusing to extract member %r, which '
-                                    'would land outside %s'
-                                    % (archive, member.name, target))
-            if hasattr(tarfile, 'data_filter'):   # Python >= 3.11.4
-                tar.extractall(target, members=members, filter='data')
-            else:
-                tar.extractall(target, members=members)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DataError('%s is not a readable tar archive (%s); delete it and '
-                        'download again' % (archive, e)) from None
-
-
-def download_and_extract(url, md5, folder, member):
-    """Downloads and extracts an archive so that `folder/member` appears whole.
-
-    Returns:
-      The path `folder/member`.
-    """
-    os.makedirs(folder, exist_ok=True)
-    work = tempfile.mkdtemp(prefix='.download-', dir=folder)
-    try:
-        archive = download_file(url, md5, os.path.join(work, os.path.basename(url)))
-        unpacked = os.path.join(work, 'unpacked')
-        safe_extract(archive, unpacked)
-        if not os.path.isdir(os.path.join(unpacked, member)):
-            raise DataError('%s holds no %s/ folder' % (url, member))
-        final = os.path.join(folder, member)
-        os.replace(os.path.join(unpacked, member), final)
-        return final
-    except DataError as e:
-        raise DataError('%s; %s' % (e, _place_by_hand(folder))) from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-# -----------------------------------------------------------------------------
-# Reading the batches
-# -----------------------------------------------------------------------------
-
-def _unpickle(filename):
-    """Loads one Python-2 pickle with str keys, whatever the encoding gave."""
-    try:
-        with open(filename, 'rb') as f:
-            # latin1 turns the Python-2 str keys into str and leaves numpy's
-            # uint8 buffers as they were; bytes keys are turned into str below.
-            content = pickle.load(f, encoding='latin1')
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError,
-            AttributeError, ImportError, IndexError, KeyError, MemoryError) as e:
-        raise DataError('%s is truncated or not a CIFAR-10 batch (%s: %s); '
-                        'delete it and download or place it again'
-                        % (filename, type(e).__name__, e)) from None
-    except OSError as e:
-        raise DataError('cannot read %s (%s)' % (filename, e.strerror or e)) from None
-    if not isinstance(content, dict):
-        raise DataError('%s is not a CIFAR-10 batch (it holds a %s, not a dict)'
-                        % (filename, type(content).__name__))
-    return {k.decode('latin1') if isinstance(k, bytes) else k: v
-            for k, v in content.items()}
-
-
-def load_CIFAR10_batch(filename, expected_count=None):
-    """Loads one CIFAR-10 batch file, as the article's function of that name.
-
-    Args:
-      filename: path of data_batch_N or test_batch.
-      expected_count: the number of images the batch must hold, or None.
-
-    Returns:
-      (images uint8 [N, 3072], labels int64 [N]); each image row holds the
-      1024 red, then 1024 green, then 1024 blue values.
-
-    Raises:
-      DataError: the file is missing, truncated or not a CIFAR-10 batch.
-    """
-    batch = _unpickle(filename)
-    missing = [key for key in ('data', 'labels') if key not in batch]
-    if missing:
-        raise DataError('%s is not a CIFAR-10 batch: it has no %s'
-                        % (filename, ' or '.join(repr(k) for k in missing)))
-    images, labels = batch['data'], np.asarray(batch['labels'])
-    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8
-            and images.ndim == 2 and images.shape[1] == IMAGE_PIXELS):
-        found = ('%s %s' % (images.dtype, images.shape) if isinstance(images, np.ndarray)
-                 else type(images).__name__)
-        raise DataError('%s is not a CIFAR-10 batch: data is %s, expected uint8 '
-                        '(N, 3072)' % (filename, found))
-    if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError('%s is not a CIFAR-10 batch: %d images but labels of shape %s'
-                        % (filename, images.shape[0], labels.shape))
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError('%s is not a CIFAR-10 batch: labels outside 0..9' % filename)
-    if expected_count is not None and images.shape[0] != expected_count:
-        raise DataError('%s holds %d images, expected %d: the file is truncated'
-                        % (filename, images.shape[0], expected_count))
-    return images, labels.astype(np.int64)
-
-
-def _images_per_batch(folder):
-    """num_cases_per_batch from batches.meta (10000 in the official set)."""
-    meta_file = os.path.join(folder, 'batches.meta')
-    if not os.path.exists(meta_file):
-        return None
-    meta = _unpickle(meta_file)
-    count = meta.get('num_cases_per_batch')
-    if not isinstance(count, int) or count <= 0:
-        raise DataError('%s is not CIFAR-10 metadata: no num_cases_per_batch' % meta_file)
-    return count
-
-
-def load_raw(data_dir=None):
-    """Reads the six batches as stored, without normalising.
-
-    Returns:
-      (images_train uint8 [50000, 3072], labels_train int64 [50000],
-       images_test uint8 [10000, 3072], labels_test int64 [10000]).
-    """
-    folder = find_cifar10(data_dir)
-    count = _images_per_batch(folder)
-    train = [load_CIFAR10_batch(os.path.join(folder, name), count)
-             for name in TRAIN_BATCHES]
-    images_test, labels_test = load_CIFAR10_batch(
-        os.path.join(folder, TEST_BATCH), count)
-    images_train = np.concatenate([images for images, _ in train])
-    labels_train = np.concatenate([labels for _, labels in train])
-    return images_train, labels_train, images_test, labels_test
-
-
-def load_test_batch(data_dir=None):
-    """Reads only the test batch, as stored: (images uint8 [10000, 3072],
-    labels int64 [10000]), for tools that never need the training set."""
-    folder = find_cifar10(data_dir)
-    return load_CIFAR10_batch(os.path.join(folder, TEST_BATCH), _images_per_batch(folder))
-
-
-def aligned_empty(shape, dtype=np.float32, alignment=64):
-    """An uninitialised C-ordered array whose data starts on a 64-byte boundary.
-
-    TensorFlow uses a fed numpy array in place, without copying it, only when
-    its data is aligned like this; numpy's own large arrays are 16-byte aligned,
-    and a copy of the 600 MB training set costs seconds here (BENCHMARKS.md).
-    """
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.empty(size + alignment, np.uint8)
-    start = -raw.ctypes.data % alignment
-    return raw[start:start + size].view(dtype).reshape(shape)
-
-
-def to_nhwc(images):
-    """[N, 3072] rows of R, G, B planes -> [N, 32, 32, 3] (a view, no copy)."""
-    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-
 
 def load_data(data_dir=None, normalization='mean', layout='flat'):
     """Loads CIFAR-10 as the article's `load_data()` does, in float32.
@@ -405,6 +104,182 @@ def load_data(data_dir=None, normalization='mean', layout='flat'):
 
 
 # -----------------------------------------------------------------------------
+# Reading the batches
+# -----------------------------------------------------------------------------
+
+def load_raw(data_dir=None):
+    """Reads the six batches as stored, without normalising.
+
+    Returns:
+      (images_train uint8 [50000, 3072], labels_train int64 [50000],
+       images_test uint8 [10000, 3072], labels_test int64 [10000]).
+    """
+    folder = find_cifar10(data_dir)
+    count = _images_per_batch(folder)
+    train = [load_CIFAR10_batch(os.path.join(folder, name), count)
+             for name in TRAIN_BATCHES]
+    images_test, labels_test = load_CIFAR10_batch(
+        os.path.join(folder, TEST_BATCH), count)
+    images_train = np.concatenate([images for images, _ in train])
+    labels_train = np.concatenate([labels for _, labels in train])
+    return images_train, labels_train, images_test, labels_test
+
+
+def load_test_batch(data_dir=None):
+    """Reads only the test batch, as stored: (images uint8 [10000, 3072],
+    labels int64 [10000]), for tools that never need the training set."""
+    folder = find_cifar10(data_dir)
+    return load_CIFAR10_batch(os.path.join(folder, TEST_BATCH), _images_per_batch(folder))
+
+
+def load_CIFAR10_batch(filename, expected_count=None):
+    """Loads one CIFAR-10 batch file, as the article's function of that name.
+
+    Args:
+      filename: path of data_batch_N or test_batch.
+      expected_count: the number of images the batch must hold, or None.
+
+    Returns:
+      (images uint8 [N, 3072], labels int64 [N]); each image row holds the
+      1024 red, then 1024 green, then 1024 blue values.
+
+    Raises:
+      DataError: the file is missing, truncated or not a CIFAR-10 batch.
+    """
+    batch = _unpickle(filename)
+    missing = [key for key in ('data', 'labels') if key not in batch]
+    if missing:
+        raise DataError('%s is not a CIFAR-10 batch: it has no %s'
+                        % (filename, ' or '.join(repr(k) for k in missing)))
+    images, labels = batch['data'], np.asarray(batch['labels'])
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8
+            and images.ndim == 2 and images.shape[1] == IMAGE_PIXELS):
+        found = ('%s %s' % (images.dtype, images.shape) if isinstance(images, np.ndarray)
+                 else type(images).__name__)
+        raise DataError('%s is not a CIFAR-10 batch: data is %s, expected uint8 '
+                        '(N, 3072)' % (filename, found))
+    if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError('%s is not a CIFAR-10 batch: %d images but labels of shape %s'
+                        % (filename, images.shape[0], labels.shape))
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError('%s is not a CIFAR-10 batch: labels outside 0..9' % filename)
+    if expected_count is not None and images.shape[0] != expected_count:
+        raise DataError('%s holds %d images, expected %d: the file is truncated'
+                        % (filename, images.shape[0], expected_count))
+    return images, labels.astype(np.int64)
+
+
+def _images_per_batch(folder):
+    """num_cases_per_batch from batches.meta (10000 in the official set)."""
+    meta_file = os.path.join(folder, 'batches.meta')
+    if not os.path.exists(meta_file):
+        return None
+    meta = _unpickle(meta_file)
+    count = meta.get('num_cases_per_batch')
+    if not isinstance(count, int) or count <= 0:
+        raise DataError('%s is not CIFAR-10 metadata: no num_cases_per_batch' % meta_file)
+    return count
+
+
+def _unpickle(filename):
+    """Loads one Python-2 pickle with str keys, whatever the encoding gave."""
+    try:
+        with open(filename, 'rb') as f:
+            # latin1 turns the Python-2 str keys into str and leaves numpy's
+            # uint8 buffers as they were; bytes keys are turned into str below.
+            content = pickle.load(f, encoding='latin1')
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError,
+            AttributeError, ImportError, IndexError, KeyError, MemoryError) as e:
+        raise DataError('%s is truncated or not a CIFAR-10 batch (%s: %s); '
+                        'delete it and download or place it again'
+                        % (filename, type(e).__name__, e)) from None
+    except OSError as e:
+        raise DataError('cannot read %s (%s)' % (filename, e.strerror or e)) from None
+    if not isinstance(content, dict):
+        raise DataError('%s is not a CIFAR-10 batch (it holds a %s, not a dict)'
+                        % (filename, type(content).__name__))
+    return {k.decode('latin1') if isinstance(k, bytes) else k: v
+            for k, v in content.items()}
+
+
+def aligned_empty(shape, dtype=np.float32, alignment=64):
+    """An uninitialised C-ordered array whose data starts on a 64-byte boundary.
+
+    TensorFlow uses a fed numpy array in place, without copying it, only when
+    its data is aligned like this; numpy's own large arrays are 16-byte aligned,
+    and a copy of the 600 MB training set costs seconds here (BENCHMARKS.md).
+    """
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def to_nhwc(images):
+    """[N, 3072] rows of R, G, B planes -> [N, 32, 32, 3] (a view, no copy)."""
+    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+# -----------------------------------------------------------------------------
+# Where the data is
+# -----------------------------------------------------------------------------
+
+def _holds_cifar10(folder):
+    return all(os.path.isfile(os.path.join(folder, name))
+               for name in TRAIN_BATCHES + [TEST_BATCH])
+
+
+def _batches_folder(folder):
+    """`folder` itself if it holds the batches, else its cifar-10-batches-py."""
+    for candidate in (folder, os.path.join(folder, CIFAR10_FOLDER)):
+        if _holds_cifar10(candidate):
+            return candidate
+    return None
+
+
+def _place_by_hand(folder):
+    return ('download %s by hand, check its md5 (%s), extract it so that %s '
+            'holds data_batch_1..5 and test_batch, or point $CIFAR10_DIR or '
+            '--data-dir at an existing copy'
+            % (CIFAR10_URL, CIFAR10_MD5, os.path.join(folder, CIFAR10_FOLDER)))
+
+
+def find_cifar10(data_dir=None, download=True):
+    """Returns the folder that holds the CIFAR-10 batches, downloading if needed.
+
+    Args:
+      data_dir: a `cifar-10-batches-py` folder or a folder containing one. When
+        given (or when $CIFAR10_DIR is set) it must hold the data: nothing is
+        downloaded into a folder the user named.
+      download: whether to download into the per-user cache when no copy is found.
+
+    Returns:
+      The path of the folder holding data_batch_1..5 and test_batch.
+
+    Raises:
+      DataError: the data is not where it was said to be, or cannot be fetched.
+    """
+    named = data_dir or os.environ.get('CIFAR10_DIR')
+    if named:
+        found = _batches_folder(named)
+        if found is None:
+            source = '--data-dir' if data_dir else '$CIFAR10_DIR'
+            raise DataError('%s %s holds no CIFAR-10 batches (data_batch_1..5, '
+                            'test_batch); fix the path, or unset it to use '
+                            'the download in %s' % (source, named, cache_dir()))
+        return found
+    for folder in (os.getcwd(), cache_dir()):
+        found = _batches_folder(folder)
+        if found is not None:
+            return found
+    if not download:
+        raise DataError('CIFAR-10 not found in ./%s or %s; %s'
+                        % (CIFAR10_FOLDER, cache_dir(), _place_by_hand(cache_dir())))
+    return download_and_extract(CIFAR10_URL, CIFAR10_MD5, cache_dir(), CIFAR10_FOLDER,
+                                _place_by_hand(cache_dir()))
+
+
+# -----------------------------------------------------------------------------
 # MNIST: the four official IDX files
 # -----------------------------------------------------------------------------
 
@@ -419,48 +294,6 @@ MNIST_FILES = {
     't10k-labels-idx1-ubyte.gz': 'ec29112dd5afa0611ce80d1b7f02629c',
 }
 MNIST_VALIDATION_SIZE = 5000   # as TensorFlow's old input_data.read_data_sets
-
-
-def parse_idx(filename, expected_dims):
-    """Reads one IDX file (gzip-compressed or not) into a uint8 array.
-
-    The format: two zero bytes, a type byte (0x08 for unsigned bytes), the
-    number of dimensions, each dimension as a big-endian int32, then the data.
-
-    Args:
-      filename: path of the file.
-      expected_dims: the dimensions it must have; None in a position accepts
-        any size there.
-
-    Raises:
-      DataError: the file is unreadable, truncated or not of that shape.
-    """
-    import gzip
-    try:
-        with open(filename, 'rb') as f:
-            raw = f.read()
-        if raw[:2] == b'\x1f\x8b':
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
-        raise DataError('cannot read %s (%s); delete it and download or place it '
-                        'again' % (filename, e)) from None
-    ndim = len(expected_dims)
-    if len(raw) < 4 or raw[:3] != b'\x00\x00\x08' or raw[3] != ndim:
-        raise DataError('%s is not an MNIST IDX file of unsigned bytes with %d '
-                        'dimensions (magic number %s); delete it and download or '
-                        'place it again' % (filename, ndim, raw[:4].hex()))
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError('%s is truncated (no complete header)' % filename)
-    dims = tuple(int(d) for d in np.frombuffer(raw, '>i4', ndim, 4))
-    if any(want is not None and want != got for want, got in zip(expected_dims, dims)):
-        raise DataError('%s has dimensions %s, expected %s' % (
-            filename, dims, tuple('any' if d is None else d for d in expected_dims)))
-    size = int(np.prod(dims))
-    if len(raw) != header + size:
-        raise DataError('%s holds %d data bytes, expected %d: the file is truncated '
-                        'or damaged' % (filename, len(raw) - header, size))
-    return np.frombuffer(raw, np.uint8, size, header).reshape(dims)
 
 
 def find_mnist(data_dir=None, download=True):
@@ -488,22 +321,10 @@ def find_mnist(data_dir=None, download=True):
             return folder
     if not download:
         raise DataError('MNIST not found in ./MNIST_data or %s' % cached)
-    for name, md5 in MNIST_FILES.items():
-        path = os.path.join(cached, name)
-        if os.path.isfile(path):
-            continue
-        errors = []
-        for mirror in MNIST_MIRRORS:
-            try:
-                download_file(mirror + name, md5, path)
-                break
-            except DataError as e:
-                errors.append(str(e))
-        else:
-            raise DataError('%s; place the four files (%s) in %s by hand or point '
-                            '$MNIST_DIR or --data-dir at them'
-                            % ('; '.join(errors), ', '.join(names), cached))
-    return cached
+    return download_from_mirrors(
+        MNIST_MIRRORS, MNIST_FILES, cached,
+        'place the four files (%s) in %s by hand or point $MNIST_DIR or --data-dir at '
+        'them' % (', '.join(names), cached))
 
 
 def load_mnist(data_dir=None):
@@ -543,6 +364,47 @@ def load_mnist(data_dir=None):
         'images_test': test_images, 'labels_test': test_labels,
         'classes': [str(d) for d in range(10)],
     }
+
+
+def parse_idx(filename, expected_dims):
+    """Reads one IDX file (gzip-compressed or not) into a uint8 array.
+
+    The format: two zero bytes, a type byte (0x08 for unsigned bytes), the
+    number of dimensions, each dimension as a big-endian int32, then the data.
+
+    Args:
+      filename: path of the file.
+      expected_dims: the dimensions it must have; None in a position accepts
+        any size there.
+
+    Raises:
+      DataError: the file is unreadable, truncated or not of that shape.
+    """
+    try:
+        with open(filename, 'rb') as f:
+            raw = f.read()
+        if raw[:2] == b'\x1f\x8b':
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError) as e:
+        raise DataError('cannot read %s (%s); delete it and download or place it '
+                        'again' % (filename, e)) from None
+    ndim = len(expected_dims)
+    if len(raw) < 4 or raw[:3] != b'\x00\x00\x08' or raw[3] != ndim:
+        raise DataError('%s is not an MNIST IDX file of unsigned bytes with %d '
+                        'dimensions (magic number %s); delete it and download or '
+                        'place it again' % (filename, ndim, raw[:4].hex()))
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError('%s is truncated (no complete header)' % filename)
+    dims = tuple(int(d) for d in np.frombuffer(raw, '>i4', ndim, 4))
+    if any(want is not None and want != got for want, got in zip(expected_dims, dims)):
+        raise DataError('%s has dimensions %s, expected %s' % (
+            filename, dims, tuple('any' if d is None else d for d in expected_dims)))
+    size = int(np.prod(dims))
+    if len(raw) != header + size:
+        raise DataError('%s holds %d data bytes, expected %d: the file is truncated '
+                        'or damaged' % (filename, len(raw) - header, size))
+    return np.frombuffer(raw, np.uint8, size, header).reshape(dims)
 
 
 # -----------------------------------------------------------------------------
@@ -608,7 +470,6 @@ def gen_batch(images, labels, batch_size, num_iter, rng=np.random):
 
 def default_device():
     """'/gpu:0' when TensorFlow sees a GPU, else '/cpu:0'."""
-    import tensorflow as tf
     return '/gpu:0' if tf.config.list_physical_devices('GPU') else '/cpu:0'
 
 
@@ -628,7 +489,6 @@ class InGraphSampler:
     """
 
     def __init__(self, images, labels, batch_size, seed=None, device=None):
-        import tensorflow.compat.v1 as tf
         self._images, self._labels = images, labels
         with tf.device(device or default_device()), tf.name_scope('in_graph_sampler'):
             self._images_init = tf.placeholder(images.dtype, images.shape, name='images_init')
@@ -650,147 +510,3 @@ class InGraphSampler:
         """Copies the training set into the graph's variables, once."""
         session.run(self._initializers, feed_dict={
             self._images_init: self._images, self._labels_init: self._labels})
-
-
-# -----------------------------------------------------------------------------
-# Run folders: what predict.py needs to use a trained model
-# -----------------------------------------------------------------------------
-
-MODEL_INFO = 'model.json'
-
-
-def write_file_atomically(path, data):
-    """Writes bytes to `path` through a temporary name, so no half file remains."""
-    folder = os.path.dirname(path) or '.'
-    fd, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)    # mkstemp's 0600 is for secrets
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def write_json(path, content):
-    write_file_atomically(path, json.dumps(content, indent=1).encode())
-
-
-def write_model_info(run_dir, data_sets, dataset, layout):
-    """Saves, beside the checkpoints, how the model wants its input.
-
-    Args:
-      run_dir: the run folder.
-      data_sets: the dict the model was trained from (its classes, mean_image).
-      dataset: 'cifar10' or 'mnist'.
-      layout: 'flat' ([N, pixels] rows; CIFAR-10's as R, G, B planes) or
-        'nhwc' ([N, height, width, channels]).
-    """
-    mean_image = data_sets.get('mean_image')
-    write_json(os.path.join(run_dir, MODEL_INFO), {
-        'dataset': dataset,
-        'image_size': 28 if dataset == 'mnist' else 32,
-        'channels': 1 if dataset == 'mnist' else 3,
-        'layout': layout,
-        'normalization': 'scale' if mean_image is None else 'mean',
-        'mean_image': None if mean_image is None else
-        np.asarray(mean_image, np.float64).reshape(-1).tolist(),
-        'classes': list(data_sets['classes']),
-        'input': 'images:0',
-        'output': 'probabilities:0',
-    })
-
-
-def new_run_dir(train_dir, prefix=''):
-    """Makes train_dir/<prefix><timestamp>/, unique if two runs start in one second."""
-    stamp = prefix + datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    path, suffix = os.path.join(train_dir, stamp), 1
-    while True:
-        try:
-            os.makedirs(path)
-            return path
-        except FileExistsError:
-            path, suffix = os.path.join(train_dir, '%s-%d' % (stamp, suffix)), suffix + 1
-
-
-def latest_checkpoint(train_dir):
-    """The newest checkpoint in train_dir itself or in its newest run folder.
-
-    Raises:
-      DataError: there is none.
-    """
-    import tensorflow.compat.v1 as tf
-    checkpoint = tf.train.latest_checkpoint(train_dir)
-    if checkpoint:
-        return checkpoint
-    runs = sorted((os.path.join(train_dir, name) for name in
-                   (os.listdir(train_dir) if os.path.isdir(train_dir) else [])
-                   if tf.train.latest_checkpoint(os.path.join(train_dir, name))),
-                  key=os.path.getmtime)
-    if not runs:
-        raise DataError('no checkpoint in %s or its run folders; train first'
-                        % train_dir)
-    return tf.train.latest_checkpoint(runs[-1])
-
-
-def restore(saver, session, checkpoint, built_with):
-    """saver.restore, with one clear line when the checkpoint is of another model.
-
-    Raises:
-      DataError: the checkpoint's variables do not match this graph.
-    """
-    import tensorflow.compat.v1 as tf
-    try:
-        saver.restore(session, checkpoint)
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError):
-        raise DataError('%s does not match the model built with %s: give the options it '
-                        'was trained with' % (checkpoint, built_with)) from None
-
-
-# -----------------------------------------------------------------------------
-# Command-line plumbing shared by the scripts
-# -----------------------------------------------------------------------------
-
-def positive_int(text):
-    """argparse type: an integer > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError('%r is not an integer' % text) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError('must be > 0, not %s' % text)
-    return value
-
-
-def positive_float(text):
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError('%r is not a number' % text) from None
-    if not 0 < value < float('inf'):
-        raise argparse.ArgumentTypeError('must be a finite number > 0, not %s' % text)
-    return value
-
-
-def session_config():
-    """Session options for these small graphs: one op at a time, each using
-    every core. TensorFlow's default also runs independent ops side by side,
-    and on a machine with few cores they then fight over them (measured in
-    BENCHMARKS.md)."""
-    import tensorflow.compat.v1 as tf
-    return tf.ConfigProto(inter_op_parallelism_threads=1)
-
-
-def exit_on_data_error(main, args):
-    """Runs main(args); a DataError or Ctrl-C ends the program with one line."""
-    program = os.path.basename(sys.argv[0])
-    try:
-        return main(args)
-    except DataError as e:
-        sys.exit('%s: error: %s' % (program, e))
-    except KeyboardInterrupt:
-        sys.exit('%s: interrupted' % program)

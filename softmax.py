@@ -14,12 +14,12 @@ import argparse
 import os
 import time
 
-import numpy as np
-
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import cli  # noqa: E402
 import data_helpers  # noqa: E402
+import run_folders  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
@@ -27,22 +27,15 @@ tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Softmax classifier on CIFAR-10 (the article, part 1).')
-    parser.add_argument('--batch-size', type=data_helpers.positive_int, default=100,
+    parser.add_argument('--batch-size', type=cli.positive_int, default=100,
                         help='images per training step (default: 100)')
-    parser.add_argument('--learning-rate', type=data_helpers.positive_float, default=0.005,
+    parser.add_argument('--learning-rate', type=cli.positive_float, default=0.005,
                         help='gradient descent step size (default: 0.005)')
-    parser.add_argument('--max-steps', type=data_helpers.positive_int, default=1000,
+    parser.add_argument('--max-steps', type=cli.positive_int, default=1000,
                         help='training steps (default: 1000)')
-    parser.add_argument('--seed', type=int, default=None,
-                        help='seed for batches and TensorFlow; the same seed '
-                             'prints the same lines (default: random)')
-    parser.add_argument('--data-dir', default=None,
-                        help='folder holding cifar-10-batches-py (default: '
-                             '$CIFAR10_DIR, ./cifar-10-batches-py, or a download '
-                             'into ~/.cache/tf-image-recognition)')
-    parser.add_argument('--train-dir', default=None,
-                        help='save the trained model into a new run folder here, '
-                             'for predict.py (default: save nothing, as the article)')
+    cli.add_common_flags(parser, train_dir=None, train_dir_help=(
+        'save the trained model into a new run folder here, for predict.py '
+        '(default: save nothing, as the article)'))
     parser.add_argument('--sampler', choices=['feed', 'graph'], default='feed',
                         help="'feed': numpy batches through feed_dict, as the "
                              "article; 'graph': the training set kept in device "
@@ -58,11 +51,8 @@ def main(args):
     learning_rate = args.learning_rate
     max_steps = args.max_steps
 
-    # A seed removes randomness: the same seed prints the same lines. (A fresh
-    # graph each call keeps TensorFlow's op seeds the same from call to call.)
-    tf.reset_default_graph()
-    rng = np.random.default_rng(args.seed)
-    tf.set_random_seed(args.seed)
+    # A seed removes randomness: the same seed prints the same lines
+    rng = run_folders.fresh_graph(args.seed)
 
     # Prepare data
     data_sets = data_helpers.load_data(args.data_dir)
@@ -154,9 +144,10 @@ def main(args):
 
         # Save the trained model when asked (not part of the article)
         if args.train_dir:
-            run_dir = data_helpers.new_run_dir(args.train_dir)
+            run_dir = run_folders.new_run_dir(args.train_dir)
             tf.train.Saver().save(sess, os.path.join(run_dir, 'model.ckpt'))
-            data_helpers.write_model_info(run_dir, data_sets, 'cifar10', 'flat')
+            run_folders.write_model_info(run_dir, data_sets['classes'], 'cifar10', 'flat',
+                                         data_sets['mean_image'])
 
     endTime = time.time()
     print('Total time: {:5.2f}s'.format(endTime - beginTime))
@@ -164,4 +155,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    data_helpers.exit_on_data_error(main, parse_args())
+    cli.exit_on_error(main, parse_args())

@@ -8,6 +8,8 @@
 * `--preset keras-mlp`: the Keras MLP on CIFAR-10 scaled to [0, 1]
   (3072-512-512-10, RMSprop, batch 32, 20 epochs): about 44%.
 
+Each preset also prints what its article prints (PRESETS below).
+
 The model is built, as the part-2 code builds it, from four functions:
 `inference()`, `loss()`, `training()` and `evaluation()`. The runner below
 them trains it, writes TensorBoard summaries every 100 steps and checkpoints
@@ -24,29 +26,44 @@ import argparse
 import os
 import time
 
-import numpy as np
-
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
+import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import cli  # noqa: E402
 import data_helpers  # noqa: E402
+import run_folders  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
-# Each preset reproduces its article; any command-line flag overrides a value.
+# Each preset reproduces its article, what it prints included; any command-line
+# flag overrides a value. step_line is printed every 100 steps, epoch_line
+# after every epoch (with the test set's loss and accuracy as val_* when
+# epoch_validation is set), final_line after training.
 PRESETS = {
-    'wolfib': dict(dataset='cifar10', hidden=[120], init='truncated_normal',
-                   reg_constant=0.1, optimizer='gd', learning_rate=0.001,
-                   batch_size=400, max_steps=2000, epochs=None),
-    'mnist': dict(dataset='mnist', hidden=[256, 256], init='random_normal',
-                  reg_constant=0.0, optimizer='adam', learning_rate=0.001,
-                  batch_size=100, max_steps=None, epochs=15),
-    'keras-mlp': dict(dataset='cifar10-scaled', hidden=[512, 512], init='glorot_uniform',
-                      reg_constant=0.0, optimizer='rmsprop', learning_rate=0.001,
-                      batch_size=32, max_steps=None, epochs=20),
+    'wolfib': dict(
+        dataset='cifar10', hidden=[120], init='truncated_normal', reg_constant=0.1,
+        optimizer='gd', learning_rate=0.001, batch_size=400, max_steps=2000, epochs=None,
+        step_line='Step {step:d}, training accuracy {accuracy:g}', epoch_line=None,
+        epoch_validation=False, final_line='Test accuracy {accuracy:g}'),
+    'mnist': dict(
+        dataset='mnist', hidden=[256, 256], init='random_normal', reg_constant=0.0,
+        optimizer='adam', learning_rate=0.001, batch_size=100, max_steps=None, epochs=15,
+        step_line=None, epoch_line='Epoch: {epoch:04d} cost= {loss:.9f}',
+        epoch_validation=False, final_line='Optimization Finished!\nAccuracy: {accuracy}'),
+    'keras-mlp': dict(
+        dataset='cifar10-scaled', hidden=[512, 512], init='glorot_uniform',
+        reg_constant=0.0, optimizer='rmsprop', learning_rate=0.001, batch_size=32,
+        max_steps=None, epochs=20, step_line=None,
+        epoch_line='Epoch {epoch}/{epochs} - {seconds:.0f}s - loss: {loss:.4f} - accuracy: '
+                   '{accuracy:.4f} - val_loss: {val_loss:.4f} - val_accuracy: {val_accuracy:.4f}',
+        epoch_validation=True, final_line='Test accuracy {accuracy:g}'),
 }
+PRINTED_PARAMETERS = ('preset', 'dataset', 'hidden', 'init', 'reg_constant', 'optimizer',
+                      'learning_rate', 'batch_size', 'max_steps', 'epochs', 'seed', 'train_dir')
 CLASSES = 10
-EVAL_BATCH_SIZE = 1000   # test images per session.run: bounded memory for any test set
+REPORT_EVERY = 100        # steps between step lines and TensorBoard summaries
+CHECKPOINT_EVERY = 1000   # steps between checkpoints
 
 
 # -----------------------------------------------------------------------------
@@ -176,29 +193,23 @@ def parse_args(argv=None):
         description='Fully connected nets on CIFAR-10 and MNIST (graph mode).')
     parser.add_argument('--preset', choices=sorted(PRESETS), default='wolfib',
                         help='which article to reproduce (default: wolfib)')
-    parser.add_argument('--hidden', type=data_helpers.positive_int, nargs='+',
+    parser.add_argument('--hidden', type=cli.positive_int, nargs='+',
                         help='hidden layer sizes, e.g. --hidden 256 256')
     parser.add_argument('--optimizer', choices=['gd', 'adam', 'rmsprop'],
                         help='gradient descent, Adam or RMSprop (default: the preset\'s)')
-    parser.add_argument('--learning-rate', type=data_helpers.positive_float,
+    parser.add_argument('--learning-rate', type=cli.positive_float,
                         help='step size (default: the preset\'s)')
-    parser.add_argument('--batch-size', type=data_helpers.positive_int,
+    parser.add_argument('--batch-size', type=cli.positive_int,
                         help='images per step (default: the preset\'s)')
     length = parser.add_mutually_exclusive_group()
-    length.add_argument('--max-steps', type=data_helpers.positive_int,
+    length.add_argument('--max-steps', type=cli.positive_int,
                         help='train for this many steps')
-    length.add_argument('--epochs', type=data_helpers.positive_int,
+    length.add_argument('--epochs', type=cli.positive_int,
                         help='train for this many passes over the training set')
     parser.add_argument('--reg-constant', type=float,
                         help='L2 regularisation constant (>= 0)')
-    parser.add_argument('--seed', type=int, default=None,
-                        help='seed for initial weights and batches (default: random)')
-    parser.add_argument('--data-dir', default=None,
-                        help='where the data set is (default: $CIFAR10_DIR or '
-                             '$MNIST_DIR, then the usual places, then a download)')
-    parser.add_argument('--train-dir', default='tf_logs',
-                        help='folder for run folders with summaries and '
-                             'checkpoints (default: tf_logs)')
+    cli.add_common_flags(parser, train_dir='tf_logs', train_dir_help=(
+        'folder for run folders with summaries and checkpoints (default: tf_logs)'))
     parser.add_argument('--restore', action='store_true',
                         help='only evaluate the latest checkpoint in --train-dir '
                              '(or the run folder given as --train-dir) on the test set')
@@ -217,181 +228,167 @@ def parse_args(argv=None):
 
 
 def load_dataset(name, data_dir):
+    """The preset's data set: MNIST, or CIFAR-10 mean-subtracted or scaled."""
     if name == 'mnist':
         return data_helpers.load_mnist(data_dir)
     return data_helpers.load_data(data_dir, normalization='scale' if name == 'cifar10-scaled'
                                   else 'mean')
 
 
-def evaluate(sess, accuracy, images_placeholder, labels_placeholder, images, labels,
-             batch_size=EVAL_BATCH_SIZE, loss=None):
-    """Accuracy (and mean loss) over a whole set, in batches of bounded size.
+def print_parameters(args):
+    print('\nParameters:')
+    for key in PRINTED_PARAMETERS:
+        print('{} = {}'.format(key, getattr(args, key)))
+    print()
+
+
+def restore_and_evaluate(sess, saver, args, data_sets, evaluate):
+    """The original's restore_model.py: the latest checkpoint, scored on the test set."""
+    checkpoint = run_folders.latest_checkpoint(args.train_dir)
+    run_folders.restore(saver, sess, checkpoint, '--preset ' + args.preset)
+    print('Restored {}'.format(checkpoint))
+    test_accuracy = evaluate(data_sets)['accuracy']
+    print('Test accuracy {:g}'.format(test_accuracy))
+    return test_accuracy
+
+
+def start_run_dir(args, data_sets):
+    """A new run folder under --train-dir, with the model.json predict.py reads."""
+    run_dir = run_folders.new_run_dir(args.train_dir)
+    run_folders.write_model_info(run_dir, data_sets['classes'],
+                                 'mnist' if args.dataset == 'mnist' else 'cifar10',
+                                 'flat', data_sets.get('mean_image'))
+    return run_dir
+
+
+def report_epoch(args, epoch, losses, accuracies, seconds, evaluate, data_sets):
+    """Prints the preset's epoch line from the epoch's batch losses and accuracies."""
+    values = dict(epoch=epoch, epochs=args.epochs, seconds=seconds, loss=np.mean(losses),
+                  accuracy=np.mean(accuracies))
+    if args.epoch_validation:    # the Keras article validates on the test set
+        test = evaluate(data_sets)
+        values.update(val_loss=test['loss'], val_accuracy=test['accuracy'])
+    print(args.epoch_line.format(**values))
+
+
+def build_graph(args, data_sets):
+    """The graph of the article's model, fed from the training set held in it.
 
     Returns:
-      accuracy, or (accuracy, mean loss) when `loss` is given.
+      A namespace of what the loop runs: sampler, images, labels, loss,
+      train_step, accuracy, predictions, summary, saver.
     """
-    correct, loss_sum = 0.0, 0.0
-    for start in range(0, len(images), batch_size):
-        feed = {images_placeholder: images[start:start + batch_size],
-                labels_placeholder: labels[start:start + batch_size]}
-        count = len(feed[labels_placeholder])
-        if loss is None:
-            correct += round(float(sess.run(accuracy, feed)) * count)
-        else:
-            batch_accuracy, batch_loss = sess.run([accuracy, loss], feed)
-            correct += round(float(batch_accuracy) * count)
-            loss_sum += float(batch_loss) * count
-    if loss is None:
-        return correct / len(images)
-    return correct / len(images), loss_sum / len(images)
-
-
-def main(args):
-    beginTime = time.time()
-    tf.reset_default_graph()   # a fresh graph each call: the seed means the same every run
-    tf.set_random_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-
-    if not args.restore:
-        print('\nParameters:')
-        for key in ('preset', 'dataset', 'hidden', 'init', 'reg_constant', 'optimizer',
-                    'learning_rate', 'batch_size', 'max_steps', 'epochs', 'seed',
-                    'train_dir'):
-            print('{} = {}'.format(key, getattr(args, key)))
-        print()
-
-    # Load the data
-    data_sets = load_dataset(args.dataset, args.data_dir)
-    image_pixels = data_sets['images_train'].shape[1]
-    if not args.restore and args.batch_size > len(data_sets['images_train']):
-        raise data_helpers.DataError('--batch-size %d is larger than the %d training images'
-                                     % (args.batch_size, len(data_sets['images_train'])))
-
-    # -------------------------------------------------------------------------
-    # Prepare the TensorFlow graph
-    # (We're only defining the graph here, no actual calculations taking place)
-    # -------------------------------------------------------------------------
-
     # Define input placeholders. By default they take training batches from
     # the training set held in the graph (only the batch indices are fed each
     # step); the test set is fed through the same placeholders.
+    image_pixels = data_sets['images_train'].shape[1]
     sampler = data_helpers.InGraphSampler(data_sets['images_train'],
                                           data_sets['labels_train'], args.batch_size)
-    images_placeholder = tf.placeholder_with_default(
-        sampler.images, shape=[None, image_pixels], name='images')
-    labels_placeholder = tf.placeholder_with_default(
-        sampler.labels, shape=[None], name='labels')
+    images = tf.placeholder_with_default(sampler.images, shape=[None, image_pixels],
+                                         name='images')
+    labels = tf.placeholder_with_default(sampler.labels, shape=[None], name='labels')
 
-    # Operation for the classifier's result
-    logits = inference(images_placeholder, image_pixels, args.hidden, CLASSES,
+    # Operation for the classifier's result, and its class probabilities
+    # under the name predict.py looks for
+    logits = inference(images, image_pixels, args.hidden, CLASSES,
                        reg_constant=args.reg_constant, init=args.init)
-
-    # Class probabilities, under a name predict.py looks for
     tf.nn.softmax(logits, name='probabilities')
 
-    # Operation for the loss function
-    loss_op = loss(logits, labels_placeholder)
-
-    # Operation for the training step
+    # Operations for the loss function, the training step and the accuracy
+    loss_op = loss(logits, labels)
     train_step = training(loss_op, args.learning_rate, args.optimizer)
+    accuracy = evaluation(logits, labels)
 
-    # Operation calculating the accuracy of our predictions
-    accuracy = evaluation(logits, labels_placeholder)
+    # Operation merging summary data for TensorBoard, and a saver for checkpoints
+    return argparse.Namespace(
+        sampler=sampler, images=images, labels=labels, loss=loss_op,
+        train_step=train_step, accuracy=accuracy, predictions=tf.argmax(logits, 1),
+        summary=tf.summary.merge_all(), saver=tf.train.Saver())
 
-    # Operation merging summary data for TensorBoard
-    summary = tf.summary.merge_all()
 
-    # Define saver to save model state at checkpoints
-    saver = tf.train.Saver()
+def train(sess, ops, args, data_sets, rng, evaluate):
+    """The article's training loop: shuffled batches, a step each, reports now and then.
 
-    # -------------------------------------------------------------------------
+    Writes the run folder: model.json, TensorBoard summaries, checkpoints.
+    """
+    run_dir = start_run_dir(args, data_sets)
+    summary_writer = tf.summary.FileWriter(run_dir, sess.graph)
+    checkpoint_file = os.path.join(run_dir, 'model.ckpt')
+
+    # Generate input data batches: shuffled epochs, without replacement
+    train_count = len(data_sets['images_train'])
+    steps_per_epoch = train_count // args.batch_size
+    max_steps = args.max_steps or args.epochs * steps_per_epoch
+    batches = data_helpers.epoch_indices(train_count, args.batch_size, max_steps, rng)
+    losses, accuracies, epoch_start = [], [], time.time()
+
+    for i in range(max_steps):
+        # Get next input data batch
+        feed_dict = {ops.sampler.indices: next(batches)}
+
+        # Periodically print the model's current accuracy (where the article
+        # does) and write summaries for TensorBoard
+        if i % REPORT_EVERY == 0:
+            if args.step_line:
+                print(args.step_line.format(step=i,
+                                            accuracy=sess.run(ops.accuracy, feed_dict)))
+            summary_writer.add_summary(sess.run(ops.summary, feed_dict), i)
+
+        # Perform a single training step
+        _, batch_loss, batch_accuracy = sess.run(
+            [ops.train_step, ops.loss, ops.accuracy], feed_dict)
+        losses.append(batch_loss)
+        accuracies.append(batch_accuracy)
+
+        # Periodically save checkpoint
+        if (i + 1) % CHECKPOINT_EVERY == 0:
+            ops.saver.save(sess, checkpoint_file, global_step=i + 1)
+            print('Saved checkpoint')
+
+        # After every epoch, the epoch's line (where the article prints one)
+        if args.epoch_line and (i + 1) % steps_per_epoch == 0:
+            report_epoch(args, (i + 1) // steps_per_epoch, losses, accuracies,
+                         time.time() - epoch_start, evaluate, data_sets)
+            losses, accuracies, epoch_start = [], [], time.time()
+
+    ops.saver.save(sess, checkpoint_file, global_step=max_steps)
+    summary_writer.close()
+
+
+def main(args):
+    begin_time = time.time()
+    rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
+    if not args.restore:
+        print_parameters(args)
+
+    # Load the data
+    data_sets = load_dataset(args.dataset, args.data_dir)
+    if not args.restore:
+        cli.check_batch_size(args.batch_size, len(data_sets['images_train']))
+
+    # Prepare the TensorFlow graph (only defined here: nothing is computed yet)
+    ops = build_graph(args, data_sets)
+
     # Run the TensorFlow graph
-    # -------------------------------------------------------------------------
+    with tf.Session(config=run_folders.session_config()) as sess:
+        def evaluate(data_sets, split='test'):      # a whole set, in batches
+            return run_folders.evaluate(
+                sess, ops.predictions, ops.images, ops.labels, data_sets['images_' + split],
+                data_sets['labels_' + split], means={'loss': ops.loss})
 
-    with tf.Session(config=data_helpers.session_config()) as sess:
         if args.restore:
-            # Evaluate a saved model, as the original restore_model.py does
-            checkpoint = data_helpers.latest_checkpoint(args.train_dir)
-            data_helpers.restore(saver, sess, checkpoint, '--preset ' + args.preset)
-            print('Restored {}'.format(checkpoint))
-            test_accuracy = evaluate(sess, accuracy, images_placeholder, labels_placeholder,
-                                     data_sets['images_test'], data_sets['labels_test'])
-            print('Test accuracy {:g}'.format(test_accuracy))
-            return test_accuracy
+            return restore_and_evaluate(sess, ops.saver, args, data_sets, evaluate)
 
-        # Initialize variables and create summary-writer
+        # Initialize variables, train, then evaluate on the test set
         sess.run(tf.global_variables_initializer())
-        sampler.initialize(sess)
-        run_dir = data_helpers.new_run_dir(args.train_dir)
-        summary_writer = tf.summary.FileWriter(run_dir, sess.graph)
-        checkpoint_file = os.path.join(run_dir, 'model.ckpt')
-        data_helpers.write_model_info(run_dir, data_sets, 'mnist' if args.dataset == 'mnist'
-                                      else 'cifar10', 'flat')
+        ops.sampler.initialize(sess)
+        train(sess, ops, args, data_sets, rng, evaluate)
+        test_accuracy = evaluate(data_sets)['accuracy']
+        print(args.final_line.format(accuracy=test_accuracy))
 
-        # Generate input data batches: shuffled epochs, without replacement
-        train_count = len(data_sets['images_train'])
-        steps_per_epoch = train_count // args.batch_size
-        max_steps = args.max_steps or args.epochs * steps_per_epoch
-        batches = data_helpers.epoch_indices(train_count, args.batch_size, max_steps, rng)
-        epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
-
-        for i in range(max_steps):
-
-            # Get next input data batch
-            feed_dict = {sampler.indices: next(batches)}
-
-            # Periodically print the model's current accuracy (step-counted
-            # runs) and write summaries for TensorBoard
-            if i % 100 == 0:
-                if args.epochs is None:
-                    train_accuracy = sess.run(accuracy, feed_dict=feed_dict)
-                    print('Step {:d}, training accuracy {:g}'.format(i, train_accuracy))
-                summary_writer.add_summary(sess.run(summary, feed_dict=feed_dict), i)
-
-            # Perform a single training step
-            _, batch_loss, batch_accuracy = sess.run([train_step, loss_op, accuracy],
-                                                     feed_dict=feed_dict)
-            epoch_loss += batch_loss
-            epoch_accuracy += batch_accuracy
-
-            # Periodically save checkpoint
-            if (i + 1) % 1000 == 0:
-                saver.save(sess, checkpoint_file, global_step=i + 1)
-                print('Saved checkpoint')
-
-            # Epoch-counted runs report once per epoch, as their articles do
-            if args.epochs is not None and (i + 1) % steps_per_epoch == 0:
-                epoch = (i + 1) // steps_per_epoch
-                if args.preset == 'keras-mlp':
-                    val_accuracy, val_loss = evaluate(
-                        sess, accuracy, images_placeholder, labels_placeholder,
-                        data_sets['images_test'], data_sets['labels_test'], loss=loss_op)
-                    print('Epoch {}/{} - {:.0f}s - loss: {:.4f} - accuracy: {:.4f} - '
-                          'val_loss: {:.4f} - val_accuracy: {:.4f}'.format(
-                              epoch, args.epochs, time.time() - epoch_start,
-                              epoch_loss / steps_per_epoch,
-                              epoch_accuracy / steps_per_epoch, val_loss, val_accuracy))
-                else:
-                    print('Epoch:', '%04d' % epoch,
-                          'cost=', '{:.9f}'.format(epoch_loss / steps_per_epoch))
-                epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
-
-        saver.save(sess, checkpoint_file, global_step=max_steps)
-        summary_writer.close()
-
-        # After finishing the training, evaluate on the test set
-        test_accuracy = evaluate(sess, accuracy, images_placeholder, labels_placeholder,
-                                 data_sets['images_test'], data_sets['labels_test'])
-        if args.preset == 'mnist':
-            print('Optimization Finished!')
-            print('Accuracy:', test_accuracy)
-        else:
-            print('Test accuracy {:g}'.format(test_accuracy))
-
-    endTime = time.time()
-    print('Total time: {:5.2f}s'.format(endTime - beginTime))
+    print('Total time: {:5.2f}s'.format(time.time() - begin_time))
     return test_accuracy
 
 
 if __name__ == '__main__':
-    data_helpers.exit_on_data_error(main, parse_args())
+    cli.exit_on_error(main, parse_args())

@@ -1,0 +1,68 @@
+"""What every script's command line shares: flag types, the common flags, the error exit.
+
+* `positive_int`, `positive_float`: argparse types that refuse 0, negatives, nan.
+* `add_common_flags()`: --seed, --data-dir and --train-dir, declared once.
+* `check_batch_size()`: a batch larger than the training set is one clear line.
+* `exit_on_error()`: runs a script's main; a DataError or Ctrl-C ends it with
+  one line and a non-zero exit, never a traceback.
+"""
+
+import argparse
+import os
+import sys
+
+from downloads import DataError
+
+
+def positive_int(text):
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not an integer' % text) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError('must be > 0, not %s' % text)
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not a number' % text) from None
+    if not 0 < value < float('inf'):
+        raise argparse.ArgumentTypeError('must be a finite number > 0, not %s' % text)
+    return value
+
+
+def add_common_flags(parser, train_dir, train_dir_help=None):
+    """Adds --seed, --data-dir and --train-dir (default `train_dir`) to `parser`."""
+    parser.add_argument('--seed', type=int, default=None,
+                        help='seed for initial weights, batches and augmentation: the '
+                             'same seed gives the same run (default: random)')
+    parser.add_argument('--data-dir', default=None,
+                        help='folder holding the data set (default: $CIFAR10_DIR or '
+                             '$MNIST_DIR, ./cifar-10-batches-py or ./MNIST_data, else '
+                             'a download into ~/.cache/tf-image-recognition)')
+    parser.add_argument('--train-dir', default=train_dir,
+                        help=train_dir_help or 'folder for run folders (checkpoints, '
+                        'model.json for predict.py, history) (default: %(default)s)')
+
+
+def check_batch_size(batch_size, train_count):
+    """Raises DataError when a batch would not fit in the training set."""
+    if batch_size > train_count:
+        raise DataError('--batch-size %d is larger than the %d training images'
+                        % (batch_size, train_count))
+
+
+def exit_on_error(main, args):
+    """Runs main(args); a DataError or Ctrl-C ends the program with one line."""
+    program = os.path.basename(sys.argv[0])
+    try:
+        return main(args)
+    except DataError as e:
+        sys.exit('%s: error: %s' % (program, e))
+    except KeyboardInterrupt:
+        sys.exit('%s: interrupted' % program)
