@@ -32,8 +32,11 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import reporting  # noqa: E402
+import run_folders  # noqa: E402
+from downloads import write_file_atomically  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
@@ -47,7 +50,6 @@ MODELS = {
                       epochs=20, max_steps=None, validation_split=0.2),
 }
 IMAGE_SIZE, CROP_SIZE, CHANNELS, CLASSES = 32, 24, 3, 10
-EVAL_BATCH_SIZE = 500
 
 
 # -----------------------------------------------------------------------------
@@ -269,25 +271,21 @@ def parse_args(argv=None):
     parser.add_argument('--model', choices=sorted(MODELS), default='augmented',
                         help='which article to reproduce (default: augmented)')
     length = parser.add_mutually_exclusive_group()
-    length.add_argument('--epochs', type=data_helpers.positive_int,
+    length.add_argument('--epochs', type=cli.positive_int,
                         help='passes over the training set (default: the article\'s)')
-    length.add_argument('--max-steps', type=data_helpers.positive_int,
+    length.add_argument('--max-steps', type=cli.positive_int,
                         help='training steps instead of epochs')
-    parser.add_argument('--batch-size', type=data_helpers.positive_int,
+    parser.add_argument('--batch-size', type=cli.positive_int,
                         help='images per step (default: 64 augmented, 128 the others)')
-    parser.add_argument('--learning-rate', type=data_helpers.positive_float,
+    parser.add_argument('--learning-rate', type=cli.positive_float,
                         help='Adam step size (default: 1e-4 augmented, 1e-3 the others)')
     parser.add_argument('--lr-schedule', choices=['constant', 'linear'], default='constant',
                         help="'linear': decay the learning rate to zero over the run "
                              "(for shortened runs; default: constant, as the articles)")
-    parser.add_argument('--log-every', type=data_helpers.positive_int, default=1000,
+    parser.add_argument('--log-every', type=cli.positive_int, default=1000,
                         help='steps between reports and checkpoints for step-counted '
                              'runs (default: 1000)')
-    parser.add_argument('--seed', type=int, default=None,
-                        help='seed for weights, batches and augmentation')
-    parser.add_argument('--data-dir', default=None, help='where cifar-10-batches-py is')
-    parser.add_argument('--train-dir', default='runs',
-                        help='folder for run folders (default: runs)')
+    cli.add_common_flags(parser, train_dir='runs')
     parser.add_argument('--restore', metavar='RUN_DIR',
                         help='only evaluate the latest checkpoint of RUN_DIR on the test set')
     parser.add_argument('--no-plots', action='store_true',
@@ -304,156 +302,176 @@ def parse_args(argv=None):
     return args
 
 
-def evaluate(sess, fetches, images_placeholder, labels_placeholder, images, labels):
-    """Runs `fetches` (a dict of per-batch means or per-image arrays) over a
-    whole set in batches; means are weighted by batch size, arrays joined."""
-    totals = {}
-    for start in range(0, len(images), EVAL_BATCH_SIZE):
-        feed = {images_placeholder: images[start:start + EVAL_BATCH_SIZE],
-                labels_placeholder: labels[start:start + EVAL_BATCH_SIZE]}
-        count = len(feed[labels_placeholder])
-        for key, value in sess.run(fetches, feed).items():
-            if np.ndim(value):
-                totals.setdefault(key, []).append(value)
-            else:
-                totals[key] = totals.get(key, 0.0) + float(value) * count
-    return {key: np.concatenate(value) if isinstance(value, list) else value / len(images)
-            for key, value in totals.items()}
+def split_validation(data_sets, validation_split):
+    """The training images and the set reported during training.
 
+    The epoch-counted articles hold out the last `validation_split` of the
+    training set; the augmented article trains on all 50,000 and reports the
+    test set.
 
-def main(args):
-    begin_time = time.time()
-    tf.reset_default_graph()   # a fresh graph each call: the seed means the same every run
-    tf.set_random_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-
-    # Load the data: pixels scaled to [0, 1], images as 32x32x3 arrays. The
-    # epoch-counted articles hold out the last 20% of the training set.
-    data_sets = data_helpers.load_data(args.data_dir, normalization='scale', layout='nhwc')
-    held_out = int(len(data_sets['images_train']) * args.validation_split)
+    Returns:
+      (train_images, train_labels, report_images, report_labels, report name).
+    """
+    held_out = int(len(data_sets['images_train']) * validation_split)
     train_count = len(data_sets['images_train']) - held_out
-    train_images = data_sets['images_train'][:train_count]
-    train_labels = data_sets['labels_train'][:train_count]
+    images, labels = data_sets['images_train'], data_sets['labels_train']
     if held_out:
-        val_images = data_sets['images_train'][train_count:]
-        val_labels = data_sets['labels_train'][train_count:]
-    else:   # the augmented article trains on all 50,000 and reports the test set
-        val_images, val_labels = data_sets['images_test'], data_sets['labels_test']
+        return (images[:train_count], labels[:train_count], images[train_count:],
+                labels[train_count:], 'val')
+    return images, labels, data_sets['images_test'], data_sets['labels_test'], 'test'
 
-    if args.batch_size > train_count and not args.restore:
-        raise data_helpers.DataError('--batch-size %d is larger than the %d training images'
-                                     % (args.batch_size, train_count))
 
-    # -------------------------------------------------------------------------
-    # The graph (only defined here; nothing is computed yet)
-    # -------------------------------------------------------------------------
+def build_graph(args, train_images, train_labels, max_steps):
+    """The model's graph, fed from the training set held in it.
 
+    Returns:
+      A namespace of what the loop runs: sampler (and its train_count),
+      images, labels, training (the flag), loss, train_step, accuracy,
+      predictions, saver.
+    """
     # Inputs: training batches are gathered inside the graph from the training
     # set held in memory (only indices are fed); evaluation feeds images.
     sampler = data_helpers.InGraphSampler(train_images, train_labels, args.batch_size)
-    images_placeholder = tf.placeholder_with_default(
+    images = tf.placeholder_with_default(
         sampler.images, [None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS], name='images')
-    labels_placeholder = tf.placeholder_with_default(sampler.labels, [None], name='labels')
+    labels = tf.placeholder_with_default(sampler.labels, [None], name='labels')
     training_flag = tf.placeholder_with_default(False, [], name='training')
 
-    logits = inference(images_placeholder, args.model, training_flag)
-    tf.nn.softmax(logits, name='probabilities')   # the name predict.py looks for
-    predictions = tf.argmax(logits, 1, name='predictions')
-    loss_op = loss(logits, labels_placeholder)
-    steps_per_epoch = train_count // args.batch_size
-    max_steps = args.max_steps or args.epochs * steps_per_epoch
+    # The model, its probabilities (the name predict.py looks for), loss and
+    # optimiser; a linear schedule decays the learning rate to zero when asked
+    logits = inference(images, args.model, training_flag)
+    tf.nn.softmax(logits, name='probabilities')
+    loss_op = loss(logits, labels)
     learning_rate = args.learning_rate
     if args.lr_schedule == 'linear':
         learning_rate = tf.train.polynomial_decay(
             args.learning_rate, tf.train.get_or_create_global_step(), max_steps, 0.0)
-    train_step = training(loss_op, learning_rate, args.adam_epsilon)
-    accuracy = evaluation(logits, labels_placeholder)
-    saver = tf.train.Saver(max_to_keep=3)
-    print('Model {}: {:,} parameters'.format(args.model, count_parameters()))
+    return argparse.Namespace(
+        sampler=sampler, train_count=len(train_images), images=images, labels=labels,
+        training=training_flag,
+        loss=loss_op, train_step=training(loss_op, learning_rate, args.adam_epsilon),
+        accuracy=evaluation(logits, labels),
+        predictions=tf.argmax(logits, 1, name='predictions'),
+        saver=tf.train.Saver(max_to_keep=3))
 
-    # -------------------------------------------------------------------------
-    # Run it
-    # -------------------------------------------------------------------------
 
-    with tf.Session(config=data_helpers.session_config()) as sess:
-        if args.restore:
-            checkpoint = data_helpers.latest_checkpoint(args.restore)
-            data_helpers.restore(saver, sess, checkpoint, '--model ' + args.model)
-            result = evaluate(sess, {'accuracy': accuracy}, images_placeholder,
-                              labels_placeholder, data_sets['images_test'],
-                              data_sets['labels_test'])
-            print('Restored {}\nTest accuracy {:.4f}'.format(checkpoint, result['accuracy']))
-            return result['accuracy']
+def restore_and_evaluate(sess, ops, args, evaluate_test):
+    """Scores the latest checkpoint of --restore on the test set."""
+    checkpoint = run_folders.latest_checkpoint(args.restore)
+    run_folders.restore(ops.saver, sess, checkpoint, '--model ' + args.model)
+    accuracy = evaluate_test()['accuracy']
+    print('Restored {}\nTest accuracy {:.4f}'.format(checkpoint, accuracy))
+    return accuracy
 
-        sess.run(tf.global_variables_initializer())
-        sampler.initialize(sess)
-        run_dir = data_helpers.new_run_dir(args.train_dir, args.model + '-')
-        data_helpers.write_model_info(run_dir, data_sets, 'cifar10', 'nhwc')
-        print('Writing to {}'.format(run_dir))
 
-        # Report every epoch, or every --log-every steps for step-counted runs
-        report_every = steps_per_epoch if args.epochs else args.log_every
-        history = {'step': [], 'epoch': [], 'loss': [], 'accuracy': [], 'val_loss': [],
-                   'val_accuracy': [], 'images_per_second': [], 'elapsed': []}
-        batches = data_helpers.epoch_indices(train_count, args.batch_size, max_steps, rng)
-        sum_loss, sum_accuracy, interval_start = 0.0, 0.0, time.time()
-        train_start = time.time()
+def print_report(label, history, report_name):
+    """Prints the history's latest entry as Keras prints an epoch."""
+    last = {key: values[-1] for key, values in history.items()}
+    print('{} - loss: {loss:.4f} - accuracy: {accuracy:.4f} - {name}_loss: {val_loss:.4f} - '
+          '{name}_accuracy: {val_accuracy:.4f} - {images_per_second:.0f} images/s - '
+          '{elapsed:.0f}s'.format(label, name=report_name, **last), flush=True)
 
-        for step in range(1, max_steps + 1):
-            # One training step on the next batch (training=True turns on
-            # augmentation, batch statistics and dropout)
-            _, batch_loss, batch_accuracy = sess.run(
-                [train_step, loss_op, accuracy],
-                {sampler.indices: next(batches), training_flag: True})
-            sum_loss += batch_loss
-            sum_accuracy += batch_accuracy
 
-            if step % report_every == 0 or step == max_steps:
-                steps = step - (history['step'][-1] if history['step'] else 0)
-                images_per_second = steps * args.batch_size / (time.time() - interval_start)
-                val = evaluate(sess, {'loss': loss_op, 'accuracy': accuracy},
-                               images_placeholder, labels_placeholder, val_images, val_labels)
-                for key, value in (('step', step), ('epoch', step / steps_per_epoch),
-                                   ('loss', sum_loss / steps),
-                                   ('accuracy', sum_accuracy / steps),
-                                   ('val_loss', val['loss']),
-                                   ('val_accuracy', val['accuracy']),
-                                   ('images_per_second', images_per_second),
-                                   ('elapsed', time.time() - train_start)):
-                    history[key].append(float(value))
-                label = ('Epoch {}/{}'.format(step // steps_per_epoch, args.epochs)
-                         if args.epochs else 'Step {}/{}'.format(step, max_steps))
-                print('{} - loss: {:.4f} - accuracy: {:.4f} - {}loss: {:.4f} - {}accuracy: '
-                      '{:.4f} - {:.0f} images/s - {:.0f}s'.format(
-                          label, sum_loss / steps, sum_accuracy / steps,
-                          'val_' if held_out else 'test_', val['loss'],
-                          'val_' if held_out else 'test_', val['accuracy'],
-                          images_per_second, time.time() - train_start), flush=True)
-                saver.save(sess, os.path.join(run_dir, 'model.ckpt'), global_step=step)
-                data_helpers.write_json(os.path.join(run_dir, 'history.json'), history)
-                sum_loss, sum_accuracy, interval_start = 0.0, 0.0, time.time()
-
-        # Evaluate on the test set, then draw the article's pictures
-        test = evaluate(sess, {'accuracy': accuracy, 'predictions': predictions},
-                        images_placeholder, labels_placeholder,
-                        data_sets['images_test'], data_sets['labels_test'])
-        print('Test accuracy {:.4f}'.format(test['accuracy']))
-
+def finish_run(args, run_dir, data_sets, history, test, train_seconds):
+    """The per-class table, result.json and the article's pictures."""
     classes = data_sets['classes']
     table = reporting.per_class_table(data_sets['labels_test'], test['predictions'], classes)
     print(table)
-    data_helpers.write_file_atomically(os.path.join(run_dir, 'per_class.txt'),
-                                       (table + '\n').encode())
-    data_helpers.write_json(os.path.join(run_dir, 'result.json'), {
-        'model': args.model, 'test_accuracy': test['accuracy'], 'steps': max_steps,
-        'batch_size': args.batch_size, 'seed': args.seed,
-        'train_seconds': time.time() - train_start})
+    write_file_atomically(os.path.join(run_dir, 'per_class.txt'), (table + '\n').encode())
+    run_folders.write_json(os.path.join(run_dir, 'result.json'), {
+        'model': args.model, 'test_accuracy': test['accuracy'],
+        'steps': int(history['step'][-1]), 'batch_size': args.batch_size, 'seed': args.seed,
+        'train_seconds': train_seconds})
     if not args.no_plots:
         reporting.save_report(run_dir, history, data_sets['images_test'],
                               data_sets['labels_test'], test['predictions'], classes)
+
+
+def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_report):
+    """Steps through shuffled batches; every epoch (or --log-every steps for
+    step-counted runs) reports, checkpoints and saves the history.
+
+    Returns:
+      (history, training seconds).
+    """
+    report_every = steps_per_epoch if args.epochs else args.log_every
+    history = run_folders.History()
+    batches = data_helpers.epoch_indices(
+        ops.train_count, args.batch_size, max_steps, rng)
+    losses, accuracies = [], []
+    train_start = interval_start = time.time()
+    for step in range(1, max_steps + 1):
+        # One training step on the next batch (training=True turns on
+        # augmentation, batch statistics and dropout)
+        _, batch_loss, batch_accuracy = sess.run(
+            [ops.train_step, ops.loss, ops.accuracy],
+            {ops.sampler.indices: next(batches), ops.training: True})
+        losses.append(batch_loss)
+        accuracies.append(batch_accuracy)
+
+        if step % report_every == 0 or step == max_steps:
+            images_per_second = len(losses) * args.batch_size / (time.time() - interval_start)
+            scores, report_name = evaluate_report()
+            history.record(step=step, epoch=step / steps_per_epoch, loss=np.mean(losses),
+                           accuracy=np.mean(accuracies), val_loss=scores['loss'],
+                           val_accuracy=scores['accuracy'],
+                           images_per_second=images_per_second,
+                           elapsed=time.time() - train_start)
+            print_report('Epoch {}/{}'.format(step // steps_per_epoch, args.epochs)
+                         if args.epochs else 'Step {}/{}'.format(step, max_steps),
+                         history, report_name)
+            ops.saver.save(sess, os.path.join(run_dir, 'model.ckpt'), global_step=step)
+            history.save(run_dir)
+            losses, accuracies, interval_start = [], [], time.time()
+    return history, time.time() - train_start
+
+
+def main(args):
+    begin_time = time.time()
+    rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
+
+    # Load the data: pixels scaled to [0, 1], images as 32x32x3 arrays
+    data_sets = data_helpers.load_data(args.data_dir, normalization='scale', layout='nhwc')
+    train_images, train_labels, report_images, report_labels, report_name = \
+        split_validation(data_sets, args.validation_split)
+    if not args.restore:
+        cli.check_batch_size(args.batch_size, len(train_images))
+    steps_per_epoch = len(train_images) // args.batch_size
+    max_steps = args.max_steps or args.epochs * steps_per_epoch
+
+    # The graph (only defined here; nothing is computed yet)
+    ops = build_graph(args, train_images, train_labels, max_steps)
+    print('Model {}: {:,} parameters'.format(args.model, count_parameters()))
+
+    # Run it
+    with tf.Session(config=run_folders.session_config()) as sess:
+        def evaluate(images, labels):     # a whole set, in batches, in inference mode
+            return run_folders.evaluate(sess, ops.predictions, ops.images, ops.labels,
+                                        images, labels, means={'loss': ops.loss})
+
+        def evaluate_test():
+            return evaluate(data_sets['images_test'], data_sets['labels_test'])
+
+        if args.restore:
+            return restore_and_evaluate(sess, ops, args, evaluate_test)
+
+        sess.run(tf.global_variables_initializer())
+        ops.sampler.initialize(sess)
+        run_dir = run_folders.new_run_dir(args.train_dir, args.model + '-')
+        run_folders.write_model_info(run_dir, data_sets['classes'], 'cifar10', 'nhwc')
+        print('Writing to {}'.format(run_dir))
+        history, train_seconds = train(
+            sess, ops, args, run_dir, max_steps, steps_per_epoch, rng,
+            lambda: (evaluate(report_images, report_labels), report_name))
+
+        # Evaluate on the test set, then draw the article's pictures
+        test = evaluate_test()
+        print('Test accuracy {:.4f}'.format(test['accuracy']))
+
+    finish_run(args, run_dir, data_sets, history, test, train_seconds)
     print('Total time: {:5.2f}s'.format(time.time() - begin_time))
     return test['accuracy']
 
 
 if __name__ == '__main__':
-    data_helpers.exit_on_data_error(main, parse_args())
+    cli.exit_on_error(main, parse_args())

@@ -28,7 +28,10 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import cli  # noqa: E402
 import data_helpers  # noqa: E402
+import run_folders  # noqa: E402
+from downloads import DataError  # noqa: E402
 
 tf.disable_eager_execution()
 
@@ -41,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument('run_dir', help='a run folder with a checkpoint and model.json')
     parser.add_argument('images', nargs='*', metavar='IMAGE_OR_FOLDER',
                         help='picture files, or folders of them')
-    parser.add_argument('--top-k', type=data_helpers.positive_int, default=3,
+    parser.add_argument('--top-k', type=cli.positive_int, default=3,
                         help='how many classes to show per picture (default: 3)')
     parser.add_argument('--crop', choices=['none', 'center'], default='none',
                         help="'center': cut the largest central square before "
@@ -71,14 +74,14 @@ def load_model(run_dir):
       DataError: no run folder, no checkpoint or no model.json.
     """
     if not os.path.isdir(run_dir):
-        raise data_helpers.DataError('run folder %s does not exist' % run_dir)
-    checkpoint = data_helpers.latest_checkpoint(run_dir)
-    info_file = os.path.join(os.path.dirname(checkpoint), data_helpers.MODEL_INFO)
+        raise DataError('run folder %s does not exist' % run_dir)
+    checkpoint = run_folders.latest_checkpoint(run_dir)
+    info_file = os.path.join(os.path.dirname(checkpoint), run_folders.MODEL_INFO)
     try:
         with open(info_file) as f:
             info = json.load(f)
     except (OSError, ValueError) as e:
-        raise data_helpers.DataError('cannot read %s (%s); it is written by the training '
+        raise DataError('cannot read %s (%s); it is written by the training '
                                      'scripts beside their checkpoints' % (info_file, e))
     graph = tf.Graph()
     with graph.as_default():
@@ -125,7 +128,7 @@ class ImageReader:
             with open(path, 'rb') as f:
                 contents = f.read()
         except OSError as e:
-            raise data_helpers.DataError('%s: cannot read (%s)' % (path, e.strerror or e))
+            raise DataError('%s: cannot read (%s)' % (path, e.strerror or e))
         try:
             return self.session.run(self.image, {self.contents: contents})
         except tf.errors.InvalidArgumentError as e:
@@ -133,7 +136,7 @@ class ImageReader:
             lines = [line.strip() for line in (e.message or '').splitlines()]
             ends = [i for i, line in enumerate(lines) if line.startswith('[[')]
             reason = lines[ends[0] - 1] if ends and ends[0] > 0 else 'cannot decode'
-            raise data_helpers.DataError('%s: not a readable JPEG, PNG, GIF or BMP picture '
+            raise DataError('%s: not a readable JPEG, PNG, GIF or BMP picture '
                                          '(%s)' % (path, reason)) from None
 
 
@@ -171,7 +174,7 @@ def main(args):
     for path in expand(args.images):
         try:
             pixels = reader.read(path)
-        except data_helpers.DataError as e:
+        except DataError as e:
             print('predict.py: error: %s' % e, file=sys.stderr)
             failures += 1
             continue
@@ -179,7 +182,7 @@ def main(args):
 
     if args.test_index:
         if info['dataset'] != 'cifar10':
-            raise data_helpers.DataError('--test-index needs a CIFAR-10 model; this one '
+            raise DataError('--test-index needs a CIFAR-10 model; this one '
                                          'was trained on %s' % info['dataset'])
         images_test, labels_test = data_helpers.load_test_batch(args.data_dir)
         for index in args.test_index:
@@ -220,4 +223,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    sys.exit(data_helpers.exit_on_data_error(main, parse_args()))
+    sys.exit(cli.exit_on_error(main, parse_args()))

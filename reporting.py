@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-import data_helpers
+from downloads import write_file_atomically
 
 
 # -----------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def _save(figure, path):
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png', dpi=80, bbox_inches='tight')
     plt.close(figure)
-    data_helpers.write_file_atomically(path, buffer.getvalue())
+    write_file_atomically(path, buffer.getvalue())
     return path
 
 
@@ -132,7 +132,7 @@ def save_report(folder, history, images, labels, predictions, class_names):
     titles = ['True: %s\nPredict: %s' % (class_names[t], class_names[p])
               for t, p in zip(labels, predictions)]
     wrong = np.flatnonzero(np.asarray(labels) != np.asarray(predictions))[:25]
-    paths = plot_history(history, folder) if history['epoch'] else []
+    paths = plot_history(history, folder) if history.get('epoch') else []
     paths.append(plot_images(images[:25], titles[:25], os.path.join(folder, 'predictions.png')))
     paths.append(plot_images(images[wrong], [titles[i] for i in wrong],
                              os.path.join(folder, 'misclassified.png')))
