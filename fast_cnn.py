@@ -36,7 +36,9 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import cli  # noqa: E402
 import data_helpers  # noqa: E402
+import run_folders  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
@@ -71,7 +73,6 @@ CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10
 WHITEN_PATCH, WHITEN_SAMPLES = 2, 5000
 PROGRESS_IMAGES = 2000      # test images scored after each epoch, for progress only
-EVAL_BATCH_SIZE = 500
 
 
 # -----------------------------------------------------------------------------
@@ -276,6 +277,41 @@ def loss(logits, labels, label_smoothing):
                               name='smoothed_cross_entropy')
 
 
+def parameter_groups(variables):
+    """airbench94's three parameter groups, by variable name.
+
+    Returns:
+      {'biases': the batch-norm biases, 'whiten': the whitening layer's bias,
+       'weights': everything else (convolution kernels, the head)}.
+    """
+    groups = {'biases': [], 'whiten': [], 'weights': []}
+    for var in variables:
+        if '/norm' in var.op.name:
+            groups['biases'].append(var)
+        elif var.op.name.startswith('net/whiten'):
+            groups['whiten'].append(var)
+        else:
+            groups['weights'].append(var)
+    return groups
+
+
+def learning_rates(batch_size):
+    """Each group's learning rate for our mean loss, and the weight decay per step.
+
+    airbench94 divides its learning rate by 1024 * (1 + 1 / (1 - momentum))
+    for a loss summed over the batch; for our mean loss multiply by the batch.
+
+    Returns:
+      ({group name: learning rate}, decay): one step shrinks each weight by
+      lr_scale * decay * w, whatever its group's learning rate.
+    """
+    hyp = HYPERPARAMETERS
+    kilostep_scale = 1024 * (1 + 1 / (1 - hyp['momentum']))
+    lr = hyp['lr'] * batch_size / kilostep_scale
+    decay = hyp['weight_decay'] * batch_size / kilostep_scale
+    return {'biases': lr * hyp['bias_scaler'], 'whiten': lr, 'weights': lr}, decay
+
+
 def training(loss, batch_size, lr_scale, whiten_bias_on):
     """Nesterov SGD with decoupled weight decay; batch-norm biases learn faster.
 
@@ -289,36 +325,22 @@ def training(loss, batch_size, lr_scale, whiten_bias_on):
     Returns:
       The op that takes one step (and updates the batch-norm averages).
     """
-    hyp = HYPERPARAMETERS
-    # airbench94 divides its learning rate by 1024 * (1 + 1 / (1 - momentum))
-    # for a loss summed over the batch; for our mean loss multiply by the batch.
-    kilostep_scale = 1024 * (1 + 1 / (1 - hyp['momentum']))
-    lr = hyp['lr'] * batch_size / kilostep_scale
-    decay = hyp['weight_decay'] * batch_size / kilostep_scale   # per step, times lr_scale
-    variables = tf.trainable_variables()
-    gradients = tf.gradients(loss, variables)     # one backward pass for all groups
-    groups = {'biases': [], 'whiten': [], 'weights': []}
-    for gradient, var in zip(gradients, variables):
-        if '/norm' in var.op.name:
-            groups['biases'].append((gradient, var))
-        elif var.op.name.startswith('net/whiten'):
-            groups['whiten'].append((gradient, var))
-        else:
-            groups['weights'].append((gradient, var))
-    group_lr = {'biases': lr * hyp['bias_scaler'], 'whiten': lr, 'weights': lr}
+    group_lr, decay = learning_rates(batch_size)
     gate = {'whiten': whiten_bias_on}
-
+    variables = tf.trainable_variables()
+    gradients = dict(zip([v.op.name for v in variables],
+                         tf.gradients(loss, variables)))     # one backward pass for all
     train_ops = []
-    for name, pairs in groups.items():
-        if not pairs:
+    for name, group in parameter_groups(variables).items():
+        if not group:
             continue
         with tf.name_scope('sgd_' + name):
-            # Decoupled weight decay: the step shrinks each weight by
-            # lr_scale * decay * w whatever the group's learning rate.
-            pairs = [(g + (decay / group_lr[name]) * v, v) for g, v in pairs]
+            # Decoupled weight decay, added to the gradient divided by the
+            # group's learning rate, which the optimiser multiplies back in
+            pairs = [(gradients[v.op.name] + (decay / group_lr[name]) * v, v) for v in group]
             optimizer = tf.train.MomentumOptimizer(
                 group_lr[name] * lr_scale * gate.get(name, 1.0),
-                hyp['momentum'], use_nesterov=True)
+                HYPERPARAMETERS['momentum'], use_nesterov=True)
             train_ops.append(optimizer.apply_gradients(pairs))
     with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
         return tf.group(*train_ops, name='train_step')
@@ -369,11 +391,11 @@ def lr_schedule(total_steps):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='A fast-training CNN for CIFAR-10 (airbench94 recipe, graph mode).')
-    parser.add_argument('--epochs', type=data_helpers.positive_float,
+    parser.add_argument('--epochs', type=cli.positive_float,
                         default=HYPERPARAMETERS['epochs'],
                         help='passes over the training set, fractions allowed; fewer '
                              'trade accuracy for time (default: %(default)s)')
-    parser.add_argument('--batch-size', type=data_helpers.positive_int,
+    parser.add_argument('--batch-size', type=cli.positive_int,
                         default=HYPERPARAMETERS['batch_size'],
                         help='images per step; the learning rate scales with it '
                              '(default: %(default)s)')
@@ -385,11 +407,7 @@ def parse_args(argv=None):
                         default=HYPERPARAMETERS['tta_level'],
                         help='test-time augmentation: 0 none, 1 mirror, 2 mirror and '
                              'translations (default: %(default)s)')
-    parser.add_argument('--seed', type=int, default=None,
-                        help='seed for weights, batches and augmentation')
-    parser.add_argument('--data-dir', default=None, help='where cifar-10-batches-py is')
-    parser.add_argument('--train-dir', default='runs',
-                        help='folder for run folders (default: runs)')
+    cli.add_common_flags(parser, train_dir='runs')
     return parser.parse_args(argv)
 
 
@@ -404,47 +422,35 @@ def cpu_has_bf16(cpuinfo='/proc/cpuinfo'):
     return bool(flags & {'avx512_bf16', 'amx_bf16'})
 
 
-def evaluate(sess, correct, images_placeholder, labels_placeholder, images, labels):
-    """Accuracy of `correct` (a count per batch) over a whole set, in batches."""
-    total = 0
-    for start in range(0, len(images), EVAL_BATCH_SIZE):
-        total += sess.run(correct, {images_placeholder: images[start:start + EVAL_BATCH_SIZE],
-                                    labels_placeholder: labels[start:start + EVAL_BATCH_SIZE]})
-    return total / len(images)
+def load_cifar10(data_dir):
+    """CIFAR-10 as this recipe wants it.
 
-
-def main(args):
-    begin_time = time.time()
-    if args.precision == 'auto':
-        args.precision = 'bf16' if cpu_has_bf16() else 'fp32'
-    tf.reset_default_graph()
-    tf.set_random_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    hyp = HYPERPARAMETERS
-
-    # Load the data: uint8 images (4x smaller than float) held in memory;
-    # training images reflect-padded once for the random translations.
-    train_images, train_labels, test_images, test_labels = data_helpers.load_raw(args.data_dir)
+    Returns:
+      (padded_train: uint8 [50000, 36, 36, 3], the training images (4x
+      smaller than float) reflect-padded once for the random translations;
+      train_labels; test_images: float32 [10000, 32, 32, 3] in [0, 1];
+      test_labels; the whitening filters, from the first 5000 training images).
+    """
+    train_images, train_labels, test_images, test_labels = data_helpers.load_raw(data_dir)
     train_images = data_helpers.to_nhwc(train_images)
     test_images = data_helpers.to_nhwc(test_images).astype(np.float32) / 255
-    pad = hyp['translate']
+    pad = HYPERPARAMETERS['translate']
     padded_train = np.pad(train_images, [(0, 0), (pad, pad), (pad, pad), (0, 0)],
                           mode='reflect')
-    train_count = len(train_images)
-    if args.batch_size > train_count:
-        raise data_helpers.DataError('--batch-size %d is larger than the %d training images'
-                                     % (args.batch_size, train_count))
-    steps_per_epoch = train_count // args.batch_size      # the last partial batch is dropped
-    total_steps = max(1, math.ceil(args.epochs * steps_per_epoch))
-
-    # The whitening filters, from 5000 training images
     sample = normalize(train_images[:WHITEN_SAMPLES].astype(np.float32) / 255)
-    whitening = whitening_filters(sample)
+    return padded_train, train_labels, test_images, test_labels, whitening_filters(sample)
 
-    # -------------------------------------------------------------------------
-    # The graph (only defined here; nothing is computed yet)
-    # -------------------------------------------------------------------------
 
+def build_graph(args, padded_train, train_labels, whitening):
+    """The training graph and, sharing its weights, the evaluation graph.
+
+    Returns:
+      A namespace of what the loop runs: sampler, flip, lr_scale,
+      whiten_bias_on (the fed inputs of a step), loss, train_step,
+      train_correct, the lookahead's average_start, average_update and
+      average_decay; images and labels (evaluation's inputs) with their
+      plain_predictions and tta_predictions; saver.
+    """
     # Training batches: the padded uint8 set lives in the graph; each step
     # feeds the batch's indices and which images to mirror.
     sampler = data_helpers.InGraphSampler(padded_train, train_labels, args.batch_size)
@@ -455,9 +461,8 @@ def main(args):
 
     train_logits = inference(batch_images, whitening, True, args.precision)
     net_variables = tf.global_variables(scope='net')   # weights and batch-norm averages
-    loss_op = loss(train_logits, sampler.labels, hyp['label_smoothing'])
+    loss_op = loss(train_logits, sampler.labels, HYPERPARAMETERS['label_smoothing'])
     train_step = training(loss_op, args.batch_size, lr_scale, whiten_bias_on)
-    train_correct = evaluation(train_logits, sampler.labels)
     average_start, average_update, average_decay = lookahead(net_variables)
 
     # Evaluation: images in [0, 1] fed in batches; the moving averages of
@@ -468,97 +473,136 @@ def main(args):
     def network(x):
         return inference(x, whitening, False, args.precision)
 
-    plain_correct = evaluation(network(images), labels)
+    plain_predictions = tf.argmax(network(images), 1)
     logits = tta_logits(images, network, args.tta)
     tf.nn.softmax(logits, name='probabilities')     # the name predict.py looks for
-    tta_correct = evaluation(logits, labels)
-    saver = tf.train.Saver(net_variables)
+    return argparse.Namespace(
+        sampler=sampler, flip=flip, lr_scale=lr_scale, whiten_bias_on=whiten_bias_on,
+        loss=loss_op, train_step=train_step,
+        train_correct=evaluation(train_logits, sampler.labels), average_start=average_start,
+        average_update=average_update, average_decay=average_decay, images=images,
+        labels=labels, plain_predictions=plain_predictions,
+        tta_predictions=tf.argmax(logits, 1), saver=tf.train.Saver(net_variables))
 
-    # -------------------------------------------------------------------------
-    # Run it
-    # -------------------------------------------------------------------------
 
-    schedule = lr_schedule(total_steps)
-    # Alternating flips: each image gets a random mirror in the first epoch,
-    # then the opposite of its previous one in every epoch after.
-    first_flips = rng.random(train_count) < 0.5
-    history = {'epoch': [], 'loss': [], 'accuracy': [], 'progress_accuracy': [],
-               'elapsed': []}
+def train_epoch(sess, ops, args, state, schedule, flips, rng):
+    """One pass over the shuffled training set, weight averaging as it goes.
+
+    `state` carries step, epoch and whether averaging has started across
+    epochs; the run stops mid-epoch at the last step of the schedule.
+
+    Returns:
+      (mean loss, training accuracy) of the epoch.
+    """
+    hyp = HYPERPARAMETERS
+    train_count = len(flips)
+    steps_per_epoch, total_steps = train_count // args.batch_size, len(schedule) - 1
+    order = rng.permutation(train_count)
+    sum_loss, correct, seen = 0.0, 0, 0
+    for batch in range(steps_per_epoch):
+        if state.step == total_steps:
+            break
+        indices = order[batch * args.batch_size:(batch + 1) * args.batch_size]
+        _, batch_loss, batch_correct = sess.run(
+            [ops.train_step, ops.loss, ops.train_correct],
+            {ops.sampler.indices: indices, ops.flip: flips[indices],
+             ops.lr_scale: schedule[state.step],
+             ops.whiten_bias_on: float(state.step < hyp['whiten_bias_epochs'] * steps_per_epoch)})
+        state.step += 1
+        sum_loss += batch_loss * len(indices)
+        correct += batch_correct
+        seen += len(indices)
+        # Weight averaging, after the first 3 epochs, every 5 steps
+        if state.epoch >= hyp['lookahead_start'] and state.step % hyp['lookahead_every'] == 0:
+            if not state.averaging:
+                sess.run(ops.average_start)
+                state.averaging = True
+            else:
+                sess.run(ops.average_update, {
+                    ops.average_decay: 0.95 ** 5 * (state.step / total_steps) ** 3})
+    if state.averaging:        # end the epoch on the averaged weights
+        sess.run(ops.average_update, {ops.average_decay: 1.0})
+    state.epoch += 1
+    return sum_loss / seen, correct / seen
+
+
+def print_progress(history, images_per_second):
+    """The epoch's line: training loss and accuracy, progress on the test set."""
+    last = {key: values[-1] for key, values in history.items()}
+    print('epoch {epoch:5.2f}  loss {loss:.4f}  train acc {accuracy:.4f}  test acc (first {n}) '
+          '{progress_accuracy:.4f}  {speed:4.0f} images/s  {elapsed:6.1f}s'.format(
+              n=PROGRESS_IMAGES, speed=images_per_second, **last), flush=True)
+
+
+def save_run(sess, ops, args, state, history, result):
+    """Writes the run folder: the final checkpoint, model.json, history, result."""
+    run_dir = run_folders.new_run_dir(args.train_dir, 'fast-')
+    ops.saver.save(sess, os.path.join(run_dir, 'model.ckpt'), global_step=state.step)
+    run_folders.write_model_info(run_dir, data_helpers.CLASSES, 'cifar10', 'nhwc')
+    history.save(run_dir)
+    run_folders.write_json(os.path.join(run_dir, 'result.json'), result)
+    print('Saved to {}'.format(run_dir))
+
+
+def main(args):
+    begin_time = time.time()
+    if args.precision == 'auto':
+        args.precision = 'bf16' if cpu_has_bf16() else 'fp32'
+    rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
+
+    # Load the data, and compute the whitening filters from it
+    padded_train, train_labels, test_images, test_labels, whitening = load_cifar10(
+        args.data_dir)
+    train_count = len(train_labels)
+    cli.check_batch_size(args.batch_size, train_count)
+    steps_per_epoch = train_count // args.batch_size      # the last partial batch is dropped
+    total_steps = max(1, math.ceil(args.epochs * steps_per_epoch))
+
+    # The graph (only defined here; nothing is computed yet)
+    ops = build_graph(args, padded_train, train_labels, whitening)
     print('fast_cnn: {} steps of {} ({} epochs), {}, {:,} parameters'.format(
         total_steps, args.batch_size, args.epochs, args.precision,
         sum(int(np.prod(v.shape)) for v in tf.trainable_variables())), flush=True)
 
-    with tf.Session(config=data_helpers.session_config()) as sess:
-        sess.run(tf.global_variables_initializer())
-        sampler.initialize(sess)
-        train_start = time.time()
-        step, epoch, averaging = 0, 0, False
-        while step < total_steps:
-            order = rng.permutation(train_count)
-            flips = first_flips ^ bool(epoch % 2)
-            sum_loss, correct, seen = 0.0, 0, 0
-            for batch in range(steps_per_epoch):
-                if step == total_steps:
-                    break
-                indices = order[batch * args.batch_size:(batch + 1) * args.batch_size]
-                _, batch_loss, batch_correct = sess.run(
-                    [train_step, loss_op, train_correct],
-                    {sampler.indices: indices, flip: flips[indices],
-                     lr_scale: schedule[step],
-                     whiten_bias_on: float(step < hyp['whiten_bias_epochs'] * steps_per_epoch)})
-                step += 1
-                sum_loss += batch_loss * len(indices)
-                correct += batch_correct
-                seen += len(indices)
-                # Weight averaging, after the first 3 epochs, every 5 steps
-                if epoch >= hyp['lookahead_start'] and step % hyp['lookahead_every'] == 0:
-                    if not averaging:
-                        sess.run(average_start)
-                        averaging = True
-                    else:
-                        sess.run(average_update,
-                                 {average_decay: 0.95 ** 5 * (step / total_steps) ** 3})
-            if averaging:        # end the epoch on the averaged weights
-                sess.run(average_update, {average_decay: 1.0})
-            epoch += 1
+    # Run it. Alternating flips: each image gets a random mirror in the first
+    # epoch, then the opposite of its previous one in every epoch after.
+    schedule = lr_schedule(total_steps)
+    first_flips = rng.random(train_count) < 0.5
+    history = run_folders.History()
+    with tf.Session(config=run_folders.session_config()) as sess:
+        def accuracy(predictions, count=None):     # of the first `count` test images
+            return run_folders.evaluate(sess, predictions, ops.images, ops.labels,
+                                        test_images[:count], test_labels[:count])['accuracy']
 
-            # Progress: training loss and accuracy of the epoch, accuracy on
-            # the first 2000 test images (no test-time augmentation)
-            progress = evaluate(sess, plain_correct, images, labels, test_images[:PROGRESS_IMAGES],
-                                test_labels[:PROGRESS_IMAGES])
-            for key, value in (('epoch', step / steps_per_epoch), ('loss', sum_loss / seen),
-                               ('accuracy', correct / seen), ('progress_accuracy', progress),
-                               ('elapsed', time.time() - begin_time)):
-                history[key].append(float(value))
-            print('epoch {:5.2f}  loss {:.4f}  train acc {:.4f}  test acc (first {}) {:.4f}'
-                  '  {:4.0f} images/s  {:6.1f}s'.format(
-                      step / steps_per_epoch, sum_loss / seen, correct / seen, PROGRESS_IMAGES,
-                      progress, step * args.batch_size / (time.time() - train_start),
-                      time.time() - begin_time), flush=True)
+        sess.run(tf.global_variables_initializer())
+        ops.sampler.initialize(sess)
+        train_start = time.time()
+        state = argparse.Namespace(step=0, epoch=0, averaging=False)
+        while state.step < total_steps:
+            train_loss, train_accuracy = train_epoch(
+                sess, ops, args, state, schedule, first_flips ^ bool(state.epoch % 2), rng)
+            # Progress: without test-time augmentation, on the first 2000 test images
+            history.record(epoch=state.step / steps_per_epoch, loss=train_loss,
+                           accuracy=train_accuracy,
+                           progress_accuracy=accuracy(ops.plain_predictions, PROGRESS_IMAGES),
+                           elapsed=time.time() - begin_time)
+            print_progress(history, state.step * args.batch_size / (time.time() - train_start))
 
         # Score the test set (with the averaged weights, left in by the loop)
         train_seconds = time.time() - train_start
-        plain = evaluate(sess, plain_correct, images, labels, test_images, test_labels)
-        accuracy = evaluate(sess, tta_correct, images, labels, test_images, test_labels)
+        plain, tta = accuracy(ops.plain_predictions), accuracy(ops.tta_predictions)
         total_seconds = time.time() - begin_time
-        print('Test accuracy {:.4f} (without test-time augmentation {:.4f})'.format(
-            accuracy, plain))
+        print('Test accuracy {:.4f} (without test-time augmentation {:.4f})'.format(tta, plain))
         print('Total time: {:.1f}s (training {:.1f}s, {:.0f} images/s)'.format(
             total_seconds, train_seconds, total_steps * args.batch_size / train_seconds),
             flush=True)
-
-        run_dir = data_helpers.new_run_dir(args.train_dir, 'fast-')
-        saver.save(sess, os.path.join(run_dir, 'model.ckpt'), global_step=step)
-    data_helpers.write_model_info(run_dir, {'classes': data_helpers.CLASSES}, 'cifar10', 'nhwc')
-    data_helpers.write_json(os.path.join(run_dir, 'history.json'), history)
-    data_helpers.write_json(os.path.join(run_dir, 'result.json'), {
-        'test_accuracy': accuracy, 'test_accuracy_without_tta': plain, 'epochs': args.epochs,
-        'steps': total_steps, 'batch_size': args.batch_size, 'precision': args.precision,
-        'tta': args.tta, 'seed': args.seed, 'train_seconds': train_seconds,
-        'total_seconds': total_seconds})
-    print('Saved to {}'.format(run_dir))
-    return accuracy
+        save_run(sess, ops, args, state, history, {
+            'test_accuracy': tta, 'test_accuracy_without_tta': plain, 'epochs': args.epochs,
+            'steps': total_steps, 'batch_size': args.batch_size, 'precision': args.precision,
+            'tta': args.tta, 'seed': args.seed, 'train_seconds': train_seconds,
+            'total_seconds': total_seconds})
+    return tta
 
 
 if __name__ == '__main__':
-    data_helpers.exit_on_data_error(main, parse_args())
+    cli.exit_on_error(main, parse_args())
