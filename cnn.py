@@ -61,7 +61,7 @@ def _per_image(batch, minval, maxval):
     return tf.random.uniform([batch, 1, 1, 1], minval, maxval)
 
 
-def augment(images):
+def augment(images, colour_jitter=True):
     """Hvass-Labs' training distortions, each drawn per image.
 
     Random 24x24 crop, random left-right flip, then hue (max delta 0.05),
@@ -72,6 +72,7 @@ def augment(images):
 
     Args:
       images: [batch, 32, 32, 3] float32 in [0, 1].
+      colour_jitter: False stops after the crop and flip (for tests).
 
     Returns:
       [batch, 24, 24, 3] float32 in [0, 1].
@@ -90,6 +91,8 @@ def augment(images):
         flip = _per_image(batch, 0.0, 1.0) < 0.5
         images = tf.where(tf.broadcast_to(flip, tf.shape(images)),
                           tf.reverse(images, axis=[2]), images)
+        if not colour_jitter:
+            return images
         # Hue: rotate the hue channel in HSV space.
         hsv = tf.image.rgb_to_hsv(images)
         hue = tf.math.floormod(hsv[..., :1] + _per_image(batch, -0.05, 0.05), 1.0)

@@ -1,10 +1,14 @@
-"""Shared fixtures: a tiny fake CIFAR-10 in the official layout, and a local
-HTTP server so the downloader is tested without touching the internet."""
+"""Shared fixtures: a tiny fake CIFAR-10 and MNIST in the official layouts, and a
+local HTTP server so the downloader is tested without touching the internet."""
 
 import functools
+import gzip
+import hashlib
 import http.server
 import os
 import pickle
+import socket
+import struct
 import sys
 import tarfile
 import threading
@@ -14,6 +18,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # as the scripts do: quiet start-up
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+# Graph mode, as every script sets on import: tests of the helper modules then
+# run the same whichever test file runs first.
+tf.disable_eager_execution()
 
 IMAGES_PER_BATCH = 30
 
@@ -59,6 +68,33 @@ def fake_cifar10(tmp_path):
     return write_fake_cifar10(str(tmp_path / 'cifar-10-batches-py'))
 
 
+def idx_bytes(array, type_byte=0x08):
+    """An IDX file's bytes: magic number, dimensions, then the uint8 data."""
+    header = bytes([0, 0, type_byte, array.ndim]) + struct.pack('>%di' % array.ndim,
+                                                                *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_fake_mnist(folder, train=5100, test=100, seed=0):
+    """The four MNIST files, gzip-compressed; random digits and labels. The
+    first 5000 training images are the validation set, as load_mnist splits."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for prefix, count in (('train', train), ('t10k', test)):
+        labels = rng.integers(0, 10, count)
+        images = rng.integers(0, 256, (count, 28, 28))
+        for kind, array in (('images-idx3', images), ('labels-idx1', labels)):
+            with open(os.path.join(folder, '%s-%s-ubyte.gz' % (prefix, kind)), 'wb') as f:
+                f.write(gzip.compress(idx_bytes(array), compresslevel=1))
+    return folder
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+    """Path of a folder with four tiny fake MNIST files (100 training images)."""
+    return write_fake_mnist(str(tmp_path / 'mnist'))
+
+
 @pytest.fixture(autouse=True)
 def no_real_data(monkeypatch, tmp_path):
     """Keep every test away from the user's data and cache: no $CIFAR10_DIR,
@@ -90,6 +126,26 @@ def http_server(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def unused_url():
+    """A URL on 127.0.0.1 where nobody listens."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    return 'http://127.0.0.1:%d/cifar-10-python.tar.gz' % port
+
+
+@pytest.fixture
+def served_cifar10(http_server, tmp_path):
+    """(url, md5) of a tiny cifar-10-python.tar.gz on a local HTTP server."""
+    root, base_url = http_server
+    source = write_fake_cifar10(str(tmp_path / 'src' / 'cifar-10-batches-py'))
+    path = make_tarball(str(root / 'cifar-10-python.tar.gz'), source, 'cifar-10-batches-py')
+    with open(path, 'rb') as f:
+        md5 = hashlib.md5(f.read()).hexdigest()
+    return base_url + '/cifar-10-python.tar.gz', md5
 
 
 def make_tarball(path, source_folder, arcname):

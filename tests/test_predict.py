@@ -15,7 +15,7 @@ import data_helpers
 import predict
 import softmax
 import two_layer_mlp
-from test_two_layer_mlp import write_fake_mnist
+from conftest import write_fake_cifar10, write_fake_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,25 +42,23 @@ def bmp(pixels):
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     """Run folders of each script, trained for a few steps on tiny fake data."""
-    from conftest import write_fake_cifar10
     base = tmp_path_factory.mktemp('predict')
     cifar = write_fake_cifar10(str(base / 'cifar-10-batches-py'))
     mnist = write_fake_mnist(str(base / 'mnist'))
-    quiet = lambda main, args: main(args)
     folders = {}
-    quiet(softmax.main, softmax.parse_args(
+    softmax.main(softmax.parse_args(
         ['--data-dir', cifar, '--max-steps', '20', '--train-dir', str(base / 'softmax'),
          '--seed', '0']))
-    quiet(two_layer_mlp.main, two_layer_mlp.parse_args(
+    two_layer_mlp.main(two_layer_mlp.parse_args(
         ['--data-dir', cifar, '--max-steps', '20', '--batch-size', '20',
          '--train-dir', str(base / 'mlp'), '--seed', '0']))
-    quiet(two_layer_mlp.main, two_layer_mlp.parse_args(
+    two_layer_mlp.main(two_layer_mlp.parse_args(
         ['--preset', 'mnist', '--data-dir', mnist, '--max-steps', '20',
          '--train-dir', str(base / 'mnist_mlp'), '--seed', '0']))
-    quiet(cnn.main, cnn.parse_args(
+    cnn.main(cnn.parse_args(
         ['--model', 'small', '--data-dir', cifar, '--max-steps', '5', '--batch-size', '16',
          '--train-dir', str(base / 'cnn'), '--no-plots', '--seed', '0']))
-    quiet(cnn.main, cnn.parse_args(
+    cnn.main(cnn.parse_args(
         ['--model', 'augmented', '--data-dir', cifar, '--max-steps', '5', '--batch-size', '16',
          '--train-dir', str(base / 'cnn_augmented'), '--no-plots', '--seed', '0']))
     for name in ('softmax', 'mlp', 'mnist_mlp', 'cnn', 'cnn_augmented'):

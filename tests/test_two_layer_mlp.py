@@ -15,6 +15,7 @@ import tensorflow.compat.v1 as tf
 
 import data_helpers
 import two_layer_mlp
+from conftest import idx_bytes, write_fake_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide them
@@ -120,20 +121,36 @@ def test_restore_without_checkpoint_is_one_clear_line(tmp_path, fake_cifar10):
     assert 'error: no checkpoint in %s' % (tmp_path / 'none') in result.stderr
 
 
-def test_batched_evaluation_equals_one_big_batch(fake_cifar10, tmp_path):
-    data = data_helpers.load_data(fake_cifar10)
-    with tf.Graph().as_default():
-        images, labels, loss, _ = build(3072, [16], 0)
-        logits = tf.get_default_graph().get_tensor_by_name('logits:0')
-        accuracy = two_layer_mlp.evaluation(logits, labels)
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            whole = sess.run(accuracy, {images: data['images_train'],
-                                        labels: data['labels_train']})
-            batched = two_layer_mlp.evaluate(sess, accuracy, images, labels,
-                                             data['images_train'], data['labels_train'],
-                                             batch_size=7)
-    assert batched == pytest.approx(float(whole), abs=1e-6)
+def test_mnist_preset_prints_the_articles_epoch_lines(fake_mnist, tmp_path, capsys):
+    train_dir = tmp_path / 'logs'
+    accuracy, out = run(capsys, '--preset', 'mnist', '--epochs', '3', '--batch-size', '20',
+                        '--data-dir', fake_mnist, '--train-dir', str(train_dir), '--seed', '0')
+    lines = out.splitlines()
+    costs = [float(m.group(1)) for m in re.finditer(r'^Epoch: 000[123] cost= (\d+\.\d{9})$',
+                                                      out, re.M)]
+    assert len(costs) == 3 and costs[2] < costs[0]            # one line an epoch; it learns
+    assert lines[-3:-1] == ['Optimization Finished!', 'Accuracy: {}'.format(accuracy)]
+    assert 'Step ' not in out
+    run_dir, = train_dir.iterdir()                            # 3 epochs of 100 // 20 steps
+    assert tf.train.latest_checkpoint(str(run_dir)).endswith('model.ckpt-15')
+
+
+def test_keras_mlp_preset_validates_every_epoch(fake_cifar10, tmp_path, capsys):
+    accuracy, out = run(capsys, '--preset', 'keras-mlp', '--epochs', '2', '--data-dir',
+                        fake_cifar10, '--train-dir', str(tmp_path), '--seed', '0')
+    epochs = re.findall(r'^Epoch ([12])/2 - \d+s - loss: ([0-9.]+) - accuracy: [0-9.]+ - '
+                        r'val_loss: [0-9.]+ - val_accuracy: ([0-9.]+)$', out, re.M)
+    assert [e[0] for e in epochs] == ['1', '2']
+    assert float(epochs[1][1]) < float(epochs[0][1])          # the loss falls
+    assert float(epochs[1][2]) == pytest.approx(accuracy, abs=5e-5)   # val is the test set
+    assert out.splitlines()[-2] == 'Test accuracy {:g}'.format(accuracy)
+
+
+def test_output_style_follows_the_preset_not_the_run_length(fake_cifar10, tmp_path, capsys):
+    _, out = run(capsys, '--epochs', '2', '--batch-size', '50', '--data-dir', fake_cifar10,
+                 '--train-dir', str(tmp_path), '--seed', '0')
+    assert re.search(r'^Step 0, training accuracy [0-9.]+$', out, re.M)
+    assert 'Epoch' not in out and 'cost=' not in out and 'Optimization' not in out
 
 
 def test_same_seed_same_run(fake_cifar10, tmp_path, capsys):
@@ -161,24 +178,6 @@ def test_flags_override_the_preset():
 
 
 # --- MNIST -------------------------------------------------------------------
-
-def idx_bytes(array, type_byte=0x08):
-    header = bytes([0, 0, type_byte, array.ndim]) + struct.pack('>%di' % array.ndim,
-                                                                *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_fake_mnist(folder, train=5100, test=100):
-    rng = np.random.default_rng(0)
-    os.makedirs(folder, exist_ok=True)
-    for prefix, count in (('train', train), ('t10k', test)):
-        labels = rng.integers(0, 10, count)
-        images = rng.integers(0, 256, (count, 28, 28))
-        for kind, array in (('images-idx3', images), ('labels-idx1', labels)):
-            with open(os.path.join(folder, '%s-%s-ubyte.gz' % (prefix, kind)), 'wb') as f:
-                f.write(gzip.compress(idx_bytes(array), compresslevel=1))
-    return folder
-
 
 def test_load_mnist_split_and_scaling(tmp_path):
     folder = write_fake_mnist(str(tmp_path / 'mnist'))

@@ -1,0 +1,75 @@
+"""cli.py: flag types, the flags every script shares, the one-line error exit."""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+import cli
+from downloads import DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ['softmax.py', 'two_layer_mlp.py', 'cnn.py', 'fast_cnn.py']
+
+
+@pytest.mark.parametrize('text', ['0', '-3', 'abc', '1.5'])
+def test_positive_int_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.positive_int(text)
+
+
+@pytest.mark.parametrize('text', ['0', '-0.1', 'nan', 'inf', 'x'])
+def test_positive_float_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.positive_float(text)
+
+
+def test_positive_types_accept():
+    assert cli.positive_int('7') == 7 and cli.positive_float('2.5e-3') == 0.0025
+
+
+def test_common_flags_parse_and_default():
+    parser = argparse.ArgumentParser()
+    cli.add_common_flags(parser, train_dir='runs')
+    args = parser.parse_args(['--seed', '3', '--data-dir', 'd'])
+    assert (args.seed, args.data_dir, args.train_dir) == (3, 'd', 'runs')
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--seed', 'x'])
+
+
+def test_every_script_declares_the_common_flags_the_same_way():
+    helps = {}
+    for script in SCRIPTS:
+        out = subprocess.run([sys.executable, os.path.join(ROOT, script), '--help'],
+                             capture_output=True, text=True, timeout=120).stdout
+        # argparse wraps help text; compare the --seed paragraph word by word
+        seed = out[out.index('--seed SEED'):].split('--data-dir')[0]
+        helps[script] = ' '.join(seed.split())
+    assert len(set(helps.values())) == 1, helps
+
+
+def test_batch_size_check():
+    cli.check_batch_size(10, 10)
+    with pytest.raises(DataError, match='--batch-size 11 is larger than the 10 training'):
+        cli.check_batch_size(11, 10)
+
+
+def test_exit_on_error_is_one_line_and_exit_status_1(monkeypatch, capsys):
+    monkeypatch.setattr(sys, 'argv', ['/somewhere/tool.py'])
+
+    def failing(args):
+        raise DataError('the file %s is broken' % args)
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.exit_on_error(failing, 'x.bin')
+    assert exit_info.value.code == 'tool.py: error: the file x.bin is broken'
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.exit_on_error(interrupted, None)
+    assert exit_info.value.code == 'tool.py: interrupted'
+    assert cli.exit_on_error(lambda args: args + 1, 41) == 42
