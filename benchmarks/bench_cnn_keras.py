@@ -58,9 +58,11 @@ def time_it(function, repeats):
 
 
 def measure_graph(x, y, x_test, batch, steps, repeats):
+    import tensorflow.compat.v1 as tf
+
     import cnn
     import data_helpers
-    tf = cnn.tf
+    import run_folders
     with tf.Graph().as_default():
         sampler = data_helpers.InGraphSampler(x, y, batch)
         images = tf.placeholder_with_default(sampler.images, [None, 32, 32, 3])
@@ -68,7 +70,7 @@ def measure_graph(x, y, x_test, batch, steps, repeats):
         logits = cnn.inference(images, 'batchnorm', training)
         loss = cnn.loss(logits, sampler.labels)
         train_step = cnn.training(loss, 1e-3, 1e-7)
-        with tf.Session(config=data_helpers.session_config()) as sess:
+        with tf.Session(config=run_folders.session_config()) as sess:
             sess.run(tf.global_variables_initializer())
             sampler.initialize(sess)
             batches = data_helpers.epoch_indices(len(x), batch, 10 ** 9,

@@ -18,14 +18,15 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 import data_helpers  # noqa: E402
 from bench_cnn_keras import keras_model  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--runs', type=data_helpers.positive_int, default=5)
-    parser.add_argument('--budget', type=data_helpers.positive_float, default=float('inf'),
+    parser.add_argument('--runs', type=cli.positive_int, default=5)
+    parser.add_argument('--budget', type=cli.positive_float, default=float('inf'),
                         help='seconds after which no new run starts')
     parser.add_argument('--data-dir', default=None)
     args = parser.parse_args()
