@@ -355,13 +355,12 @@ def build_graph(args, train_images, train_labels, max_steps):
         loss=loss_op, train_step=training(loss_op, learning_rate, args.adam_epsilon),
         accuracy=evaluation(logits, labels),
         predictions=tf.argmax(logits, 1, name='predictions'),
-        saver=tf.train.Saver(max_to_keep=3))
+        saver=run_folders.saver(max_to_keep=3))
 
 
 def restore_and_evaluate(sess, ops, args, evaluate_test):
     """Scores the latest checkpoint of --restore on the test set."""
-    checkpoint = run_folders.latest_checkpoint(args.restore)
-    run_folders.restore(ops.saver, sess, checkpoint, '--model ' + args.model)
+    checkpoint = run_folders.restore(ops.saver, sess, args.restore, '--model ' + args.model)
     accuracy = evaluate_test()['accuracy']
     print('Restored {}\nTest accuracy {:.4f}'.format(checkpoint, accuracy))
     return accuracy
@@ -423,7 +422,7 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_re
             print_report('Epoch {}/{}'.format(step // steps_per_epoch, args.epochs)
                          if args.epochs else 'Step {}/{}'.format(step, max_steps),
                          history, report_name)
-            ops.saver.save(sess, os.path.join(run_dir, 'model.ckpt'), global_step=step)
+            run_folders.save_checkpoint(ops.saver, sess, run_dir, step)
             history.save(run_dir)
             losses, accuracies, interval_start = [], [], time.time()
     return history, time.time() - train_start
@@ -460,8 +459,8 @@ def main(args):
 
         sess.run(tf.global_variables_initializer())
         ops.sampler.initialize(sess)
-        run_dir = run_folders.new_run_dir(args.train_dir, args.model + '-')
-        run_folders.write_model_info(run_dir, data_sets['classes'], 'cifar10', 'nhwc')
+        run_dir = run_folders.start_run_dir(args.train_dir, args.model + '-',
+                                            data_sets['classes'], 'cifar10', 'nhwc')
         print('Writing to {}'.format(run_dir))
         history, train_seconds = train(
             sess, ops, args, run_dir, max_steps, steps_per_epoch, rng,

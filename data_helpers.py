@@ -19,8 +19,8 @@ the memory); the rest is what a tool needs around it:
 
 Every file read is validated, so a truncated or foreign file gives one clear
 `DataError` naming it instead of a traceback. The official batches are Python
-pickles, and unpickling can run arbitrary code: only ever point this module at
-the dataset's own files.
+pickles, and unpickling can run arbitrary code: they are read by a restricted
+unpickler that builds numpy arrays and nothing else.
 """
 
 import gzip
@@ -181,20 +181,46 @@ def _images_per_batch(folder):
     return count
 
 
+class _BatchUnpickler(pickle._Unpickler):
+    """An unpickler that builds only what the official batches hold.
+
+    Unpickling can call any function a file names; this one refuses every
+    global but numpy's array reconstruction (and `_codecs.encode`, which
+    Python 3's protocol-2 pickles use for bytes). It is the pure-Python
+    unpickler, whose memo is a dict: a damaged memo index in a file cannot make
+    it allocate gigabytes, as the C unpickler's array memo does.
+    """
+    ALLOWED = {('numpy.core.multiarray', '_reconstruct'),
+               ('numpy._core.multiarray', '_reconstruct'),
+               ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode')}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise _ForbiddenGlobal('%s.%s' % (module, name))
+        return super().find_class(module, name)
+
+
+class _ForbiddenGlobal(Exception):
+    pass
+
+
 def _unpickle(filename):
     """Loads one Python-2 pickle with str keys, whatever the encoding gave."""
     try:
         with open(filename, 'rb') as f:
             # latin1 turns the Python-2 str keys into str and leaves numpy's
             # uint8 buffers as they were; bytes keys are turned into str below.
-            content = pickle.load(f, encoding='latin1')
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError,
-            AttributeError, ImportError, IndexError, KeyError, MemoryError) as e:
+            content = _BatchUnpickler(f, encoding='latin1').load()
+    except _ForbiddenGlobal as e:
+        raise DataError('%s is not a CIFAR-10 batch: it asks to call %s, which the '
+                        'official files never do; refusing to load it (delete it and '
+                        'download or place it again)' % (filename, e)) from None
+    except OSError as e:
+        raise DataError('cannot read %s (%s)' % (filename, e.strerror or e)) from None
+    except Exception as e:     # whatever a damaged pickle makes the unpickler raise
         raise DataError('%s is truncated or not a CIFAR-10 batch (%s: %s); '
                         'delete it and download or place it again'
                         % (filename, type(e).__name__, e)) from None
-    except OSError as e:
-        raise DataError('cannot read %s (%s)' % (filename, e.strerror or e)) from None
     if not isinstance(content, dict):
         raise DataError('%s is not a CIFAR-10 batch (it holds a %s, not a dict)'
                         % (filename, type(content).__name__))

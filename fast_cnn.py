@@ -482,7 +482,7 @@ def build_graph(args, padded_train, train_labels, whitening):
         train_correct=evaluation(train_logits, sampler.labels), average_start=average_start,
         average_update=average_update, average_decay=average_decay, images=images,
         labels=labels, plain_predictions=plain_predictions,
-        tta_predictions=tf.argmax(logits, 1), saver=tf.train.Saver(net_variables))
+        tta_predictions=tf.argmax(logits, 1), saver=run_folders.saver(net_variables))
 
 
 def train_epoch(sess, ops, args, state, schedule, flips, rng):
@@ -534,11 +534,9 @@ def print_progress(history, images_per_second):
               n=PROGRESS_IMAGES, speed=images_per_second, **last), flush=True)
 
 
-def save_run(sess, ops, args, state, history, result):
-    """Writes the run folder: the final checkpoint, model.json, history, result."""
-    run_dir = run_folders.new_run_dir(args.train_dir, 'fast-')
-    ops.saver.save(sess, os.path.join(run_dir, 'model.ckpt'), global_step=state.step)
-    run_folders.write_model_info(run_dir, data_helpers.CLASSES, 'cifar10', 'nhwc')
+def save_run(sess, ops, run_dir, state, history, result):
+    """Fills the run folder: the final checkpoint, history, result."""
+    run_folders.save_checkpoint(ops.saver, sess, run_dir, state.step)
     history.save(run_dir)
     run_folders.write_json(os.path.join(run_dir, 'result.json'), result)
     print('Saved to {}'.format(run_dir))
@@ -557,6 +555,10 @@ def main(args):
     cli.check_batch_size(args.batch_size, train_count)
     steps_per_epoch = train_count // args.batch_size      # the last partial batch is dropped
     total_steps = max(1, math.ceil(args.epochs * steps_per_epoch))
+
+    # The run folder, created before training so a bad --train-dir costs nothing
+    run_dir = run_folders.start_run_dir(args.train_dir, 'fast-', data_helpers.CLASSES,
+                                        'cifar10', 'nhwc')
 
     # The graph (only defined here; nothing is computed yet)
     ops = build_graph(args, padded_train, train_labels, whitening)
@@ -596,7 +598,7 @@ def main(args):
         print('Total time: {:.1f}s (training {:.1f}s, {:.0f} images/s)'.format(
             total_seconds, train_seconds, total_steps * args.batch_size / train_seconds),
             flush=True)
-        save_run(sess, ops, args, state, history, {
+        save_run(sess, ops, run_dir, state, history, {
             'test_accuracy': tta, 'test_accuracy_without_tta': plain, 'epochs': args.epochs,
             'steps': total_steps, 'batch_size': args.batch_size, 'precision': args.precision,
             'tta': args.tta, 'seed': args.seed, 'train_seconds': train_seconds,

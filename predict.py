@@ -65,31 +65,28 @@ def parse_args(argv=None):
 
 
 def load_model(run_dir):
-    """Restores the newest checkpoint under run_dir into a new graph.
+    """Restores the newest usable checkpoint under run_dir into a new graph.
 
     Returns:
       (session, info dict from model.json, input tensor, output tensor).
 
     Raises:
-      DataError: no run folder, no checkpoint or no model.json.
+      DataError: no run folder, no usable checkpoint, or a model.json that
+        does not describe the checkpoint's graph.
     """
-    if not os.path.isdir(run_dir):
-        raise DataError('run folder %s does not exist' % run_dir)
-    checkpoint = run_folders.latest_checkpoint(run_dir)
+    session, graph, checkpoint, info = run_folders.load_trained_model(run_dir)
     info_file = os.path.join(os.path.dirname(checkpoint), run_folders.MODEL_INFO)
-    try:
-        with open(info_file) as f:
-            info = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError('cannot read %s (%s); it is written by the training '
-                                     'scripts beside their checkpoints' % (info_file, e))
-    graph = tf.Graph()
-    with graph.as_default():
-        saver = tf.train.import_meta_graph(checkpoint + '.meta', clear_devices=True)
-        session = tf.Session(graph=graph)
-        saver.restore(session, checkpoint)
-    return (session, info, graph.get_tensor_by_name(info['input']),
-            graph.get_tensor_by_name(info['output']))
+    tensors = []
+    for key in ('input', 'output'):
+        try:
+            tensors.append(graph.get_tensor_by_name(info[key]))
+        except (KeyError, ValueError):
+            raise DataError('%s: %r names %s, which %s.meta does not have'
+                            % (info_file, key, info[key], checkpoint)) from None
+    if tensors[1].shape[-1] != len(info['classes']):
+        raise DataError('%s: %d classes, but the model has %s outputs'
+                        % (info_file, len(info['classes']), tensors[1].shape[-1]))
+    return (session, info, *tensors)
 
 
 class ImageReader:

@@ -3,15 +3,24 @@
 * `fresh_graph(seed)`: a new default graph, seeded, and a numpy generator.
 * `session_config()`: the session options these small graphs run best with.
 * `evaluate()`: a model's accuracy (and mean loss) over a whole set, in batches.
-* `new_run_dir()`, `write_model_info()`, `write_json()`, `History`: a run's
-  folder, the model.json that predict.py reads, history.json and result.json.
-* `latest_checkpoint()`, `restore()`: find and load a saved model, with one
-  clear line when there is none or it belongs to another model.
+* `start_run_dir()`, `read_model_info()`, `write_json()`, `History`: a run's
+  folder, created whole with the model.json that predict.py reads (and
+  checks), history.json and result.json.
+* `saver()`, `save_checkpoint()`: checkpoints that move with their folder.
+* `checkpoints()`, `latest_checkpoint()`, `restore()`, `load_trained_model()`:
+  find and load a saved model, falling back from a damaged or half-written
+  checkpoint to the newest complete one, with one clear line when there is
+  none or it belongs to another model.
 """
 
 import datetime
+import glob
 import json
+import math
 import os
+import re
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -83,16 +92,48 @@ def evaluate(sess, predictions, images_placeholder, labels_placeholder, images, 
 # What a run leaves behind
 # -----------------------------------------------------------------------------
 
-def new_run_dir(train_dir, prefix=''):
-    """Makes train_dir/<prefix><timestamp>/, unique if two runs start in one second."""
+def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None):
+    """Creates train_dir/<prefix><timestamp>/ holding its model.json, before training.
+
+    The folder appears whole or not at all: it is written under a temporary
+    name and renamed, so there is never a run folder without its model.json,
+    and an unwritable --train-dir is found before any training.
+
+    Args:
+      train_dir: where run folders go (created if missing).
+      prefix: the start of the folder's name ('small-', 'fast-', or '').
+      classes, dataset, layout, mean_image: what model.json records (see
+        `write_model_info`).
+
+    Returns:
+      The path of the new run folder (unique if two runs start in one second).
+
+    Raises:
+      DataError: the folder cannot be created or written.
+    """
     stamp = prefix + datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    path, suffix = os.path.join(train_dir, stamp), 1
-    while True:
+    try:
+        os.makedirs(train_dir, exist_ok=True)
+        work = tempfile.mkdtemp(prefix='.' + stamp + '.', dir=train_dir)
         try:
-            os.makedirs(path)
+            write_model_info(work, classes, dataset, layout, mean_image)
+            os.chmod(work, 0o777 & ~_umask())          # mkdtemp's 0700 is for secrets
+            path, suffix = os.path.join(train_dir, stamp), 1
+            while os.path.exists(path):
+                path, suffix = os.path.join(train_dir, '%s-%d' % (stamp, suffix)), suffix + 1
+            os.rename(work, path)
             return path
-        except FileExistsError:
-            path, suffix = os.path.join(train_dir, '%s-%d' % (stamp, suffix)), suffix + 1
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    except OSError as e:
+        raise DataError('cannot create a run folder in %s (%s): give a --train-dir you '
+                        'can write to' % (train_dir, e.strerror or e)) from None
+
+
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def write_json(path, content):
@@ -126,6 +167,52 @@ def write_model_info(run_dir, classes, dataset, layout, mean_image=None):
     })
 
 
+def read_model_info(run_dir):
+    """Reads and checks a run folder's model.json.
+
+    Returns:
+      The dict `write_model_info` wrote.
+
+    Raises:
+      DataError: the file is missing, not JSON, or a key is missing or wrong;
+        the message names the file and the key.
+    """
+    path = os.path.join(run_dir, MODEL_INFO)
+    try:
+        with open(path, 'rb') as f:
+            info = json.loads(f.read(1 << 24).decode('utf-8'))
+    except (OSError, ValueError) as e:
+        raise DataError('cannot read %s (%s); the training scripts write it beside their '
+                        'checkpoints' % (path, getattr(e, 'strerror', None) or e)) from None
+
+    def check(key, valid, expected):
+        if not isinstance(info, dict) or key not in info:
+            raise DataError('%s has no %r: it is not the model.json a training script '
+                            'wrote' % (path, key))
+        try:
+            ok = valid(info[key])
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DataError('%s: %r is %.60r, expected %s' % (path, key, info[key], expected))
+
+    check('dataset', lambda v: v in ('cifar10', 'mnist'), "'cifar10' or 'mnist'")
+    check('image_size', lambda v: type(v) is int and 0 < v <= 1024, 'a size in pixels')
+    check('channels', lambda v: type(v) is int and v in (1, 3), '1 or 3')
+    check('layout', lambda v: v in ('flat', 'nhwc'), "'flat' or 'nhwc'")
+    check('normalization', lambda v: v in ('mean', 'scale'), "'mean' or 'scale'")
+    if info['normalization'] == 'mean':
+        pixels = info['image_size'] ** 2 * info['channels']
+        check('mean_image', lambda v: len(v) == pixels and all(
+            type(x) in (int, float) and math.isfinite(x) for x in v),
+            'a list of %d numbers' % pixels)
+    check('classes', lambda v: len(v) >= 2 and all(isinstance(c, str) for c in v),
+          'a list of class names')
+    for key in ('input', 'output'):
+        check(key, lambda v: isinstance(v, str) and v.endswith(':0'), 'a tensor name')
+    return info
+
+
 class History(dict):
     """A run's history: {name: [one value per report]}, saved as history.json."""
 
@@ -141,33 +228,170 @@ class History(dict):
 # Checkpoints
 # -----------------------------------------------------------------------------
 
-def latest_checkpoint(train_dir):
-    """The newest checkpoint in train_dir itself or in its newest run folder.
+def saver(var_list=None, max_to_keep=5):
+    """A tf.train.Saver whose `checkpoint` file names checkpoints relative to
+    their folder, so a run folder works wherever it is moved or copied."""
+    return tf.train.Saver(var_list, max_to_keep=max_to_keep, save_relative_paths=True)
+
+
+def save_checkpoint(saver, session, run_dir, step=None):
+    """Saves model.ckpt[-step] into the run folder.
+
+    Raises:
+      DataError: the checkpoint cannot be written (a full disk, a folder gone).
+    """
+    try:
+        return saver.save(session, os.path.join(run_dir, 'model.ckpt'), global_step=step)
+    except (tf.errors.OpError, OSError, ValueError) as e:
+        raise DataError('cannot save a checkpoint in %s (%s)' % (run_dir, _reason(e))) from None
+
+
+def _reason(error):
+    """The first line of an error's message, for a one-line report."""
+    text = getattr(error, 'message', None) or getattr(error, 'strerror', None) or str(error)
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:160]
+
+
+def checkpoints(folder, need_meta=False):
+    """The complete checkpoints in `folder`, newest first.
+
+    Read from the files themselves, not from the `checkpoint` file, which may
+    hold absolute paths of the folder's old place, or name a checkpoint whose
+    files are not all written yet (a run still training, or killed). Complete:
+    its .index and every .data shard (and, with need_meta, its .meta) exist
+    and are not empty.
+
+    Returns:
+      Checkpoint prefixes (paths without the .index), the highest step first.
+    """
+    found = []
+    for index in glob.glob(os.path.join(glob.escape(folder), '*.index')):
+        prefix = index[:-len('.index')]
+        shards = glob.glob(glob.escape(prefix) + '.data-?????-of-?????')
+        parts = shards + [index] + ([prefix + '.meta'] if need_meta else [])
+        try:
+            complete = ({int(name[-5:]) for name in shards} == {len(shards)}
+                        and all(os.path.getsize(part) > 0 for part in parts))
+            modified = os.path.getmtime(index)
+        except (OSError, ValueError):      # deleted meanwhile by a run still training
+            continue
+        if complete:
+            step = re.search(r'-(\d+)$', prefix)
+            found.append((int(step.group(1)) if step else -1, modified, prefix))
+    return [prefix for _, _, prefix in sorted(found, reverse=True)]
+
+
+def checkpoint_folder(train_dir, need_meta=False):
+    """`train_dir` if it holds complete checkpoints, else its newest run folder that does.
 
     Raises:
       DataError: there is none.
     """
-    checkpoint = tf.train.latest_checkpoint(train_dir)
-    if checkpoint:
-        return checkpoint
-    runs = sorted((os.path.join(train_dir, name) for name in
-                   (os.listdir(train_dir) if os.path.isdir(train_dir) else [])
-                   if tf.train.latest_checkpoint(os.path.join(train_dir, name))),
-                  key=os.path.getmtime)
+    if checkpoints(train_dir, need_meta):
+        return train_dir
+    names = os.listdir(train_dir) if os.path.isdir(train_dir) else []
+    runs = [(checkpoints(os.path.join(train_dir, name), need_meta), os.path.join(train_dir, name))
+            for name in names if not name.startswith('.')]
+    runs = [(os.path.getmtime(found[0] + '.index'), run) for found, run in runs if found]
     if not runs:
-        raise DataError('no checkpoint in %s or its run folders; train first'
+        raise DataError('no complete checkpoint in %s or its run folders; train first'
                         % train_dir)
-    return tf.train.latest_checkpoint(runs[-1])
+    return max(runs)[1]
 
 
-def restore(saver, session, checkpoint, built_with):
-    """saver.restore, with one clear line when the checkpoint is of another model.
+def latest_checkpoint(train_dir):
+    """The newest complete checkpoint in train_dir itself or in its newest run folder.
 
     Raises:
-      DataError: the checkpoint's variables do not match this graph.
+      DataError: there is none.
     """
+    return checkpoints(checkpoint_folder(train_dir))[0]
+
+
+def _newest_that_loads(candidates, load, built_with=None):
+    """Calls load(prefix) on each checkpoint, newest first, until one works.
+
+    A checkpoint that fails to load is damaged (truncated, or deleted meanwhile
+    by a run still training) and the next older one is tried. One whose files
+    read but whose variables differ from the graph's is of another model, and
+    so are the older ones: that ends the search.
+
+    Returns:
+      (the prefix that loaded, what load returned).
+
+    Raises:
+      DataError: none loads; the message names the newest one and why.
+    """
+    errors = []
+    for prefix in candidates:
+        try:
+            return prefix, load(prefix)
+        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+            if built_with and _readable(prefix):
+                raise DataError('%s does not match the model built with %s: give the '
+                                'options it was trained with' % (prefix, built_with)) from None
+            errors.append((prefix, e))
+        except Exception as e:     # damaged files: OpErrors, protobuf's DecodeError, ...
+            errors.append((prefix, e))
+    prefix, error = errors[0]
+    raise DataError('no usable checkpoint: %s is damaged or incomplete (%s: %s)%s' % (
+        prefix, type(error).__name__, _reason(error),
+        ', and so is every older one' if len(errors) > 1 else ''))
+
+
+def _readable(prefix):
+    """Whether a checkpoint's variables can be listed (its files are whole)."""
     try:
-        saver.restore(session, checkpoint)
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError):
-        raise DataError('%s does not match the model built with %s: give the options it '
-                        'was trained with' % (checkpoint, built_with)) from None
+        tf.train.list_variables(prefix)
+        return True
+    except Exception:
+        return False
+
+
+def restore(saver, session, train_dir, built_with):
+    """Restores the newest usable checkpoint of train_dir (or of its newest run).
+
+    Returns:
+      The checkpoint restored.
+
+    Raises:
+      DataError: there is no usable checkpoint, or it is of another model.
+    """
+    candidates = checkpoints(checkpoint_folder(train_dir))
+    return _newest_that_loads(candidates, lambda prefix: saver.restore(session, prefix),
+                              built_with)[0]
+
+
+def load_trained_model(run_dir):
+    """A trained model as predict.py uses it: the graph of the newest usable
+    checkpoint's meta graph (nothing is rebuilt) and its weights.
+
+    Args:
+      run_dir: a run folder, or a folder of run folders (the newest is used).
+
+    Returns:
+      (session, graph, checkpoint prefix, info from model.json).
+
+    Raises:
+      DataError: no run folder, no usable checkpoint, or a bad model.json.
+    """
+    if not os.path.isdir(run_dir):
+        raise DataError('run folder %s does not exist' % run_dir)
+    folder = checkpoint_folder(run_dir, need_meta=True)
+    info = read_model_info(folder)
+
+    def load(prefix):
+        graph = tf.Graph()
+        with graph.as_default():
+            saver = tf.train.import_meta_graph(prefix + '.meta', clear_devices=True)
+            session = tf.Session(graph=graph)
+            try:
+                saver.restore(session, prefix)
+            except Exception:
+                session.close()
+                raise
+        return session, graph
+
+    prefix, (session, graph) = _newest_that_loads(checkpoints(folder, need_meta=True), load)
+    return session, graph, prefix, info

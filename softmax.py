@@ -56,6 +56,14 @@ def main(args):
 
     # Prepare data
     data_sets = data_helpers.load_data(args.data_dir)
+    cli.check_batch_size(batch_size, len(data_sets['images_train']))
+
+    # Where the trained model will be saved, when asked (not part of the
+    # article): created now, so a --train-dir that cannot be written costs no
+    # training
+    if args.train_dir:
+        run_dir = run_folders.start_run_dir(args.train_dir, '', data_sets['classes'],
+                                            'cifar10', 'flat', data_sets['mean_image'])
 
     # -------------------------------------------------------------------------
     # Prepare the TensorFlow graph
@@ -144,10 +152,7 @@ def main(args):
 
         # Save the trained model when asked (not part of the article)
         if args.train_dir:
-            run_dir = run_folders.new_run_dir(args.train_dir)
-            tf.train.Saver().save(sess, os.path.join(run_dir, 'model.ckpt'))
-            run_folders.write_model_info(run_dir, data_sets['classes'], 'cifar10', 'flat',
-                                         data_sets['mean_image'])
+            run_folders.save_checkpoint(run_folders.saver(), sess, run_dir)
 
     endTime = time.time()
     print('Total time: {:5.2f}s'.format(endTime - beginTime))

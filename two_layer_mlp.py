@@ -244,8 +244,7 @@ def print_parameters(args):
 
 def restore_and_evaluate(sess, saver, args, data_sets, evaluate):
     """The original's restore_model.py: the latest checkpoint, scored on the test set."""
-    checkpoint = run_folders.latest_checkpoint(args.train_dir)
-    run_folders.restore(saver, sess, checkpoint, '--preset ' + args.preset)
+    checkpoint = run_folders.restore(saver, sess, args.train_dir, '--preset ' + args.preset)
     print('Restored {}'.format(checkpoint))
     test_accuracy = evaluate(data_sets)['accuracy']
     print('Test accuracy {:g}'.format(test_accuracy))
@@ -254,11 +253,9 @@ def restore_and_evaluate(sess, saver, args, data_sets, evaluate):
 
 def start_run_dir(args, data_sets):
     """A new run folder under --train-dir, with the model.json predict.py reads."""
-    run_dir = run_folders.new_run_dir(args.train_dir)
-    run_folders.write_model_info(run_dir, data_sets['classes'],
-                                 'mnist' if args.dataset == 'mnist' else 'cifar10',
-                                 'flat', data_sets.get('mean_image'))
-    return run_dir
+    return run_folders.start_run_dir(args.train_dir, '', data_sets['classes'],
+                                     'mnist' if args.dataset == 'mnist' else 'cifar10',
+                                     'flat', data_sets.get('mean_image'))
 
 
 def report_epoch(args, epoch, losses, accuracies, seconds, evaluate, data_sets):
@@ -303,7 +300,7 @@ def build_graph(args, data_sets):
     return argparse.Namespace(
         sampler=sampler, images=images, labels=labels, loss=loss_op,
         train_step=train_step, accuracy=accuracy, predictions=tf.argmax(logits, 1),
-        summary=tf.summary.merge_all(), saver=tf.train.Saver())
+        summary=tf.summary.merge_all(), saver=run_folders.saver())
 
 
 def train(sess, ops, args, data_sets, rng, evaluate):
@@ -313,7 +310,6 @@ def train(sess, ops, args, data_sets, rng, evaluate):
     """
     run_dir = start_run_dir(args, data_sets)
     summary_writer = tf.summary.FileWriter(run_dir, sess.graph)
-    checkpoint_file = os.path.join(run_dir, 'model.ckpt')
 
     # Generate input data batches: shuffled epochs, without replacement
     train_count = len(data_sets['images_train'])
@@ -342,7 +338,7 @@ def train(sess, ops, args, data_sets, rng, evaluate):
 
         # Periodically save checkpoint
         if (i + 1) % CHECKPOINT_EVERY == 0:
-            ops.saver.save(sess, checkpoint_file, global_step=i + 1)
+            run_folders.save_checkpoint(ops.saver, sess, run_dir, i + 1)
             print('Saved checkpoint')
 
         # After every epoch, the epoch's line (where the article prints one)
@@ -351,7 +347,7 @@ def train(sess, ops, args, data_sets, rng, evaluate):
                          time.time() - epoch_start, evaluate, data_sets)
             losses, accuracies, epoch_start = [], [], time.time()
 
-    ops.saver.save(sess, checkpoint_file, global_step=max_steps)
+    run_folders.save_checkpoint(ops.saver, sess, run_dir, max_steps)
     summary_writer.close()
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import tensorflow.compat.v1 as tf
 import cnn
 import data_helpers
 import predict
+import run_folders
 import softmax
 import two_layer_mlp
 from conftest import write_fake_cifar10, write_fake_mnist
@@ -182,7 +184,7 @@ def test_missing_run_folder_is_one_line(tmp_path, pictures):
 def test_folder_without_checkpoint_is_one_line(tmp_path, pictures):
     result = run_cli(tmp_path, pictures)
     assert result.returncode == 1 and 'Traceback' not in result.stderr
-    assert 'predict.py: error: no checkpoint in %s' % tmp_path in result.stderr
+    assert 'predict.py: error: no complete checkpoint in %s' % tmp_path in result.stderr
 
 
 def test_plot_is_written(runs, pictures, tmp_path, capsys):
@@ -190,3 +192,109 @@ def test_plot_is_written(runs, pictures, tmp_path, capsys):
                                 tmp_path / 'grid.png')
     assert status == 0
     assert (tmp_path / 'grid.png').read_bytes().startswith(b'\x89PNG')
+
+
+# --- run folders that were moved, copied, damaged or are still being written --
+
+@pytest.fixture(scope='module')
+def two_checkpoints(tmp_path_factory):
+    """A two_layer_mlp run folder with checkpoints at steps 1000 and 1001, and
+    the probabilities its newest checkpoint gives test images 0 and 1."""
+    base = tmp_path_factory.mktemp('two_checkpoints')
+    cifar = write_fake_cifar10(str(base / 'cifar-10-batches-py'))
+    # A relative --train-dir, so that even a `checkpoint` file of absolute
+    # paths would name the files of a copy, not of this original
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        two_layer_mlp.main(two_layer_mlp.parse_args(
+            ['--data-dir', cifar, '--max-steps', '1001', '--batch-size', '10',
+             '--train-dir', 'train', '--seed', '0']))
+    finally:
+        os.chdir(cwd)
+    run_dir, = (base / 'train').iterdir()
+    return run_dir, cifar
+
+
+def predicted(capsys, run_dir, cifar):
+    status, out, err = predict_main(capsys, run_dir, '--test-index', '0', '--test-index', '1',
+                                    '--json', '--top-k', '10', '--data-dir', cifar)
+    assert status == 0, err
+    return [{e['class']: e['probability'] for e in result['top']} for result in json.loads(out)]
+
+
+def test_a_run_folder_moved_elsewhere_predicts_as_before(fake_cifar10, tmp_path, capsys):
+    # The issue's commands: an absolute --train-dir, the run folder moved away
+    two_layer_mlp.main(two_layer_mlp.parse_args(
+        ['--data-dir', fake_cifar10, '--max-steps', '5', '--batch-size', '10',
+         '--train-dir', str(tmp_path / 'a'), '--seed', '0']))
+    run_dir, = (tmp_path / 'a').iterdir()
+    capsys.readouterr()
+    expected = predicted(capsys, run_dir, fake_cifar10)
+    moved = tmp_path / 'b' / 'run1'
+    moved.parent.mkdir()
+    shutil.move(str(run_dir), str(moved))
+    assert predicted(capsys, moved, fake_cifar10) == expected
+
+
+def test_a_copy_uses_its_own_weights_not_the_originals(fake_cifar10, tmp_path, capsys):
+    two_layer_mlp.main(two_layer_mlp.parse_args(
+        ['--data-dir', fake_cifar10, '--max-steps', '1001', '--batch-size', '10',
+         '--train-dir', str(tmp_path / 'a'), '--seed', '0']))
+    run_dir, = (tmp_path / 'a').iterdir()
+    cifar = fake_cifar10
+    capsys.readouterr()
+    copy = tmp_path / 'copy'
+    shutil.copytree(run_dir, copy)
+    for name in os.listdir(copy):                  # the copy's own weights: no more step 1001
+        if 'model.ckpt-1001' in name:
+            os.remove(copy / name)
+    assert predicted(capsys, copy, cifar) != predicted(capsys, run_dir, cifar)
+
+
+@pytest.mark.parametrize('damage', ['data truncated', 'meta not yet written', 'meta truncated',
+                                    'index truncated'])
+def test_a_damaged_or_live_folder_uses_the_newest_complete_checkpoint(
+        two_checkpoints, tmp_path, capsys, damage):
+    run_dir, cifar = two_checkpoints
+    good = tmp_path / 'good'
+    shutil.copytree(run_dir, good)
+    for name in os.listdir(good):                          # only step 1000 left
+        if 'model.ckpt-1001' in name:
+            os.remove(good / name)
+    expected = predicted(capsys, good, cifar)
+    damaged = tmp_path / 'damaged'
+    shutil.copytree(run_dir, damaged)
+    newest = damaged / 'model.ckpt-1001'
+    path = {'data truncated': '.data-00000-of-00001', 'meta not yet written': '.meta',
+            'meta truncated': '.meta', 'index truncated': '.index'}[damage]
+    path = str(newest) + path
+    if damage == 'meta not yet written':
+        os.remove(path)
+    else:
+        with open(path, 'r+b') as f:
+            f.truncate(os.path.getsize(path) // 2)
+    assert predicted(capsys, damaged, cifar) == expected
+
+
+def test_no_usable_checkpoint_is_one_line(two_checkpoints, tmp_path):
+    run_dir, _ = two_checkpoints
+    damaged = tmp_path / 'damaged'
+    shutil.copytree(run_dir, damaged)
+    for data in damaged.glob('*.data-*'):
+        data.write_bytes(b'\0' * 7)
+    result = run_cli(damaged, '--test-index', '0')
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        'predict.py: error: no usable checkpoint: %s is damaged' % (damaged / 'model.ckpt-1001'))
+
+
+def test_a_damaged_model_json_is_one_line(two_checkpoints, tmp_path, capsys):
+    run_dir, cifar = two_checkpoints
+    copy = tmp_path / 'copy'
+    shutil.copytree(run_dir, copy)
+    info = json.loads((copy / 'model.json').read_text())
+    info['output'] = 'nowhere:0'
+    (copy / 'model.json').write_text(json.dumps(info))
+    with pytest.raises(data_helpers.DataError, match="model.json: 'output' names nowhere:0"):
+        predict_main(capsys, copy, '--test-index', '0', '--data-dir', cifar)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -51,21 +52,38 @@ def test_fresh_graph_resets_and_seeds():
     np.testing.assert_array_equal(first[1], second[1])
 
 
-def test_new_run_dirs_are_unique(tmp_path):
-    first = run_folders.new_run_dir(str(tmp_path), 'small-')
-    second = run_folders.new_run_dir(str(tmp_path), 'small-')
-    assert first != second and os.path.isdir(first) and os.path.isdir(second)
-    assert os.path.basename(first).startswith('small-')
+def test_run_dirs_are_created_whole_and_unique(tmp_path):
+    train_dir = tmp_path / 'runs'                           # created when missing
+    first = run_folders.start_run_dir(str(train_dir), 'small-', ['a', 'b'], 'cifar10', 'nhwc')
+    second = run_folders.start_run_dir(str(train_dir), 'small-', ['a', 'b'], 'cifar10', 'nhwc')
+    assert first != second and os.path.basename(first).startswith('small-')
+    for run in (first, second):
+        assert os.listdir(run) == ['model.json']
+    assert sorted(os.listdir(train_dir)) == sorted(map(os.path.basename, [first, second]))
+
+
+@pytest.mark.parametrize('where', ['a file', 'under a file', 'read-only'])
+def test_an_unwritable_train_dir_is_one_clear_error(tmp_path, where):
+    (tmp_path / 'file').write_text('x')
+    readonly = tmp_path / 'readonly'
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    path = {'a file': tmp_path / 'file', 'under a file': tmp_path / 'file' / 'runs',
+            'read-only': readonly}[where]
+    if where == 'read-only' and os.access(str(readonly), os.W_OK):
+        pytest.skip('running as a user who can write anywhere')
+    with pytest.raises(DataError, match='cannot create a run folder in %s' % path):
+        run_folders.start_run_dir(str(path), '', ['a', 'b'], 'cifar10', 'flat')
 
 
 def test_model_info_and_history_files(tmp_path):
-    mean = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
-    run_folders.write_model_info(str(tmp_path), ['a', 'b'], 'cifar10', 'nhwc', mean)
-    info = json.loads((tmp_path / 'model.json').read_text())
-    assert info['normalization'] == 'mean' and info['mean_image'] == list(range(12))
+    mean = np.arange(32 * 32 * 3, dtype=np.float32)
+    run_folders.write_model_info(str(tmp_path), ['a', 'b'], 'cifar10', 'flat', mean)
+    info = run_folders.read_model_info(str(tmp_path))
+    assert info['normalization'] == 'mean' and info['mean_image'] == list(range(3072))
     assert (info['classes'], info['image_size'], info['channels']) == (['a', 'b'], 32, 3)
     run_folders.write_model_info(str(tmp_path), ['0', '1'], 'mnist', 'flat')
-    info = json.loads((tmp_path / 'model.json').read_text())
+    info = run_folders.read_model_info(str(tmp_path))
     assert info['normalization'] == 'scale' and info['mean_image'] is None
     assert (info['image_size'], info['channels']) == (28, 1)
 
@@ -77,33 +95,114 @@ def test_model_info_and_history_files(tmp_path):
         'epoch': [1.0, 2.0], 'loss': [2.5, 1.5]}
 
 
-def test_latest_checkpoint_prefers_the_folder_then_its_newest_run(tmp_path):
+@pytest.mark.parametrize('change, message', [
+    (lambda info: info.pop('input'), "has no 'input'"),
+    (lambda info: info.update(mean_image=[0.0] * 5), "'mean_image' is .* expected a list of 3072"),
+    (lambda info: info.update(image_size='32'), "'image_size' is '32', expected a size"),
+    (lambda info: info.update(classes=[]), "'classes' is \\[\\], expected a list of class"),
+    (lambda info: info.update(layout='nchw'), "'layout' is 'nchw'"),
+    (lambda info: info.update(mean_image=[float('nan')] * 3072), "'mean_image' is"),
+])
+def test_a_damaged_model_json_names_the_file_and_key(tmp_path, change, message):
+    run_folders.write_model_info(str(tmp_path), ['a', 'b'], 'cifar10', 'flat', np.zeros(3072))
+    path = tmp_path / 'model.json'
+    info = json.loads(path.read_text())
+    change(info)
+    path.write_text(json.dumps(info))
+    with pytest.raises(DataError, match=str(path) + '.*' + message):
+        run_folders.read_model_info(str(tmp_path))
+    path.write_text('{"dataset": "cifar10", ')                 # cut short
+    with pytest.raises(DataError, match='cannot read %s' % path):
+        run_folders.read_model_info(str(tmp_path))
+
+
+def save_steps(folder, steps, value=1.0, name='w'):
+    """Saves a one-variable model at each step; returns the saver's prefixes."""
     with tf.Graph().as_default():
-        tf.Variable(1.0)
-        saver = tf.train.Saver()
+        variable = tf.Variable(0.0, name=name)
+        saver = run_folders.saver()
         with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            old = run_folders.new_run_dir(str(tmp_path), 'a-')
-            saver.save(sess, os.path.join(old, 'model.ckpt'), global_step=1)
-            new = run_folders.new_run_dir(str(tmp_path), 'b-')
-            saver.save(sess, os.path.join(new, 'model.ckpt'), global_step=2)
-            os.utime(old, (1, 1))                          # the older folder
-    assert run_folders.latest_checkpoint(str(tmp_path)).endswith(
-        os.path.join(os.path.basename(new), 'model.ckpt-2'))
-    assert run_folders.latest_checkpoint(old).endswith('model.ckpt-1')
-    with pytest.raises(DataError, match='no checkpoint in .*empty'):
+            for step in steps:
+                sess.run(variable.assign(value * step))
+                run_folders.save_checkpoint(saver, sess, folder, step)
+    return [os.path.join(folder, 'model.ckpt-%d' % step) for step in steps]
+
+
+def restored_value(folder, name='w', built_with='--x'):
+    with tf.Graph().as_default():
+        variable = tf.Variable(-1.0, name=name)
+        with tf.Session() as sess:
+            checkpoint = run_folders.restore(run_folders.saver(), sess, folder, built_with)
+            return os.path.basename(checkpoint), sess.run(variable)
+
+
+def test_latest_checkpoint_prefers_the_folder_then_its_newest_run(tmp_path):
+    old = run_folders.start_run_dir(str(tmp_path), 'a-', ['a', 'b'], 'cifar10', 'flat')
+    save_steps(old, [1])
+    new = run_folders.start_run_dir(str(tmp_path), 'b-', ['a', 'b'], 'cifar10', 'flat')
+    save_steps(new, [2])
+    os.utime(os.path.join(old, 'model.ckpt-1.index'), (1, 1))   # written long ago
+    assert run_folders.latest_checkpoint(str(tmp_path)) == os.path.join(new, 'model.ckpt-2')
+    assert run_folders.latest_checkpoint(old) == os.path.join(old, 'model.ckpt-1')
+    with pytest.raises(DataError, match='no complete checkpoint in .*empty'):
         run_folders.latest_checkpoint(str(tmp_path / 'empty'))
 
 
+def test_a_moved_or_copied_run_folder_restores_its_own_weights(tmp_path):
+    original = tmp_path / 'a' / 'run'
+    original.mkdir(parents=True)
+    save_steps(str(original), [1, 2])
+    assert 'model.ckpt-2' in (original / 'checkpoint').read_text()
+    assert str(tmp_path) not in (original / 'checkpoint').read_text()   # relative paths
+    copy = tmp_path / 'b' / 'copy'
+    shutil.copytree(original, copy)
+    moved = tmp_path / 'c' / 'moved'
+    moved.parent.mkdir()
+    shutil.move(str(original), str(moved))
+    save_steps(str(copy), [3], value=10.0)                  # the copy trains on
+    assert restored_value(str(moved)) == ('model.ckpt-2', 2.0)
+    assert restored_value(str(copy)) == ('model.ckpt-3', 30.0)
+
+
+@pytest.mark.parametrize('damage', ['truncated data', 'truncated index', 'empty data',
+                                    'no data yet', 'no index yet'])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, damage):
+    newest = save_steps(str(tmp_path), [1, 2])[-1]
+    data, index = newest + '.data-00000-of-00001', newest + '.index'
+    if damage == 'truncated data':
+        with open(data, 'r+b') as f:
+            f.truncate(2)
+    elif damage == 'truncated index':
+        with open(index, 'r+b') as f:
+            f.truncate(os.path.getsize(index) // 2)
+    elif damage == 'empty data':
+        open(data, 'wb').close()
+    else:
+        os.remove(data if damage == 'no data yet' else index)
+    assert restored_value(str(tmp_path)) == ('model.ckpt-1', 1.0)
+
+
+def test_no_usable_checkpoint_is_one_line_naming_the_file(tmp_path):
+    (newest,) = save_steps(str(tmp_path), [1])
+    with open(newest + '.data-00000-of-00001', 'r+b') as f:
+        f.truncate(2)
+    with pytest.raises(DataError, match='no usable checkpoint: .*model.ckpt-1 is damaged'):
+        restored_value(str(tmp_path))
+
+
 def test_restoring_another_model_is_one_clear_error(tmp_path):
-    path = str(tmp_path / 'model.ckpt')
+    save_steps(str(tmp_path), [1, 2])
+    with pytest.raises(DataError, match='model.ckpt-2 does not match the model built '
+                                        'with --x'):
+        restored_value(str(tmp_path), name='v')
+
+
+def test_an_unwritable_checkpoint_is_one_clear_error(tmp_path):
+    (tmp_path / 'file').write_text('not a folder')
     with tf.Graph().as_default():
-        tf.Variable(1.0, name='w')
+        tf.Variable(0.0)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
-            tf.train.Saver().save(sess, path)
-    with tf.Graph().as_default():
-        tf.Variable(1.0, name='v')                          # another model
-        with tf.Session() as sess:
-            with pytest.raises(DataError, match='does not match the model built with --x'):
-                run_folders.restore(tf.train.Saver(), sess, path, '--x')
+            with pytest.raises(DataError, match='cannot save a checkpoint in .*file/run'):
+                run_folders.save_checkpoint(run_folders.saver(), sess,
+                                            str(tmp_path / 'file' / 'run'))

@@ -118,7 +118,7 @@ def test_restore_without_checkpoint_is_one_clear_line(tmp_path, fake_cifar10):
          '--data-dir', fake_cifar10, '--train-dir', str(tmp_path / 'none')],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and 'Traceback' not in result.stderr
-    assert 'error: no checkpoint in %s' % (tmp_path / 'none') in result.stderr
+    assert 'error: no complete checkpoint in %s' % (tmp_path / 'none') in result.stderr
 
 
 def test_mnist_preset_prints_the_articles_epoch_lines(fake_mnist, tmp_path, capsys):
