@@ -1,10 +1,11 @@
 """What every script's command line shares: flag types, the common flags, the error exit.
 
-* `positive_int`, `positive_float`: argparse types that refuse 0, negatives, nan.
+* `positive_int`, `positive_float`, `nonnegative_float`, `seed`: argparse
+  types that refuse what would fail later (0, negatives, nan, inf).
 * `add_common_flags()`: --seed, --data-dir and --train-dir, declared once.
 * `check_batch_size()`: a batch larger than the training set is one clear line.
-* `exit_on_error()`: runs a script's main; a DataError or Ctrl-C ends it with
-  one line and a non-zero exit, never a traceback.
+* `exit_on_error()`: runs a script's main; a DataError, an OSError or Ctrl-C
+  ends it with one line and a non-zero exit, never a traceback.
 """
 
 import argparse
@@ -36,9 +37,31 @@ def positive_float(text):
     return value
 
 
+def seed(text):
+    """argparse type: a seed for numpy and TensorFlow, 0 <= seed < 2**32."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not an integer' % text) from None
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError('must be in 0..4294967295, not %s' % text)
+    return value
+
+
+def nonnegative_float(text):
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not a number' % text) from None
+    if not 0 <= value < float('inf'):
+        raise argparse.ArgumentTypeError('must be a finite number >= 0, not %s' % text)
+    return value
+
+
 def add_common_flags(parser, train_dir, train_dir_help=None):
     """Adds --seed, --data-dir and --train-dir (default `train_dir`) to `parser`."""
-    parser.add_argument('--seed', type=int, default=None,
+    parser.add_argument('--seed', type=seed, default=None,
                         help='seed for initial weights, batches and augmentation: the '
                              'same seed gives the same run (default: random)')
     parser.add_argument('--data-dir', default=None,
@@ -58,11 +81,14 @@ def check_batch_size(batch_size, train_count):
 
 
 def exit_on_error(main, args):
-    """Runs main(args); a DataError or Ctrl-C ends the program with one line."""
+    """Runs main(args); a DataError, an OSError or Ctrl-C ends the program with one line."""
     program = os.path.basename(sys.argv[0])
     try:
         return main(args)
     except DataError as e:
         sys.exit('%s: error: %s' % (program, e))
+    except OSError as e:     # a file that cannot be written: a full disk, a folder gone
+        where = ('%s: ' % e.filename) if e.filename else ''
+        sys.exit('%s: error: %s%s' % (program, where, e.strerror or e))
     except KeyboardInterrupt:
         sys.exit('%s: interrupted' % program)

@@ -26,6 +26,7 @@ unpickler that builds numpy arrays and nothing else.
 import gzip
 import os
 import pickle
+import zlib
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -158,10 +159,12 @@ def load_CIFAR10_batch(filename, expected_count=None):
                  else type(images).__name__)
         raise DataError('%s is not a CIFAR-10 batch: data is %s, expected uint8 '
                         '(N, 3072)' % (filename, found))
+    if not len(images):
+        raise DataError('%s holds no images: the file is truncated' % filename)
     if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError('%s is not a CIFAR-10 batch: %d images but labels of shape %s'
                         % (filename, images.shape[0], labels.shape))
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
+    if labels.min() < 0 or labels.max() > 9:
         raise DataError('%s is not a CIFAR-10 batch: labels outside 0..9' % filename)
     if expected_count is not None and images.shape[0] != expected_count:
         raise DataError('%s holds %d images, expected %d: the file is truncated'
@@ -185,14 +188,15 @@ class _BatchUnpickler(pickle._Unpickler):
     """An unpickler that builds only what the official batches hold.
 
     Unpickling can call any function a file names; this one refuses every
-    global but numpy's array reconstruction (and `_codecs.encode`, which
-    Python 3's protocol-2 pickles use for bytes). It is the pure-Python
+    global but numpy's array reconstruction (and `_codecs.encode` and `bytes`,
+    which Python 3's protocol-2 pickles use for bytes). It is the pure-Python
     unpickler, whose memo is a dict: a damaged memo index in a file cannot make
     it allocate gigabytes, as the C unpickler's array memo does.
     """
     ALLOWED = {('numpy.core.multiarray', '_reconstruct'),
                ('numpy._core.multiarray', '_reconstruct'),
-               ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode')}
+               ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode'),
+               ('__builtin__', 'bytes'), ('builtins', 'bytes')}
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -298,6 +302,12 @@ def find_cifar10(data_dir=None, download=True):
         found = _batches_folder(folder)
         if found is not None:
             return found
+        partial = os.path.join(folder, CIFAR10_FOLDER)
+        if os.path.isdir(partial):     # say why it is not used, rather than download
+            missing = [name for name in TRAIN_BATCHES + [TEST_BATCH]
+                       if not os.path.isfile(os.path.join(partial, name))]
+            raise DataError('%s lacks %s: complete it, or remove it to download CIFAR-10 '
+                            'again' % (partial, ', '.join(missing)))
     if not download:
         raise DataError('CIFAR-10 not found in ./%s or %s; %s'
                         % (CIFAR10_FOLDER, cache_dir(), _place_by_hand(cache_dir())))
@@ -372,7 +382,11 @@ def load_mnist(data_dir=None):
                            (None, 28, 28))
         labels_file = os.path.join(folder, prefix + '-labels-idx1-ubyte.gz')
         labels = parse_idx(labels_file, (len(images),))
-        if labels.size and labels.max() > 9:
+        if not labels.size:
+            raise DataError('%s holds no images; the official file has %d' % (
+                labels_file.replace('labels-idx1', 'images-idx3'),
+                60000 if split == 'train' else 10000))
+        if labels.max() > 9:
             raise DataError('%s holds labels outside 0..9' % labels_file)
         scaled = aligned_empty((len(images), 784))
         np.multiply(images.reshape(len(images), 784), np.float32(1 / 255), out=scaled,
@@ -411,7 +425,7 @@ def parse_idx(filename, expected_dims):
             raw = f.read()
         if raw[:2] == b'\x1f\x8b':
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError('cannot read %s (%s); delete it and download or place it '
                         'again' % (filename, e)) from None
     ndim = len(expected_dims)

@@ -11,15 +11,18 @@
 * `write_file_atomically()`: bytes to a file through a temporary name.
 
 Every write goes through a temporary name that is renamed only when complete,
-so an interrupted run never leaves a half-written file behind.
+so an interrupted run never leaves a half-written file behind; what a killed
+download leaves under its temporary name is removed by the next one.
 """
 
+import glob
 import hashlib
 import os
 import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 
@@ -69,6 +72,26 @@ def _progress(name, done, total):
     sys.stderr.flush()
 
 
+STALE_SECONDS = 600   # a download writes every second; untouched this long, it was killed
+
+
+def remove_stale(folder, pattern):
+    """Deletes what killed downloads left in `folder`: entries matching the glob
+    `pattern` in which nothing has been written for STALE_SECONDS."""
+    for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
+        try:
+            times = [os.path.getmtime(path)] + [
+                os.path.getmtime(os.path.join(root, name))
+                for root, _, names in os.walk(path) for name in names]
+            if time.time() - max(times) > STALE_SECONDS:
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.remove(path)
+        except OSError:      # removed meanwhile by its own process
+            pass
+
+
 def download_file(url, md5, path, timeout=30):
     """Downloads `url` to `path`, showing progress, and checks its md5.
 
@@ -81,6 +104,7 @@ def download_file(url, md5, path, timeout=30):
     folder = os.path.dirname(path) or '.'
     os.makedirs(folder, exist_ok=True)
     name = os.path.basename(path)
+    remove_stale(folder, '.' + name + '.*.part')
     fd, partial = tempfile.mkstemp(prefix='.' + name + '.', suffix='.part', dir=folder)
     digest = hashlib.md5()
     try:
@@ -189,6 +213,7 @@ def download_and_extract(url, md5, folder, member, by_hand=''):
       The path `folder/member`.
     """
     os.makedirs(folder, exist_ok=True)
+    remove_stale(folder, '.download-*')
     work = tempfile.mkdtemp(prefix='.download-', dir=folder)
     try:
         archive = download_file(url, md5, os.path.join(work, os.path.basename(url)))

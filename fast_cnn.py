@@ -73,6 +73,7 @@ CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10
 WHITEN_PATCH, WHITEN_SAMPLES = 2, 5000
 PROGRESS_IMAGES = 2000      # test images scored after each epoch, for progress only
+MAX_EPOCHS = 1000
 
 
 # -----------------------------------------------------------------------------
@@ -408,7 +409,10 @@ def parse_args(argv=None):
                         help='test-time augmentation: 0 none, 1 mirror, 2 mirror and '
                              'translations (default: %(default)s)')
     cli.add_common_flags(parser, train_dir='runs')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.epochs > MAX_EPOCHS:    # the schedule holds one number per step
+        parser.error('argument --epochs: at most %d, not %g' % (MAX_EPOCHS, args.epochs))
+    return args
 
 
 def cpu_has_bf16(cpuinfo='/proc/cpuinfo'):

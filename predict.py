@@ -21,6 +21,7 @@ the light-on-dark of the training images.
 import argparse
 import json
 import os
+import stat
 import sys
 
 import numpy as np
@@ -36,6 +37,7 @@ from downloads import DataError  # noqa: E402
 tf.disable_eager_execution()
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+MAX_PICTURE_BYTES = 64 << 20
 
 
 def parse_args(argv=None):
@@ -61,6 +63,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.images and not args.test_index:
         parser.error('give at least one IMAGE_OR_FOLDER or --test-index')
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        parser.error('argument --plot: the folder of %s does not exist' % args.plot)
     return args
 
 
@@ -106,12 +110,13 @@ class ImageReader:
                 side = tf.minimum(height, width)
                 image = tf.image.crop_to_bounding_box(
                     image, (height - side) // 2, (width - side) // 2, side, side)
-            image = tf.cast(image, tf.float32)
-            # Already the model's size: take the pixels as they are.
+            # Already the model's size: take the pixels as they are. Else
+            # resize the uint8 pixels (a float copy of a large photo would
+            # take 4 bytes a pixel); tf.compat.v1's resize has no
+            # antialiasing, the v2 op does.
             self.image = tf.cond(
                 tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size])),
-                lambda: image,
-                # (tf.compat.v1's resize has no antialiasing; the v2 op does)
+                lambda: tf.cast(image, tf.float32),
                 lambda: tf.compat.v2.image.resize(image, [size, size], antialias=True))
             self.session = tf.Session(graph=self.graph)
 
@@ -122,12 +127,20 @@ class ImageReader:
           DataError: the file cannot be read or is not a supported picture.
         """
         try:
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode):     # a FIFO or a device would hang
+                raise DataError('%s: not a regular file' % path)
+            if info.st_size > MAX_PICTURE_BYTES:
+                raise DataError('%s: %d MB, more than the %d MB a picture may have'
+                                % (path, info.st_size >> 20, MAX_PICTURE_BYTES >> 20))
             with open(path, 'rb') as f:
-                contents = f.read()
+                contents = f.read(MAX_PICTURE_BYTES + 1)
         except OSError as e:
-            raise DataError('%s: cannot read (%s)' % (path, e.strerror or e))
+            raise DataError('%s: cannot read (%s)' % (path, e.strerror or e)) from None
         try:
             return self.session.run(self.image, {self.contents: contents})
+        except tf.errors.ResourceExhaustedError:
+            raise DataError('%s: too large to decode in the memory there is' % path) from None
         except tf.errors.InvalidArgumentError as e:
             # The reason is the line before TensorFlow's '[[{{node ...}}]]'.
             lines = [line.strip() for line in (e.message or '').splitlines()]

@@ -206,7 +206,7 @@ def parse_args(argv=None):
                         help='train for this many steps')
     length.add_argument('--epochs', type=cli.positive_int,
                         help='train for this many passes over the training set')
-    parser.add_argument('--reg-constant', type=float,
+    parser.add_argument('--reg-constant', type=cli.nonnegative_float,
                         help='L2 regularisation constant (>= 0)')
     cli.add_common_flags(parser, train_dir='tf_logs', train_dir_help=(
         'folder for run folders with summaries and checkpoints (default: tf_logs)'))
@@ -214,8 +214,6 @@ def parse_args(argv=None):
                         help='only evaluate the latest checkpoint in --train-dir '
                              '(or the run folder given as --train-dir) on the test set')
     args = parser.parse_args(argv)
-    if args.reg_constant is not None and args.reg_constant < 0:
-        parser.error('argument --reg-constant: must be >= 0, not %g' % args.reg_constant)
     # Flags left unset take the preset's value; --max-steps and --epochs
     # replace the preset's length together.
     preset = PRESETS[args.preset]

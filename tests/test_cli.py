@@ -73,3 +73,33 @@ def test_exit_on_error_is_one_line_and_exit_status_1(monkeypatch, capsys):
         cli.exit_on_error(interrupted, None)
     assert exit_info.value.code == 'tool.py: interrupted'
     assert cli.exit_on_error(lambda args: args + 1, 41) == 42
+
+
+@pytest.mark.parametrize('text', ['-1', '4294967296', '1.5', 'x'])
+def test_seed_refuses_what_numpy_would_refuse(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.seed(text)
+
+
+def test_seed_and_nonnegative_float_accept():
+    assert cli.seed('0') == 0 and cli.seed('4294967295') == 2 ** 32 - 1
+    assert cli.nonnegative_float('0') == 0.0
+
+
+@pytest.mark.parametrize('text', ['-1', 'nan', 'inf', 'x'])
+def test_nonnegative_float_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.nonnegative_float(text)
+
+
+def test_an_os_error_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, 'argv', ['tool.py'])
+
+    def writes_into_a_missing_folder(args):
+        with open(str(tmp_path / 'gone' / 'out.png'), 'wb'):
+            pass
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.exit_on_error(writes_into_a_missing_folder, None)
+    assert exit_info.value.code == ('tool.py: error: %s: No such file or directory'
+                                    % (tmp_path / 'gone' / 'out.png'))

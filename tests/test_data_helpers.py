@@ -2,6 +2,8 @@
 
 import os
 import pickle
+import struct
+import time
 
 import numpy as np
 import pytest
@@ -241,3 +243,88 @@ def test_unreachable_server_says_where_to_place_the_data(monkeypatch, unused_url
     assert 'cannot download ' + unused_url in message and '\n' not in message
     assert os.path.join(cache_dir(), 'cifar-10-batches-py') in message   # where to place it
     assert os.listdir(cache_dir()) == []                                # nothing left
+
+
+# --- hostile or damaged files ------------------------------------------------
+
+class _CreatesAFile:
+    """Unpickling this calls os.system, as a malicious data_batch_1 would."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, ('touch %s' % self.path,)
+
+
+def test_a_pickle_that_runs_code_is_refused(fake_cifar10, tmp_path):
+    created = tmp_path / 'created-by-the-pickle'
+    path = os.path.join(fake_cifar10, 'data_batch_1')
+    with open(path, 'rb') as f:
+        batch = pickle.load(f)
+    batch['filenames'] = _CreatesAFile(created)           # a quiet payload
+    with open(path, 'wb') as f:
+        pickle.dump(batch, f, protocol=2)
+    with pytest.raises(data_helpers.DataError,
+                       match='data_batch_1 is not a CIFAR-10 batch: it asks to call '
+                             '(posix|os|nt).system.*refusing'):
+        data_helpers.load_data(fake_cifar10)
+    assert not created.exists()
+
+
+def test_the_official_layout_still_loads_through_the_restricted_unpickler(fake_cifar10):
+    # numpy arrays pickled by Python 3 (numpy._core, _codecs.encode) and the
+    # Python-2 names of the official files (numpy.core.multiarray)
+    path = os.path.join(fake_cifar10, 'test_batch')
+    with open(path, 'rb') as f:
+        content = f.read()
+    assert b'_codecs' in content
+    python2_style = content.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+    with open(path, 'wb') as f:
+        f.write(python2_style)
+    images, _ = data_helpers.load_test_batch(fake_cifar10)
+    assert images.shape == (TEST, 3072)
+
+
+def test_a_damaged_encoding_name_is_one_line(fake_cifar10):
+    path = os.path.join(fake_cifar10, 'test_batch')
+    with open(path, 'rb') as f:
+        content = f.read()
+    with open(path, 'wb') as f:
+        f.write(content.replace(b'latin1', b'latinZ', 1))
+    with pytest.raises(data_helpers.DataError,
+                       match='test_batch is truncated or not a CIFAR-10 batch '
+                             r'\(LookupError'):
+        data_helpers.load_test_batch(fake_cifar10)
+
+
+def test_a_damaged_memo_index_does_not_allocate_gigabytes(fake_cifar10):
+    # LONG_BINPUT 200,000,000: the C unpickler grows its memo array to that
+    # size (1.6 GB, seconds); the restricted unpickler's memo is a dict
+    path = os.path.join(fake_cifar10, 'test_batch')
+    with open(path, 'wb') as f:
+        f.write(b'\x80\x02}r' + struct.pack('<I', 200_000_000) + b'.')
+    start = time.perf_counter()
+    with pytest.raises(data_helpers.DataError, match="test_batch is not a CIFAR-10 batch: "
+                                                     "it has no 'data'"):
+        data_helpers.load_test_batch(fake_cifar10)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_an_empty_batch_is_one_line(fake_cifar10):
+    os.remove(os.path.join(fake_cifar10, 'batches.meta'))   # no count to compare with
+    path = os.path.join(fake_cifar10, 'test_batch')
+    with open(path, 'wb') as f:
+        pickle.dump({'data': np.zeros((0, 3072), np.uint8), 'labels': []}, f, protocol=2)
+    with pytest.raises(data_helpers.DataError, match='test_batch holds no images'):
+        data_helpers.load_test_batch(fake_cifar10)
+
+
+def test_an_incomplete_local_folder_says_why_instead_of_downloading(tmp_path):
+    folder = write_fake_cifar10(str(tmp_path / 'work' / 'cifar-10-batches-py'))
+    os.remove(os.path.join(folder, 'data_batch_4'))
+    with pytest.raises(data_helpers.DataError,
+                       match='cifar-10-batches-py lacks data_batch_4: complete it, or '
+                             'remove it'):
+        data_helpers.load_data()                 # the working directory is tmp_path/work
+    assert not os.path.exists(cache_dir())       # nothing was downloaded

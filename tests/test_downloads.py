@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import tarfile
+import time
 
 import pytest
 
@@ -114,3 +115,24 @@ def test_corrupt_archive_is_one_clear_error(tmp_path):
         downloads.safe_extract(str(archive), str(tmp_path / 'target'))
 
 
+
+
+def test_what_a_killed_download_left_is_cleaned_up(served_cifar10, tmp_path):
+    url, md5 = served_cifar10
+    folder = tmp_path / 'cache'
+    folder.mkdir()
+    stale_part = folder / '.cifar-10-python.tar.gz.abc123.part'
+    stale_part.write_bytes(b'\0' * 1000)
+    stale_work = folder / '.download-xyz'
+    (stale_work / 'unpacked').mkdir(parents=True)
+    (stale_work / 'cifar-10-python.tar.gz').write_bytes(b'\0' * 1000)
+    live_part = folder / '.other.tar.gz.def456.part'       # another download, still going
+    live_part.write_bytes(b'\0')
+    old = time.time() - downloads.STALE_SECONDS - 60
+    for path in (stale_part, stale_work, stale_work / 'unpacked',
+                 stale_work / 'cifar-10-python.tar.gz'):
+        os.utime(path, (old, old))
+    downloads.download_and_extract(url, md5, str(folder), 'cifar-10-batches-py')
+    downloads.download_file(url, md5, str(folder / 'cifar-10-python.tar.gz'))
+    assert sorted(os.listdir(folder)) == sorted(
+        ['cifar-10-batches-py', 'cifar-10-python.tar.gz', live_part.name])

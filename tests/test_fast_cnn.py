@@ -303,7 +303,7 @@ def test_seed_reproduces_the_run(fake_cifar10):
     assert first[0] == second[0]
 
 
-@pytest.mark.parametrize('flags', [['--epochs', '0'], ['--precision', 'fp16'],
+@pytest.mark.parametrize('flags', [['--epochs', '0'], ['--epochs', '1e12'], ['--precision', 'fp16'],
                                    ['--tta', '3'], ['--batch-size', '-1']])
 def test_bad_flags_are_refused(flags, capsys):
     with pytest.raises(SystemExit):

@@ -298,3 +298,29 @@ def test_a_damaged_model_json_is_one_line(two_checkpoints, tmp_path, capsys):
     (copy / 'model.json').write_text(json.dumps(info))
     with pytest.raises(data_helpers.DataError, match="model.json: 'output' names nowhere:0"):
         predict_main(capsys, copy, '--test-index', '0', '--data-dir', cifar)
+
+
+def test_a_fifo_or_device_is_refused_and_the_others_classified(runs, pictures, capsys):
+    fifo = pictures / 'pipe.png'
+    os.mkfifo(str(fifo))
+    status, out, err = predict_main(capsys, runs['cnn'], pictures, '/dev/zero')
+    assert status == 1
+    assert len(out.strip().splitlines()) == 5            # the five good pictures
+    assert err.strip().splitlines() == ['predict.py: error: %s: not a regular file' % fifo,
+                                        'predict.py: error: /dev/zero: not a regular file']
+
+
+def test_a_picture_over_the_size_limit_is_refused(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(predict, 'MAX_PICTURE_BYTES', 1000)
+    big = tmp_path / 'big.png'
+    big.write_bytes(encode(np.zeros((64, 64, 3), np.uint8) + 7, 'png') + b'\0' * 2000)
+    status, _, err = predict_main(capsys, runs['cnn'], big)
+    assert status == 1 and 'big.png: 0 MB, more than the 0 MB a picture may have' in err
+
+
+def test_plot_into_a_missing_folder_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.parse_args([str(tmp_path), '--test-index', '0', '--plot',
+                            str(tmp_path / 'missing' / 'grid.png')])
+    assert exit_info.value.code == 2
+    assert 'argument --plot: the folder of' in capsys.readouterr().err

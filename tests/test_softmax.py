@@ -114,7 +114,7 @@ def test_seed_1_prints_the_pinned_lines(fake_cifar10, capsys, sampler):
 
 @pytest.mark.parametrize('flag, value', [
     ('--batch-size', '0'), ('--max-steps', '-5'), ('--learning-rate', '0'),
-    ('--learning-rate', 'fast'), ('--sampler', 'magic')])
+    ('--learning-rate', 'fast'), ('--sampler', 'magic'), ('--seed', '-1')])
 def test_bad_flags_are_refused_by_the_parser(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         softmax.parse_args([flag, value])

@@ -163,7 +163,7 @@ def test_same_seed_same_run(fake_cifar10, tmp_path, capsys):
 
 @pytest.mark.parametrize('argv', [
     ['--preset', 'lenet'], ['--hidden', '0'], ['--optimizer', 'sgd'],
-    ['--reg-constant', '-1'], ['--max-steps', '10', '--epochs', '2'], ['--batch-size', 'x']])
+    ['--reg-constant', '-1'], ['--reg-constant', 'nan'], ['--seed', '-1'], ['--max-steps', '10', '--epochs', '2'], ['--batch-size', 'x']])
 def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         two_layer_mlp.parse_args(argv)
@@ -273,3 +273,21 @@ def test_mnist_preset_on_real_mnist(tmp_path):
     out = run_script('--preset', 'mnist', '--data-dir', REAL_MNIST, '--train-dir',
                      str(tmp_path))
     assert float(re.search(r'^Accuracy: (\S+)$', out, re.M).group(1)) >= 0.92
+
+
+def test_a_damaged_deflate_stream_is_one_line(tmp_path):
+    folder = write_fake_mnist(str(tmp_path / 'mnist'))
+    path = os.path.join(folder, 't10k-images-idx3-ubyte.gz')
+    content = bytearray(open(path, 'rb').read())
+    content[20:30] = b'\xff' * 10                       # inside the compressed data
+    open(path, 'wb').write(bytes(content))
+    with pytest.raises(data_helpers.DataError, match='cannot read .*t10k-images-idx3-ubyte.gz'):
+        data_helpers.load_mnist(folder)
+
+
+def test_an_empty_test_set_is_found_before_training(tmp_path):
+    folder = write_fake_mnist(str(tmp_path / 'mnist'), test=0)
+    with pytest.raises(data_helpers.DataError,
+                       match='t10k-images-idx3-ubyte.gz holds no images; the official '
+                             'file has 10000'):
+        data_helpers.load_mnist(folder)
