@@ -13,6 +13,7 @@
   none or it belongs to another model.
 """
 
+import contextlib
 import datetime
 import glob
 import json
@@ -309,13 +310,15 @@ def latest_checkpoint(train_dir):
     return checkpoints(checkpoint_folder(train_dir))[0]
 
 
-def _newest_that_loads(candidates, load, built_with=None):
-    """Calls load(prefix) on each checkpoint, newest first, until one works.
+def _newest_that_loads(folder, load, built_with=None, need_meta=False, rounds=3):
+    """Calls load(prefix) on the folder's checkpoints, newest first, until one works.
 
-    A checkpoint that fails to load is damaged (truncated, or deleted meanwhile
-    by a run still training) and the next older one is tried. One whose files
-    read but whose variables differ from the graph's is of another model, and
-    so are the older ones: that ends the search.
+    Each is loaded from a private copy of its files, so a run still training
+    cannot delete them halfway (it keeps only the last few). A checkpoint that
+    fails to load is damaged (cut short by a killed run or a full disk) and
+    the next older one is tried; when all have vanished meanwhile, the folder
+    is listed again. One whose files read but whose variables differ from the
+    graph's is of another model, and so are the older ones: that ends it.
 
     Returns:
       (the prefix that loaded, what load returned).
@@ -323,21 +326,44 @@ def _newest_that_loads(candidates, load, built_with=None):
     Raises:
       DataError: none loads; the message names the newest one and why.
     """
-    errors = []
-    for prefix in candidates:
-        try:
-            return prefix, load(prefix)
-        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
-            if built_with and _readable(prefix):
-                raise DataError('%s does not match the model built with %s: give the '
-                                'options it was trained with' % (prefix, built_with)) from None
-            errors.append((prefix, e))
-        except Exception as e:     # damaged files: OpErrors, protobuf's DecodeError, ...
-            errors.append((prefix, e))
+    errors, tried = [], set()
+    for _ in range(rounds):
+        fresh = [p for p in checkpoints(folder, need_meta) if p not in tried]
+        for prefix in fresh:
+            tried.add(prefix)
+            try:
+                with _private_copy(prefix) as copy:
+                    return prefix, load(copy)
+            except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+                if built_with and _readable(prefix):
+                    raise DataError('%s does not match the model built with %s: give the '
+                                    'options it was trained with'
+                                    % (prefix, built_with)) from None
+                errors.append((prefix, e))
+            except Exception as e:   # damaged files: OpErrors, protobuf's DecodeError, ...
+                errors.append((prefix, e))
+    if not errors:
+        raise DataError('no complete checkpoint in %s; train first' % folder)
     prefix, error = errors[0]
     raise DataError('no usable checkpoint: %s is damaged or incomplete (%s: %s)%s' % (
         prefix, type(error).__name__, _reason(error),
         ', and so is every older one' if len(errors) > 1 else ''))
+
+
+@contextlib.contextmanager
+def _private_copy(prefix):
+    """Copies a checkpoint's files (.index, .data-*, .meta) to a temporary
+    folder; yields the copy's prefix. A file deleted before it is opened
+    raises FileNotFoundError; once open, its bytes stay readable."""
+    work = tempfile.mkdtemp(prefix='checkpoint-')
+    try:
+        for path in glob.glob(glob.escape(prefix) + '.*'):
+            with open(path, 'rb') as source, \
+                    open(os.path.join(work, os.path.basename(path)), 'wb') as target:
+                shutil.copyfileobj(source, target)
+        yield os.path.join(work, os.path.basename(prefix))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _readable(prefix):
@@ -358,9 +384,8 @@ def restore(saver, session, train_dir, built_with):
     Raises:
       DataError: there is no usable checkpoint, or it is of another model.
     """
-    candidates = checkpoints(checkpoint_folder(train_dir))
-    return _newest_that_loads(candidates, lambda prefix: saver.restore(session, prefix),
-                              built_with)[0]
+    return _newest_that_loads(checkpoint_folder(train_dir),
+                              lambda prefix: saver.restore(session, prefix), built_with)[0]
 
 
 def load_trained_model(run_dir):
@@ -393,5 +418,5 @@ def load_trained_model(run_dir):
                 raise
         return session, graph
 
-    prefix, (session, graph) = _newest_that_loads(checkpoints(folder, need_meta=True), load)
+    prefix, (session, graph) = _newest_that_loads(folder, load, need_meta=True)
     return session, graph, prefix, info
