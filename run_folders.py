@@ -15,6 +15,7 @@
 
 import contextlib
 import datetime
+import errno
 import glob
 import json
 import math
@@ -355,9 +356,12 @@ def _private_copy(prefix):
     """Copies a checkpoint's files (.index, .data-*, .meta) to a temporary
     folder; yields the copy's prefix. A file deleted before it is opened
     raises FileNotFoundError; once open, its bytes stay readable."""
+    paths = glob.glob(glob.escape(prefix) + '.*')
+    if not any(path.endswith('.index') for path in paths):
+        raise FileNotFoundError(errno.ENOENT, 'deleted meanwhile', prefix + '.index')
     work = tempfile.mkdtemp(prefix='checkpoint-')
     try:
-        for path in glob.glob(glob.escape(prefix) + '.*'):
+        for path in paths:
             with open(path, 'rb') as source, \
                     open(os.path.join(work, os.path.basename(path)), 'wb') as target:
                 shutil.copyfileobj(source, target)

@@ -1,5 +1,6 @@
 """run_folders.py: batched evaluation, run folders, model.json, history, checkpoints."""
 
+import glob
 import json
 import os
 import shutil
@@ -206,3 +207,22 @@ def test_an_unwritable_checkpoint_is_one_clear_error(tmp_path):
             with pytest.raises(DataError, match='cannot save a checkpoint in .*file/run'):
                 run_folders.save_checkpoint(run_folders.saver(), sess,
                                             str(tmp_path / 'file' / 'run'))
+
+
+def test_checkpoints_a_live_run_deleted_meanwhile_are_listed_again(tmp_path):
+    folder = str(tmp_path)
+    save_steps(folder, [1, 2])
+    loaded = []
+
+    def load(copy):
+        loaded.append(os.path.basename(copy))
+        if len(loaded) == 1:   # meanwhile the run saved step 3 and deleted 1 and 2
+            save_steps(folder, [3])
+            for path in glob.glob(os.path.join(folder, 'model.ckpt-[12].*')):
+                os.remove(path)
+            raise tf.errors.DataLossError(None, None, 'cut short')
+        return 'restored'
+
+    prefix, result = run_folders._newest_that_loads(folder, load)
+    assert (os.path.basename(prefix), result) == ('model.ckpt-3', 'restored')
+    assert loaded == ['model.ckpt-2', 'model.ckpt-3']      # 1 was gone: never loaded
