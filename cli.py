@@ -59,15 +59,17 @@ def nonnegative_float(text):
     return value
 
 
-def add_common_flags(parser, train_dir, train_dir_help=None):
-    """Adds --seed, --data-dir and --train-dir (default `train_dir`) to `parser`."""
+def add_common_flags(parser, train_dir, train_dir_help=None, mnist=False):
+    """Adds --seed, --data-dir and --train-dir (default `train_dir`) to `parser`;
+    mnist: the script reads MNIST too, which its --data-dir help then says."""
     parser.add_argument('--seed', type=seed, default=None,
-                        help='seed for initial weights, batches and augmentation: the '
-                             'same seed gives the same run (default: random)')
-    parser.add_argument('--data-dir', default=None,
-                        help='folder holding the data set (default: $CIFAR10_DIR or '
-                             '$MNIST_DIR, ./cifar-10-batches-py or ./MNIST_data, else '
-                             'a download into ~/.cache/tf-image-recognition)')
+                        help='seed for all that is random (initial weights, batches, '
+                             'augmentation): the same seed gives the same run '
+                             '(default: random)')
+    parser.add_argument('--data-dir', default=None, help=(
+        'folder holding the data set (default: $CIFAR10_DIR%s, ./cifar-10-batches-py%s, '
+        'else a download into ~/.cache/tf-image-recognition)'
+        % ((' or $MNIST_DIR', ' or ./MNIST_data') if mnist else ('', ''))))
     parser.add_argument('--train-dir', default=train_dir,
                         help=train_dir_help or 'folder for run folders (checkpoints, '
                         'model.json for predict.py, history) (default: %(default)s)')

@@ -368,10 +368,9 @@ def restore_and_evaluate(sess, ops, args, evaluate_test):
 
 def print_report(label, history, report_name):
     """Prints the history's latest entry as Keras prints an epoch."""
-    last = {key: values[-1] for key, values in history.items()}
     print('{} - loss: {loss:.4f} - accuracy: {accuracy:.4f} - {name}_loss: {val_loss:.4f} - '
           '{name}_accuracy: {val_accuracy:.4f} - {images_per_second:.0f} images/s - '
-          '{elapsed:.0f}s'.format(label, name=report_name, **last), flush=True)
+          '{elapsed:.0f}s'.format(label, name=report_name, **history.last()), flush=True)
 
 
 def finish_run(args, run_dir, data_sets, history, test, train_seconds):
@@ -400,7 +399,7 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_re
     history = run_folders.History()
     batches = data_helpers.epoch_indices(
         ops.train_count, args.batch_size, max_steps, rng)
-    losses, accuracies = [], []
+    sum_loss, sum_accuracy, last_report = 0.0, 0.0, 0
     train_start = interval_start = time.time()
     for step in range(1, max_steps + 1):
         # One training step on the next batch (training=True turns on
@@ -408,14 +407,15 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_re
         _, batch_loss, batch_accuracy = sess.run(
             [ops.train_step, ops.loss, ops.accuracy],
             {ops.sampler.indices: next(batches), ops.training: True})
-        losses.append(batch_loss)
-        accuracies.append(batch_accuracy)
+        sum_loss += batch_loss
+        sum_accuracy += batch_accuracy
 
         if step % report_every == 0 or step == max_steps:
-            images_per_second = len(losses) * args.batch_size / (time.time() - interval_start)
+            steps, last_report = step - last_report, step
+            images_per_second = steps * args.batch_size / (time.time() - interval_start)
             scores, report_name = evaluate_report()
-            history.record(step=step, epoch=step / steps_per_epoch, loss=np.mean(losses),
-                           accuracy=np.mean(accuracies), val_loss=scores['loss'],
+            history.record(step=step, epoch=step / steps_per_epoch, loss=sum_loss / steps,
+                           accuracy=sum_accuracy / steps, val_loss=scores['loss'],
                            val_accuracy=scores['accuracy'],
                            images_per_second=images_per_second,
                            elapsed=time.time() - train_start)
@@ -424,7 +424,7 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_re
                          history, report_name)
             run_folders.save_checkpoint(ops.saver, sess, run_dir, step)
             history.save(run_dir)
-            losses, accuracies, interval_start = [], [], time.time()
+            sum_loss, sum_accuracy, interval_start = 0.0, 0.0, time.time()
     return history, time.time() - train_start
 
 

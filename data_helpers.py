@@ -152,7 +152,11 @@ def load_CIFAR10_batch(filename, expected_count=None):
     if missing:
         raise DataError('%s is not a CIFAR-10 batch: it has no %s'
                         % (filename, ' or '.join(repr(k) for k in missing)))
-    images, labels = batch['data'], np.asarray(batch['labels'])
+    images = batch['data']
+    try:
+        labels = np.asarray(batch['labels'])
+    except ValueError:          # a ragged list
+        labels = np.zeros(0, np.float64)
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8
             and images.ndim == 2 and images.shape[1] == IMAGE_PIXELS):
         found = ('%s %s' % (images.dtype, images.shape) if isinstance(images, np.ndarray)
@@ -162,8 +166,9 @@ def load_CIFAR10_batch(filename, expected_count=None):
     if not len(images):
         raise DataError('%s holds no images: the file is truncated' % filename)
     if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError('%s is not a CIFAR-10 batch: %d images but labels of shape %s'
-                        % (filename, images.shape[0], labels.shape))
+        raise DataError('%s is not a CIFAR-10 batch: %d images need %d integer labels, '
+                        'not %s of shape %s' % (filename, len(images), len(images),
+                                                labels.dtype, labels.shape))
     if labels.min() < 0 or labels.max() > 9:
         raise DataError('%s is not a CIFAR-10 batch: labels outside 0..9' % filename)
     if expected_count is not None and images.shape[0] != expected_count:

@@ -17,6 +17,7 @@ download leaves under its temporary name is removed by the next one.
 
 import glob
 import hashlib
+import http.client
 import os
 import shutil
 import sys
@@ -72,7 +73,7 @@ def _progress(name, done, total):
     sys.stderr.flush()
 
 
-STALE_SECONDS = 600   # a download writes every second; untouched this long, it was killed
+STALE_SECONDS = 3600   # a download writes every MiB it gets; untouched an hour, it was killed
 
 
 def remove_stale(folder, pattern):
@@ -122,7 +123,8 @@ def download_file(url, md5, path, timeout=30):
                         done += len(chunk)
                         _progress(name, done, total)
                 sys.stderr.write('\n')
-            except (urllib.error.URLError, OSError, ValueError) as e:
+            except (urllib.error.URLError, http.client.HTTPException, OSError,
+                    ValueError) as e:
                 reason = getattr(e, 'reason', None) or e
                 raise DataError('cannot download %s (%s)' % (url, reason)) from None
         if digest.hexdigest() != md5:

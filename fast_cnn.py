@@ -39,6 +39,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402
+from downloads import DataError  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
@@ -74,6 +75,7 @@ IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10
 WHITEN_PATCH, WHITEN_SAMPLES = 2, 5000
 PROGRESS_IMAGES = 2000      # test images scored after each epoch, for progress only
 MAX_EPOCHS = 1000
+MAX_STEPS = 10_000_000
 
 
 # -----------------------------------------------------------------------------
@@ -532,10 +534,9 @@ def train_epoch(sess, ops, args, state, schedule, flips, rng):
 
 def print_progress(history, images_per_second):
     """The epoch's line: training loss and accuracy, progress on the test set."""
-    last = {key: values[-1] for key, values in history.items()}
     print('epoch {epoch:5.2f}  loss {loss:.4f}  train acc {accuracy:.4f}  test acc (first {n}) '
           '{progress_accuracy:.4f}  {speed:4.0f} images/s  {elapsed:6.1f}s'.format(
-              n=PROGRESS_IMAGES, speed=images_per_second, **last), flush=True)
+              n=PROGRESS_IMAGES, speed=images_per_second, **history.last()), flush=True)
 
 
 def save_run(sess, ops, run_dir, state, history, result):
@@ -559,6 +560,9 @@ def main(args):
     cli.check_batch_size(args.batch_size, train_count)
     steps_per_epoch = train_count // args.batch_size      # the last partial batch is dropped
     total_steps = max(1, math.ceil(args.epochs * steps_per_epoch))
+    if total_steps > MAX_STEPS:     # the schedule holds one number per step
+        raise DataError('--epochs %g of --batch-size %d is %d steps; at most %d'
+                        % (args.epochs, args.batch_size, total_steps, MAX_STEPS))
 
     # The run folder, created before training so a bad --train-dir costs nothing
     run_dir = run_folders.start_run_dir(args.train_dir, 'fast-', data_helpers.CLASSES,

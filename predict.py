@@ -5,8 +5,9 @@
     python predict.py RUN_DIR --test-index 7          # a CIFAR-10 test image
     python predict.py RUN_DIR pictures/ --plot predictions.png
 
-RUN_DIR is a run folder written by `softmax.py --train-dir`, `two_layer_mlp.py`
-or `cnn.py` (or the folder holding such run folders: the newest is used). The
+RUN_DIR is a run folder written by `softmax.py --train-dir`, `two_layer_mlp.py`,
+`cnn.py` or `fast_cnn.py` (or the folder holding such run folders: the newest
+is used; in it, the newest complete checkpoint). The
 model is not rebuilt: its graph comes from the checkpoint's meta graph
 (`import_meta_graph`) and its pre-processing from the `model.json` beside it.
 
@@ -79,6 +80,15 @@ def load_model(run_dir):
         does not describe the checkpoint's graph.
     """
     session, graph, checkpoint, info = run_folders.load_trained_model(run_dir)
+    try:
+        return (session, info, *model_tensors(graph, info, checkpoint))
+    except DataError:
+        session.close()
+        raise
+
+
+def model_tensors(graph, info, checkpoint):
+    """The input and output tensors model.json names, checked against the graph."""
     info_file = os.path.join(os.path.dirname(checkpoint), run_folders.MODEL_INFO)
     tensors = []
     for key in ('input', 'output'):
@@ -87,10 +97,18 @@ def load_model(run_dir):
         except (KeyError, ValueError):
             raise DataError('%s: %r names %s, which %s.meta does not have'
                             % (info_file, key, info[key], checkpoint)) from None
+    size, channels = info['image_size'], info['channels']
+    expected = ([size * size * channels] if info['layout'] == 'flat'
+                else [size, size, channels])
+    shape = tensors[0].shape.as_list()[1:] if tensors[0].shape.rank else None
+    if shape is not None and (len(shape) != len(expected) or any(
+            got is not None and got != want for got, want in zip(shape, expected))):
+        raise DataError('%s: image_size, channels and layout say images of %s, but the '
+                        'model takes %s' % (info_file, expected, shape))
     if tensors[1].shape[-1] != len(info['classes']):
         raise DataError('%s: %d classes, but the model has %s outputs'
                         % (info_file, len(info['classes']), tensors[1].shape[-1]))
-    return (session, info, *tensors)
+    return tensors
 
 
 class ImageReader:
@@ -127,13 +145,17 @@ class ImageReader:
           DataError: the file cannot be read or is not a supported picture.
         """
         try:
-            info = os.stat(path)
-            if not stat.S_ISREG(info.st_mode):     # a FIFO or a device would hang
-                raise DataError('%s: not a regular file' % path)
-            if info.st_size > MAX_PICTURE_BYTES:
-                raise DataError('%s: %d MB, more than the %d MB a picture may have'
-                                % (path, info.st_size >> 20, MAX_PICTURE_BYTES >> 20))
-            with open(path, 'rb') as f:
+            # Opened without blocking, then checked: a FIFO or a device would
+            # hang a read, or never end it
+            fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+            with os.fdopen(fd, 'rb') as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise DataError('%s: not a regular file' % path)
+                if info.st_size > MAX_PICTURE_BYTES:
+                    raise DataError('%s: %.1f MB, more than the %g MB a picture may have'
+                                    % (path, info.st_size / 2 ** 20,
+                                       MAX_PICTURE_BYTES / 2 ** 20))
                 contents = f.read(MAX_PICTURE_BYTES + 1)
         except OSError as e:
             raise DataError('%s: cannot read (%s)' % (path, e.strerror or e)) from None
@@ -175,12 +197,14 @@ def expand(paths):
             yield path
 
 
-def main(args):
-    session, info, input_tensor, output_tensor = load_model(args.run_dir)
-    classes = info['classes']
-    reader = ImageReader(info['image_size'], info['channels'], args.crop)
-    items, failures = [], 0     # items: (name, true label or None, pixels, input)
+def read_pictures(args, info, reader):
+    """The pictures named on the command line and the --test-index images.
 
+    Returns:
+      (items: a list of (name, true class or None, pixels, model input),
+       how many could not be read; each was reported in one line).
+    """
+    items, failures = [], 0
     for path in expand(args.images):
         try:
             pixels = reader.read(path)
@@ -193,7 +217,7 @@ def main(args):
     if args.test_index:
         if info['dataset'] != 'cifar10':
             raise DataError('--test-index needs a CIFAR-10 model; this one '
-                                         'was trained on %s' % info['dataset'])
+                            'was trained on %s' % info['dataset'])
         images_test, labels_test = data_helpers.load_test_batch(args.data_dir)
         for index in args.test_index:
             if not 0 <= index < len(images_test):
@@ -202,27 +226,40 @@ def main(args):
                 failures += 1
                 continue
             pixels = data_helpers.to_nhwc(images_test[index:index + 1])[0].astype(np.float32)
-            items.append(('test image %d' % index, classes[labels_test[index]], pixels,
-                          model_input(pixels, info)))
+            items.append(('test image %d' % index, info['classes'][labels_test[index]],
+                          pixels, model_input(pixels, info)))
+    return items, failures
 
-    results = []
-    if items:
-        inputs = np.stack([item[3] for item in items])
-        probabilities = session.run(output_tensor, {input_tensor: inputs})
-        for (name, truth, _, _), row in zip(items, probabilities):
-            top = np.argsort(-row)[:args.top_k]
-            results.append({'image': name, 'true': truth,
-                            'top': [{'class': classes[i], 'probability': float(row[i])}
-                                    for i in top]})
 
-    if args.json:
+def print_results(results, as_json):
+    if as_json:
         print(json.dumps(results, indent=1))
-    else:
-        for result in results:
-            labels = ', '.join('%s %.3f' % (entry['class'], entry['probability'])
-                               for entry in result['top'])
-            truth = ' (true: %s)' % result['true'] if result['true'] else ''
-            print('%s%s: %s' % (result['image'], truth, labels))
+        return
+    for result in results:
+        labels = ', '.join('%s %.3f' % (entry['class'], entry['probability'])
+                           for entry in result['top'])
+        truth = ' (true: %s)' % result['true'] if result['true'] else ''
+        print('%s%s: %s' % (result['image'], truth, labels))
+
+
+def main(args):
+    session, info, input_tensor, output_tensor = load_model(args.run_dir)
+    reader = ImageReader(info['image_size'], info['channels'], args.crop)
+    try:
+        items, failures = read_pictures(args, info, reader)
+        results = []
+        if items:
+            probabilities = session.run(output_tensor,
+                                        {input_tensor: np.stack([item[3] for item in items])})
+            for (name, truth, _, _), row in zip(items, probabilities):
+                top = np.argsort(-row)[:args.top_k]
+                results.append({'image': name, 'true': truth, 'top': [
+                    {'class': info['classes'][i], 'probability': float(row[i])} for i in top]})
+    finally:
+        session.close()
+        reader.session.close()
+
+    print_results(results, args.json)
     if args.plot and results:
         import reporting
         pictures = np.stack([item[2] for item in items]) / 255

@@ -7,7 +7,7 @@
   folder, created whole with the model.json that predict.py reads (and
   checks), history.json and result.json.
 * `saver()`, `save_checkpoint()`: checkpoints that move with their folder.
-* `checkpoints()`, `latest_checkpoint()`, `restore()`, `load_trained_model()`:
+* `checkpoints()`, `checkpoint_folder()`, `restore()`, `load_trained_model()`:
   find and load a saved model, falling back from a damaged or half-written
   checkpoint to the newest complete one, with one clear line when there is
   none or it belongs to another model.
@@ -121,10 +121,14 @@ def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None):
             write_model_info(work, classes, dataset, layout, mean_image)
             os.chmod(work, 0o777 & ~_umask())          # mkdtemp's 0700 is for secrets
             path, suffix = os.path.join(train_dir, stamp), 1
-            while os.path.exists(path):
+            while True:
+                try:   # a non-empty folder is never replaced: another run's stays
+                    os.rename(work, path)
+                    return path
+                except OSError as e:
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
                 path, suffix = os.path.join(train_dir, '%s-%d' % (stamp, suffix)), suffix + 1
-            os.rename(work, path)
-            return path
         finally:
             shutil.rmtree(work, ignore_errors=True)
     except OSError as e:
@@ -222,6 +226,10 @@ class History(dict):
         for name, value in values.items():
             self.setdefault(name, []).append(float(value))
 
+    def last(self):
+        """{name: its latest value}."""
+        return {name: values[-1] for name, values in self.items()}
+
     def save(self, run_dir):
         write_json(os.path.join(run_dir, 'history.json'), self)
 
@@ -267,21 +275,34 @@ def checkpoints(folder, need_meta=False):
     Returns:
       Checkpoint prefixes (paths without the .index), the highest step first.
     """
+    return [prefix for _, _, prefix in _complete_checkpoints(folder, need_meta)]
+
+
+def _complete_checkpoints(folder, need_meta):
+    """(step, modification time, prefix) of each complete checkpoint, newest first."""
     found = []
     for index in glob.glob(os.path.join(glob.escape(folder), '*.index')):
         prefix = index[:-len('.index')]
-        shards = glob.glob(glob.escape(prefix) + '.data-?????-of-?????')
-        parts = shards + [index] + ([prefix + '.meta'] if need_meta else [])
         try:
-            complete = ({int(name[-5:]) for name in shards} == {len(shards)}
-                        and all(os.path.getsize(part) > 0 for part in parts))
-            modified = os.path.getmtime(index)
-        except (OSError, ValueError):      # deleted meanwhile by a run still training
+            if _complete(prefix, need_meta):
+                step = re.search(r'-(\d+)$', prefix)
+                found.append((int(step.group(1)) if step else -1, os.path.getmtime(index),
+                              prefix))
+        except OSError:      # deleted meanwhile by a run still training
             continue
-        if complete:
-            step = re.search(r'-(\d+)$', prefix)
-            found.append((int(step.group(1)) if step else -1, modified, prefix))
-    return [prefix for _, _, prefix in sorted(found, reverse=True)]
+    return sorted(found, reverse=True)
+
+
+def _complete(prefix, need_meta=False):
+    """Whether a checkpoint's .index, every .data shard (and its .meta) are
+    there and not empty. Raises OSError when a file vanishes meanwhile."""
+    shards = glob.glob(glob.escape(prefix) + '.data-?????-of-?????')
+    parts = shards + [prefix + '.index'] + ([prefix + '.meta'] if need_meta else [])
+    try:
+        whole = {int(name[-5:]) for name in shards} == {len(shards)}
+    except ValueError:
+        return False
+    return whole and all(os.path.getsize(part) > 0 for part in parts)
 
 
 def checkpoint_folder(train_dir, need_meta=False):
@@ -293,22 +314,16 @@ def checkpoint_folder(train_dir, need_meta=False):
     if checkpoints(train_dir, need_meta):
         return train_dir
     names = os.listdir(train_dir) if os.path.isdir(train_dir) else []
-    runs = [(checkpoints(os.path.join(train_dir, name), need_meta), os.path.join(train_dir, name))
-            for name in names if not name.startswith('.')]
-    runs = [(os.path.getmtime(found[0] + '.index'), run) for found, run in runs if found]
+    runs = []
+    for name in names:
+        if not name.startswith('.'):
+            found = _complete_checkpoints(os.path.join(train_dir, name), need_meta)
+            if found:
+                runs.append((found[0][1], os.path.join(train_dir, name)))
     if not runs:
         raise DataError('no complete checkpoint in %s or its run folders; train first'
                         % train_dir)
     return max(runs)[1]
-
-
-def latest_checkpoint(train_dir):
-    """The newest complete checkpoint in train_dir itself or in its newest run folder.
-
-    Raises:
-      DataError: there is none.
-    """
-    return checkpoints(checkpoint_folder(train_dir))[0]
 
 
 def _newest_that_loads(folder, load, built_with=None, need_meta=False, rounds=3):
@@ -333,14 +348,22 @@ def _newest_that_loads(folder, load, built_with=None, need_meta=False, rounds=3)
         for prefix in fresh:
             tried.add(prefix)
             try:
-                with _private_copy(prefix) as copy:
-                    return prefix, load(copy)
-            except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
-                if built_with and _readable(prefix):
-                    raise DataError('%s does not match the model built with %s: give the '
-                                    'options it was trained with'
-                                    % (prefix, built_with)) from None
+                with _private_copy(prefix, need_meta) as copy:
+                    try:
+                        return prefix, load(copy)
+                    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError):
+                        if built_with and _readable(copy):    # whole, yet not this model
+                            raise DataError('%s does not match the model built with %s: '
+                                            'give the options it was trained with'
+                                            % (prefix, built_with)) from None
+                        raise
+            except DataError:
+                raise
+            except FileNotFoundError as e:      # deleted meanwhile by a run training
                 errors.append((prefix, e))
+            except OSError as e:                # the copy itself failed: say so
+                raise DataError('cannot copy %s to a temporary folder (%s)'
+                                % (prefix, _reason(e))) from None
             except Exception as e:   # damaged files: OpErrors, protobuf's DecodeError, ...
                 errors.append((prefix, e))
     if not errors:
@@ -352,20 +375,22 @@ def _newest_that_loads(folder, load, built_with=None, need_meta=False, rounds=3)
 
 
 @contextlib.contextmanager
-def _private_copy(prefix):
+def _private_copy(prefix, need_meta=False):
     """Copies a checkpoint's files (.index, .data-*, .meta) to a temporary
     folder; yields the copy's prefix. A file deleted before it is opened
     raises FileNotFoundError; once open, its bytes stay readable."""
-    paths = glob.glob(glob.escape(prefix) + '.*')
-    if not any(path.endswith('.index') for path in paths):
-        raise FileNotFoundError(errno.ENOENT, 'deleted meanwhile', prefix + '.index')
+    if not _complete(prefix, need_meta):
+        raise FileNotFoundError(errno.ENOENT, 'incomplete or deleted meanwhile', prefix)
     work = tempfile.mkdtemp(prefix='checkpoint-')
     try:
-        for path in paths:
+        for path in glob.glob(glob.escape(prefix) + '.*'):
             with open(path, 'rb') as source, \
                     open(os.path.join(work, os.path.basename(path)), 'wb') as target:
                 shutil.copyfileobj(source, target)
-        yield os.path.join(work, os.path.basename(prefix))
+        copy = os.path.join(work, os.path.basename(prefix))
+        if not _complete(copy, need_meta):
+            raise FileNotFoundError(errno.ENOENT, 'deleted while copied', prefix)
+        yield copy
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

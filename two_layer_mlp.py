@@ -208,7 +208,7 @@ def parse_args(argv=None):
                         help='train for this many passes over the training set')
     parser.add_argument('--reg-constant', type=cli.nonnegative_float,
                         help='L2 regularisation constant (>= 0)')
-    cli.add_common_flags(parser, train_dir='tf_logs', train_dir_help=(
+    cli.add_common_flags(parser, train_dir='tf_logs', mnist=True, train_dir_help=(
         'folder for run folders with summaries and checkpoints (default: tf_logs)'))
     parser.add_argument('--restore', action='store_true',
                         help='only evaluate the latest checkpoint in --train-dir '
@@ -256,10 +256,9 @@ def start_run_dir(args, data_sets):
                                      'flat', data_sets.get('mean_image'))
 
 
-def report_epoch(args, epoch, losses, accuracies, seconds, evaluate, data_sets):
-    """Prints the preset's epoch line from the epoch's batch losses and accuracies."""
-    values = dict(epoch=epoch, epochs=args.epochs, seconds=seconds, loss=np.mean(losses),
-                  accuracy=np.mean(accuracies))
+def report_epoch(args, epoch, epochs, loss, accuracy, seconds, evaluate, data_sets):
+    """Prints the preset's epoch line: the epoch's mean batch loss and accuracy."""
+    values = dict(epoch=epoch, epochs=epochs, seconds=seconds, loss=loss, accuracy=accuracy)
     if args.epoch_validation:    # the Keras article validates on the test set
         test = evaluate(data_sets)
         values.update(val_loss=test['loss'], val_accuracy=test['accuracy'])
@@ -308,13 +307,19 @@ def train(sess, ops, args, data_sets, rng, evaluate):
     """
     run_dir = start_run_dir(args, data_sets)
     summary_writer = tf.summary.FileWriter(run_dir, sess.graph)
+    try:
+        _train_steps(sess, ops, args, data_sets, rng, evaluate, run_dir, summary_writer)
+    finally:
+        summary_writer.close()
 
+
+def _train_steps(sess, ops, args, data_sets, rng, evaluate, run_dir, summary_writer):
     # Generate input data batches: shuffled epochs, without replacement
     train_count = len(data_sets['images_train'])
     steps_per_epoch = train_count // args.batch_size
     max_steps = args.max_steps or args.epochs * steps_per_epoch
     batches = data_helpers.epoch_indices(train_count, args.batch_size, max_steps, rng)
-    losses, accuracies, epoch_start = [], [], time.time()
+    epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
 
     for i in range(max_steps):
         # Get next input data batch
@@ -331,8 +336,8 @@ def train(sess, ops, args, data_sets, rng, evaluate):
         # Perform a single training step
         _, batch_loss, batch_accuracy = sess.run(
             [ops.train_step, ops.loss, ops.accuracy], feed_dict)
-        losses.append(batch_loss)
-        accuracies.append(batch_accuracy)
+        epoch_loss += batch_loss
+        epoch_accuracy += batch_accuracy
 
         # Periodically save checkpoint
         if (i + 1) % CHECKPOINT_EVERY == 0:
@@ -341,12 +346,12 @@ def train(sess, ops, args, data_sets, rng, evaluate):
 
         # After every epoch, the epoch's line (where the article prints one)
         if args.epoch_line and (i + 1) % steps_per_epoch == 0:
-            report_epoch(args, (i + 1) // steps_per_epoch, losses, accuracies,
+            report_epoch(args, (i + 1) // steps_per_epoch, max_steps // steps_per_epoch,
+                         epoch_loss / steps_per_epoch, epoch_accuracy / steps_per_epoch,
                          time.time() - epoch_start, evaluate, data_sets)
-            losses, accuracies, epoch_start = [], [], time.time()
+            epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
 
     run_folders.save_checkpoint(ops.saver, sess, run_dir, max_steps)
-    summary_writer.close()
 
 
 def main(args):

@@ -4,7 +4,10 @@
 # while it trains, then the run is killed mid-write and predict.py reads again.
 #   bash benchmarks/kill_and_predict.sh CIFAR_DIR [RUNS]   (the tests' fake data will do)
 set -u
-data=$1; runs=${2:-10}; work=$(mktemp -d)
+data=$(cd "$1" && pwd); runs=${2:-10}; work=$(mktemp -d); pid=
+cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 cd "$(dirname "$0")/.."
 for i in $(seq 1 "$runs"); do
     python cnn.py --model augmented --max-steps 100000 --log-every 1 --batch-size 8 \
@@ -12,8 +15,7 @@ for i in $(seq 1 "$runs"); do
     pid=$!
     sleep "$(python -c 'import random; print(round(random.uniform(5, 9), 2))')"
     live=$(python predict.py "$work/$i" --test-index 0 --data-dir "$data" 2>&1 | tail -1)
-    kill -9 "$pid"; wait "$pid" 2>/dev/null
+    kill -9 "$pid"; wait "$pid" 2>/dev/null; pid=
     killed=$(python predict.py "$work/$i" --test-index 0 --data-dir "$data" 2>&1 | tail -1)
     echo "run $i live: $live | killed: $killed"
 done
-rm -rf "$work"

@@ -1,4 +1,4 @@
-"""data_helpers: reading, validation, download, extraction and the samplers."""
+"""data_helpers: finding, reading and validating the data, and the samplers."""
 
 import os
 import pickle
@@ -101,7 +101,9 @@ def test_truncated_batch_names_the_file(fake_cifar10):
     ({'labels': [0]}, "has no 'data'"),
     ({'data': np.zeros((2, 100), np.uint8), 'labels': [0, 1]}, r'uint8 \(2, 100\)'),
     ({'data': np.zeros((2, 3072), np.float64), 'labels': [0, 1]}, 'float64'),
-    ({'data': np.zeros((2, 3072), np.uint8), 'labels': [0]}, 'labels of shape'),
+    ({'data': np.zeros((2, 3072), np.uint8), 'labels': [0]}, r'2 integer labels, not int64 of shape \(1,\)'),
+    ({'data': np.zeros((2, 3072), np.uint8), 'labels': [[0], [1, 2]]}, '2 integer labels'),
+    ({'data': np.zeros((2, 3072), np.uint8), 'labels': [0.5, 1.0]}, 'not float64'),
     ({'data': np.zeros((2, 3072), np.uint8), 'labels': [0, 10]}, 'outside 0..9'),
 ])
 def test_foreign_batch_names_the_file(fake_cifar10, content, message):

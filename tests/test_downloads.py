@@ -115,8 +115,6 @@ def test_corrupt_archive_is_one_clear_error(tmp_path):
         downloads.safe_extract(str(archive), str(tmp_path / 'target'))
 
 
-
-
 def test_what_a_killed_download_left_is_cleaned_up(served_cifar10, tmp_path):
     url, md5 = served_cifar10
     folder = tmp_path / 'cache'

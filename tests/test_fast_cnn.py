@@ -324,3 +324,11 @@ def test_one_epoch_on_real_cifar10(tmp_path):
     args = fast_cnn.parse_args(['--data-dir', REAL_CIFAR10, '--epochs', '1', '--seed', '0',
                                 '--precision', 'fp32', '--train-dir', str(tmp_path)])
     assert fast_cnn.main(args) >= 0.60
+
+
+def test_more_steps_than_the_schedule_may_hold_is_one_line(fake_cifar10, monkeypatch):
+    monkeypatch.setattr(fast_cnn, 'MAX_STEPS', 100_000)
+    with pytest.raises(data_helpers.DataError, match='--epochs 1000 of --batch-size 1 is '
+                                                     '150000 steps; at most 100000'):
+        fast_cnn.main(fast_cnn.parse_args(['--data-dir', fake_cifar10, '--epochs', '1000',
+                                           '--batch-size', '1']))

@@ -14,7 +14,6 @@ import tensorflow.compat.v1 as tf
 import cnn
 import data_helpers
 import predict
-import run_folders
 import softmax
 import two_layer_mlp
 from conftest import write_fake_cifar10, write_fake_mnist
@@ -289,6 +288,18 @@ def test_no_usable_checkpoint_is_one_line(two_checkpoints, tmp_path):
         'predict.py: error: no usable checkpoint: %s is damaged' % (damaged / 'model.ckpt-1001'))
 
 
+def test_a_model_json_of_another_input_shape_is_one_line(two_checkpoints, tmp_path, capsys):
+    run_dir, cifar = two_checkpoints
+    copy = tmp_path / 'copy'
+    shutil.copytree(run_dir, copy)
+    info = json.loads((copy / 'model.json').read_text())
+    info.update(normalization='scale', mean_image=None, image_size=28, channels=1)
+    (copy / 'model.json').write_text(json.dumps(info))
+    with pytest.raises(data_helpers.DataError, match=r'say images of \[784\], but the '
+                                                     r'model takes \[3072\]'):
+        predict_main(capsys, copy, '--test-index', '0', '--data-dir', cifar)
+
+
 def test_a_damaged_model_json_is_one_line(two_checkpoints, tmp_path, capsys):
     run_dir, cifar = two_checkpoints
     copy = tmp_path / 'copy'
@@ -311,11 +322,11 @@ def test_a_fifo_or_device_is_refused_and_the_others_classified(runs, pictures, c
 
 
 def test_a_picture_over_the_size_limit_is_refused(runs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(predict, 'MAX_PICTURE_BYTES', 1000)
+    monkeypatch.setattr(predict, 'MAX_PICTURE_BYTES', 2 ** 20)
     big = tmp_path / 'big.png'
-    big.write_bytes(encode(np.zeros((64, 64, 3), np.uint8) + 7, 'png') + b'\0' * 2000)
+    big.write_bytes(encode(np.zeros((64, 64, 3), np.uint8) + 7, 'png') + b'\0' * 1_500_000)
     status, _, err = predict_main(capsys, runs['cnn'], big)
-    assert status == 1 and 'big.png: 0 MB, more than the 0 MB a picture may have' in err
+    assert status == 1 and 'big.png: 1.4 MB, more than the 1 MB a picture may have' in err
 
 
 def test_plot_into_a_missing_folder_is_refused_before_any_work(tmp_path, capsys):

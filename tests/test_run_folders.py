@@ -137,16 +137,18 @@ def restored_value(folder, name='w', built_with='--x'):
             return os.path.basename(checkpoint), sess.run(variable)
 
 
-def test_latest_checkpoint_prefers_the_folder_then_its_newest_run(tmp_path):
-    old = run_folders.start_run_dir(str(tmp_path), 'a-', ['a', 'b'], 'cifar10', 'flat')
-    save_steps(old, [1])
-    new = run_folders.start_run_dir(str(tmp_path), 'b-', ['a', 'b'], 'cifar10', 'flat')
+def test_restore_takes_the_folder_itself_or_its_newest_run(tmp_path):
+    new = run_folders.start_run_dir(str(tmp_path), 'a-', ['a', 'b'], 'cifar10', 'flat')
     save_steps(new, [2])
-    os.utime(os.path.join(old, 'model.ckpt-1.index'), (1, 1))   # written long ago
-    assert run_folders.latest_checkpoint(str(tmp_path)) == os.path.join(new, 'model.ckpt-2')
-    assert run_folders.latest_checkpoint(old) == os.path.join(old, 'model.ckpt-1')
+    old = run_folders.start_run_dir(str(tmp_path), 'b-', ['a', 'b'], 'cifar10', 'flat')
+    save_steps(old, [1, 3], value=10.0)
+    for name in os.listdir(old):
+        os.utime(os.path.join(old, name), (1, 1))          # written long ago
+    assert run_folders.checkpoint_folder(str(tmp_path)) == new
+    assert restored_value(str(tmp_path)) == ('model.ckpt-2', 2.0)
+    assert restored_value(old) == ('model.ckpt-3', 30.0)    # the highest step
     with pytest.raises(DataError, match='no complete checkpoint in .*empty'):
-        run_folders.latest_checkpoint(str(tmp_path / 'empty'))
+        run_folders.checkpoint_folder(str(tmp_path / 'empty'))
 
 
 def test_a_moved_or_copied_run_folder_restores_its_own_weights(tmp_path):
@@ -207,6 +209,21 @@ def test_an_unwritable_checkpoint_is_one_clear_error(tmp_path):
             with pytest.raises(DataError, match='cannot save a checkpoint in .*file/run'):
                 run_folders.save_checkpoint(run_folders.saver(), sess,
                                             str(tmp_path / 'file' / 'run'))
+
+
+def test_a_missing_shard_is_damage_not_another_model(tmp_path):
+    save_steps(str(tmp_path), [1, 2])
+    os.remove(str(tmp_path / 'model.ckpt-2.data-00000-of-00001'))
+    assert restored_value(str(tmp_path)) == ('model.ckpt-1', 1.0)
+
+
+def test_run_dirs_started_together_all_get_their_own_folder(tmp_path):
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        runs = list(pool.map(lambda _: run_folders.start_run_dir(
+            str(tmp_path / 'runs'), 'x-', ['a', 'b'], 'cifar10', 'flat'), range(16)))
+    assert len(set(runs)) == 16
+    assert all(os.listdir(run) == ['model.json'] for run in runs)
 
 
 def test_checkpoints_a_live_run_deleted_meanwhile_are_listed_again(tmp_path):

@@ -146,6 +146,13 @@ def test_keras_mlp_preset_validates_every_epoch(fake_cifar10, tmp_path, capsys):
     assert out.splitlines()[-2] == 'Test accuracy {:g}'.format(accuracy)
 
 
+def test_a_step_counted_keras_run_counts_its_epochs(fake_cifar10, tmp_path, capsys):
+    _, out = run(capsys, '--preset', 'keras-mlp', '--max-steps', '9', '--data-dir',
+                 fake_cifar10, '--train-dir', str(tmp_path), '--seed', '0')
+    # 150 images in batches of 32: 4 steps an epoch, so 9 steps hold 2 epochs
+    assert re.findall(r'^Epoch (\d/\d) - ', out, re.M) == ['1/2', '2/2']
+
+
 def test_output_style_follows_the_preset_not_the_run_length(fake_cifar10, tmp_path, capsys):
     _, out = run(capsys, '--epochs', '2', '--batch-size', '50', '--data-dir', fake_cifar10,
                  '--train-dir', str(tmp_path), '--seed', '0')
@@ -250,6 +257,24 @@ def test_mnist_md5_mismatch_leaves_nothing(served_mnist, monkeypatch):
     assert not [n for n in os.listdir(cached) if n.endswith('.part')]
 
 
+def test_a_damaged_deflate_stream_is_one_line(tmp_path):
+    folder = write_fake_mnist(str(tmp_path / 'mnist'))
+    path = os.path.join(folder, 't10k-images-idx3-ubyte.gz')
+    content = bytearray(open(path, 'rb').read())
+    content[11] = 0xff      # the first deflate block's header: zlib.error, not BadGzipFile
+    open(path, 'wb').write(bytes(content))
+    with pytest.raises(data_helpers.DataError, match='cannot read .*t10k-images-idx3-ubyte.gz'):
+        data_helpers.load_mnist(folder)
+
+
+def test_an_empty_test_set_is_found_before_training(tmp_path):
+    folder = write_fake_mnist(str(tmp_path / 'mnist'), test=0)
+    with pytest.raises(data_helpers.DataError,
+                       match='t10k-images-idx3-ubyte.gz holds no images; the official '
+                             'file has 10000'):
+        data_helpers.load_mnist(folder)
+
+
 # --- real data ---------------------------------------------------------------
 
 def run_script(*argv):
@@ -274,20 +299,3 @@ def test_mnist_preset_on_real_mnist(tmp_path):
                      str(tmp_path))
     assert float(re.search(r'^Accuracy: (\S+)$', out, re.M).group(1)) >= 0.92
 
-
-def test_a_damaged_deflate_stream_is_one_line(tmp_path):
-    folder = write_fake_mnist(str(tmp_path / 'mnist'))
-    path = os.path.join(folder, 't10k-images-idx3-ubyte.gz')
-    content = bytearray(open(path, 'rb').read())
-    content[11] = 0xff      # the first deflate block's header: zlib.error, not BadGzipFile
-    open(path, 'wb').write(bytes(content))
-    with pytest.raises(data_helpers.DataError, match='cannot read .*t10k-images-idx3-ubyte.gz'):
-        data_helpers.load_mnist(folder)
-
-
-def test_an_empty_test_set_is_found_before_training(tmp_path):
-    folder = write_fake_mnist(str(tmp_path / 'mnist'), test=0)
-    with pytest.raises(data_helpers.DataError,
-                       match='t10k-images-idx3-ubyte.gz holds no images; the official '
-                             'file has 10000'):
-        data_helpers.load_mnist(folder)
