@@ -9,54 +9,43 @@
 """
 
 import argparse
+import math
 import os
 import sys
 
 from downloads import DataError
 
 
+def _number(text, convert, valid, requirement):
+    """Converts a flag's text with int or float; argparse reports what is wrong."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not %s' % (
+            text, 'an integer' if convert is int else 'a number')) from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError('must be %s, not %s' % (requirement, text))
+    return value
+
+
 def positive_int(text):
     """argparse type: an integer > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError('%r is not an integer' % text) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError('must be > 0, not %s' % text)
-    return value
+    return _number(text, int, lambda v: v > 0, '> 0')
 
 
 def positive_float(text):
     """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError('%r is not a number' % text) from None
-    if not 0 < value < float('inf'):
-        raise argparse.ArgumentTypeError('must be a finite number > 0, not %s' % text)
-    return value
-
-
-def seed(text):
-    """argparse type: a seed for numpy and TensorFlow, 0 <= seed < 2**32."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError('%r is not an integer' % text) from None
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError('must be in 0..4294967295, not %s' % text)
-    return value
+    return _number(text, float, lambda v: 0 < v < math.inf, 'a finite number > 0')
 
 
 def nonnegative_float(text):
     """argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError('%r is not a number' % text) from None
-    if not 0 <= value < float('inf'):
-        raise argparse.ArgumentTypeError('must be a finite number >= 0, not %s' % text)
-    return value
+    return _number(text, float, lambda v: 0 <= v < math.inf, 'a finite number >= 0')
+
+
+def seed(text):
+    """argparse type: a seed for numpy and TensorFlow, 0 <= seed < 2**32."""
+    return _number(text, int, lambda v: 0 <= v < 2 ** 32, 'in 0..4294967295')
 
 
 def add_common_flags(parser, train_dir, train_dir_help=None, mnist=False):

@@ -428,6 +428,17 @@ def cpu_has_bf16(cpuinfo='/proc/cpuinfo'):
     return bool(flags & {'avx512_bf16', 'amx_bf16'})
 
 
+def count_steps(args, train_count):
+    """(steps per epoch, total steps): the last partial batch of an epoch is
+    dropped, and a fraction of an epoch is rounded up to a whole step."""
+    steps_per_epoch = train_count // args.batch_size
+    total_steps = max(1, math.ceil(args.epochs * steps_per_epoch))
+    if total_steps > MAX_STEPS:     # the schedule holds one number per step
+        raise DataError('--epochs %g of --batch-size %d is %d steps; at most %d'
+                        % (args.epochs, args.batch_size, total_steps, MAX_STEPS))
+    return steps_per_epoch, total_steps
+
+
 def load_cifar10(data_dir):
     """CIFAR-10 as this recipe wants it.
 
@@ -558,11 +569,7 @@ def main(args):
         args.data_dir)
     train_count = len(train_labels)
     cli.check_batch_size(args.batch_size, train_count)
-    steps_per_epoch = train_count // args.batch_size      # the last partial batch is dropped
-    total_steps = max(1, math.ceil(args.epochs * steps_per_epoch))
-    if total_steps > MAX_STEPS:     # the schedule holds one number per step
-        raise DataError('--epochs %g of --batch-size %d is %d steps; at most %d'
-                        % (args.epochs, args.batch_size, total_steps, MAX_STEPS))
+    steps_per_epoch, total_steps = count_steps(args, train_count)
 
     # The run folder, created before training so a bad --train-dir costs nothing
     run_dir = run_folders.start_run_dir(args.train_dir, 'fast-', data_helpers.CLASSES,
