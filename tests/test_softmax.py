@@ -138,10 +138,13 @@ REAL_DATA = os.environ.get('CIFAR10_DIR')   # read before the fixtures hide it
 @pytest.mark.skipif(not REAL_DATA, reason='real CIFAR-10 not available: set $CIFAR10_DIR '
                     '(CI builds it from ../shared) to run the article reproduction')
 def test_article_defaults_on_real_cifar10():
+    # Measured on official CIFAR-10 (BENCHMARKS.md): seed 1 gives 0.2892; ten
+    # seeds 0.2571-0.3190. A fixed seed makes a tight bar possible; the room
+    # is for another CPU's rounding, not for seed noise.
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'softmax.py'), '--data-dir', REAL_DATA],
-        capture_output=True, text=True, timeout=600)
+        [sys.executable, os.path.join(ROOT, 'softmax.py'), '--data-dir', REAL_DATA,
+         '--seed', '1'], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     print(result.stdout)
     accuracy = float(re.search(r'^Test accuracy (\S+)$', result.stdout, re.M).group(1))
-    assert 0.22 <= accuracy <= 0.35
+    assert accuracy == pytest.approx(0.2892, abs=0.01)
