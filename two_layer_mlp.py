@@ -306,14 +306,7 @@ def train(sess, ops, args, data_sets, rng, evaluate):
     Writes the run folder: model.json, TensorBoard summaries, checkpoints.
     """
     run_dir = start_run_dir(args, data_sets)
-    summary_writer = tf.summary.FileWriter(run_dir, sess.graph)
-    try:
-        _train_steps(sess, ops, args, data_sets, rng, evaluate, run_dir, summary_writer)
-    finally:
-        summary_writer.close()
 
-
-def _train_steps(sess, ops, args, data_sets, rng, evaluate, run_dir, summary_writer):
     # Generate input data batches: shuffled epochs, without replacement
     train_count = len(data_sets['images_train'])
     steps_per_epoch = train_count // args.batch_size
@@ -321,35 +314,36 @@ def _train_steps(sess, ops, args, data_sets, rng, evaluate, run_dir, summary_wri
     batches = data_helpers.epoch_indices(train_count, args.batch_size, max_steps, rng)
     epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
 
-    for i in range(max_steps):
-        # Get next input data batch
-        feed_dict = {ops.sampler.indices: next(batches)}
+    with tf.summary.FileWriter(run_dir, sess.graph) as summary_writer:
+        for i in range(max_steps):
+            # Get next input data batch
+            feed_dict = {ops.sampler.indices: next(batches)}
 
-        # Periodically print the model's current accuracy (where the article
-        # does) and write summaries for TensorBoard
-        if i % REPORT_EVERY == 0:
-            if args.step_line:
-                print(args.step_line.format(step=i,
-                                            accuracy=sess.run(ops.accuracy, feed_dict)))
-            summary_writer.add_summary(sess.run(ops.summary, feed_dict), i)
+            # Periodically print the model's current accuracy (where the article
+            # does) and write summaries for TensorBoard
+            if i % REPORT_EVERY == 0:
+                if args.step_line:
+                    print(args.step_line.format(step=i,
+                                                accuracy=sess.run(ops.accuracy, feed_dict)))
+                summary_writer.add_summary(sess.run(ops.summary, feed_dict), i)
 
-        # Perform a single training step
-        _, batch_loss, batch_accuracy = sess.run(
-            [ops.train_step, ops.loss, ops.accuracy], feed_dict)
-        epoch_loss += batch_loss
-        epoch_accuracy += batch_accuracy
+            # Perform a single training step
+            _, batch_loss, batch_accuracy = sess.run(
+                [ops.train_step, ops.loss, ops.accuracy], feed_dict)
+            epoch_loss += batch_loss
+            epoch_accuracy += batch_accuracy
 
-        # Periodically save checkpoint
-        if (i + 1) % CHECKPOINT_EVERY == 0:
-            run_folders.save_checkpoint(ops.saver, sess, run_dir, i + 1)
-            print('Saved checkpoint')
+            # Periodically save checkpoint
+            if (i + 1) % CHECKPOINT_EVERY == 0:
+                run_folders.save_checkpoint(ops.saver, sess, run_dir, i + 1)
+                print('Saved checkpoint')
 
-        # After every epoch, the epoch's line (where the article prints one)
-        if args.epoch_line and (i + 1) % steps_per_epoch == 0:
-            report_epoch(args, (i + 1) // steps_per_epoch, max_steps // steps_per_epoch,
-                         epoch_loss / steps_per_epoch, epoch_accuracy / steps_per_epoch,
-                         time.time() - epoch_start, evaluate, data_sets)
-            epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
+            # After every epoch, the epoch's line (where the article prints one)
+            if args.epoch_line and (i + 1) % steps_per_epoch == 0:
+                report_epoch(args, (i + 1) // steps_per_epoch, max_steps // steps_per_epoch,
+                             epoch_loss / steps_per_epoch, epoch_accuracy / steps_per_epoch,
+                             time.time() - epoch_start, evaluate, data_sets)
+                epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
 
     run_folders.save_checkpoint(ops.saver, sess, run_dir, max_steps)
 
