@@ -151,10 +151,10 @@ def flatten(x):
 def batch_norm(x, training, name, momentum=0.99, epsilon=1e-3):
     """Fused batch normalisation with Keras' defaults.
 
-    In training it normalises with the batch's statistics and moves the
+    The training tower normalises with the batch's statistics and moves the
     moving averages towards them (the update ops go to UPDATE_OPS, which the
-    training op depends on); in inference it normalises with the moving
-    averages, and the same update ops then leave them where they are.
+    training op depends on); the inference tower normalises with the moving
+    averages and changes nothing.
     """
     with tf.variable_scope(name):
         channels = x.shape[-1]
@@ -171,27 +171,21 @@ def batch_norm(x, training, name, momentum=0.99, epsilon=1e-3):
         rank2 = x.shape.ndims == 2
         if rank2:       # fused batch norm wants 4-D input
             x = x[:, None, None, :]
-
-        def batch_statistics():
+        if training:
             y, mean, variance = tf.nn.fused_batch_norm(x, gamma, beta, epsilon=epsilon,
                                                        is_training=True)
-            return y, mean, variance
-
-        def moving_statistics():
+            for average, value in ((moving_mean, mean), (moving_variance, variance)):
+                tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign_sub(
+                    average, (average - value) * (1 - momentum)))
+        else:
             y, _, _ = tf.nn.fused_batch_norm(x, gamma, beta, mean=moving_mean,
                                              variance=moving_variance, epsilon=epsilon,
                                              is_training=False)
-            return y, tf.identity(moving_mean), tf.identity(moving_variance)
-
-        y, mean, variance = tf.cond(training, batch_statistics, moving_statistics)
-        for average, value in ((moving_mean, mean), (moving_variance, variance)):
-            tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign_sub(
-                average, (average - value) * (1 - momentum)))
         return y[:, 0, 0, :] if rank2 else y
 
 
 def dropout(x, rate, training):
-    return tf.cond(training, lambda: tf.nn.dropout(x, rate=rate), lambda: x)
+    return tf.nn.dropout(x, rate=rate) if training else x
 
 
 # -----------------------------------------------------------------------------
@@ -204,15 +198,15 @@ def inference(images, model, training):
     Args:
       images: [batch, 32, 32, 3] float32 in [0, 1].
       model: 'augmented', 'small' or 'batchnorm'.
-      training: scalar bool tensor; switches augmentation, batch norm and
-        dropout between training and inference.
+      training: True builds the training tower (augmentation, batch
+        statistics, dropout), False the inference tower. Call it with True
+        first; the second call shares the first one's variables.
 
     Returns:
       logits: [batch, 10].
     """
     if model == 'augmented':
-        x = tf.cond(training, lambda: augment(images), lambda: centre_crop(images))
-        x.set_shape([None, CROP_SIZE, CROP_SIZE, CHANNELS])
+        x = augment(images) if training else centre_crop(images)
         x = max_pool(conv(x, 64, 5, 'conv1'))
         x = max_pool(conv(x, 64, 5, 'conv2'))
         x = max_pool(conv(x, 128, 5, 'conv3'))
@@ -329,31 +323,35 @@ def build_graph(args, train_images, train_labels, max_steps):
 
     Returns:
       A namespace of what the loop runs: sampler (and its train_count),
-      images, labels, training (the flag), loss, train_step, accuracy,
-      predictions, saver.
+      loss, train_step and accuracy (of the training batch); images, labels
+      (inference's inputs), test_loss, predictions; saver.
     """
-    # Inputs: training batches are gathered inside the graph from the training
-    # set held in memory (only indices are fed); evaluation feeds images.
+    # The training tower: batches gathered inside the graph from the training
+    # set held in memory (only indices are fed), augmented, batch statistics
+    # and dropout on. Its loss goes to Adam; a linear schedule decays the
+    # learning rate to zero when asked.
     sampler = data_helpers.InGraphSampler(train_images, train_labels, args.batch_size)
-    images = tf.placeholder_with_default(
-        sampler.images, [None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS], name='images')
-    labels = tf.placeholder_with_default(sampler.labels, [None], name='labels')
-    training_flag = tf.placeholder_with_default(False, [], name='training')
-
-    # The model, its probabilities (the name predict.py looks for), loss and
-    # optimiser; a linear schedule decays the learning rate to zero when asked
-    logits = inference(images, args.model, training_flag)
-    tf.nn.softmax(logits, name='probabilities')
-    loss_op = loss(logits, labels)
+    train_logits = inference(sampler.images, args.model, training=True)
+    train_loss = loss(train_logits, sampler.labels)
     learning_rate = args.learning_rate
     if args.lr_schedule == 'linear':
         learning_rate = tf.train.polynomial_decay(
             args.learning_rate, tf.train.get_or_create_global_step(), max_steps, 0.0)
+    train_step = training(train_loss, learning_rate, args.adam_epsilon)
+
+    # The inference tower, sharing the weights: images fed as they are (a
+    # centre crop for `augmented`), the moving averages of batch norm, no
+    # dropout; its probabilities under the name predict.py looks for.
+    images = tf.placeholder(tf.float32, [None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS], name='images')
+    labels = tf.placeholder(tf.int64, [None], name='labels')
+    with tf.variable_scope(tf.get_variable_scope(), reuse=True), tf.name_scope('inference'):
+        logits = inference(images, args.model, training=False)
+    tf.nn.softmax(logits, name='probabilities')
     return argparse.Namespace(
         sampler=sampler, train_count=len(train_images), images=images, labels=labels,
-        training=training_flag,
-        loss=loss_op, train_step=training(loss_op, learning_rate, args.adam_epsilon),
-        accuracy=evaluation(logits, labels),
+        loss=train_loss, train_step=train_step,
+        accuracy=evaluation(train_logits, sampler.labels),
+        test_loss=loss(logits, labels),
         predictions=tf.argmax(logits, 1, name='predictions'),
         saver=run_folders.saver(max_to_keep=3))
 
@@ -402,11 +400,9 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_re
     sum_loss, sum_accuracy, last_report = 0.0, 0.0, 0
     train_start = interval_start = time.time()
     for step in range(1, max_steps + 1):
-        # One training step on the next batch (training=True turns on
-        # augmentation, batch statistics and dropout)
+        # One training step on the next batch
         _, batch_loss, batch_accuracy = sess.run(
-            [ops.train_step, ops.loss, ops.accuracy],
-            {ops.sampler.indices: next(batches), ops.training: True})
+            [ops.train_step, ops.loss, ops.accuracy], {ops.sampler.indices: next(batches)})
         sum_loss += batch_loss
         sum_accuracy += batch_accuracy
 
@@ -449,7 +445,7 @@ def main(args):
     with tf.Session(config=run_folders.session_config()) as sess:
         def evaluate(images, labels):     # a whole set, in batches, in inference mode
             return run_folders.evaluate(sess, ops.predictions, ops.images, ops.labels,
-                                        images, labels, means={'loss': ops.loss})
+                                        images, labels, means={'loss': ops.test_loss})
 
         def evaluate_test():
             return evaluate(data_sets['images_test'], data_sets['labels_test'])

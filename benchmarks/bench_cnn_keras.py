@@ -64,25 +64,23 @@ def measure_graph(x, y, x_test, batch, steps, repeats):
     import data_helpers
     import run_folders
     with tf.Graph().as_default():
-        sampler = data_helpers.InGraphSampler(x, y, batch)
-        images = tf.placeholder_with_default(sampler.images, [None, 32, 32, 3])
-        training = tf.placeholder_with_default(False, [])
-        logits = cnn.inference(images, 'batchnorm', training)
-        loss = cnn.loss(logits, sampler.labels)
-        train_step = cnn.training(loss, 1e-3, 1e-7)
+        # cnn.py's own graph: the training tower and the inference tower
+        args = argparse.Namespace(model='batchnorm', batch_size=batch, learning_rate=1e-3,
+                                  lr_schedule='constant', adam_epsilon=1e-7)
+        ops = cnn.build_graph(args, x, y, max_steps=10 ** 9)
         with tf.Session(config=run_folders.session_config()) as sess:
             sess.run(tf.global_variables_initializer())
-            sampler.initialize(sess)
+            ops.sampler.initialize(sess)
             batches = data_helpers.epoch_indices(len(x), batch, 10 ** 9,
                                                  np.random.default_rng(0))
 
             def train():
                 for _ in range(steps):
-                    sess.run(train_step, {sampler.indices: next(batches), training: True})
+                    sess.run(ops.train_step, {ops.sampler.indices: next(batches)})
 
             def infer():
                 for start in range(0, len(x_test), 500):
-                    sess.run(logits, {images: x_test[start:start + 500]})
+                    sess.run(ops.predictions, {ops.images: x_test[start:start + 500]})
 
             return (steps * batch / time_it(train, repeats),
                     len(x_test) / time_it(infer, repeats))

@@ -16,10 +16,12 @@ REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide 
 
 
 def build(model):
+    """Both towers on one placeholder: (images, training logits, inference logits)."""
     images = tf.placeholder(tf.float32, [None, 32, 32, 3])
-    training = tf.placeholder_with_default(False, [])
-    logits = cnn.inference(images, model, training)
-    return images, training, logits
+    train_logits = cnn.inference(images, model, training=True)
+    with tf.variable_scope(tf.get_variable_scope(), reuse=True):
+        logits = cnn.inference(images, model, training=False)
+    return images, train_logits, logits
 
 
 @pytest.mark.parametrize('model, parameters', [
@@ -28,6 +30,8 @@ def test_output_shape_and_parameter_count(model, parameters):
     with tf.Graph().as_default():
         images, _, logits = build(model)
         assert logits.shape.as_list() == [None, 10]
+        assert not [op for op in tf.get_default_graph().get_operations()
+                    if op.type in ('Switch', 'Merge', 'If', 'StatelessIf')]
         assert cnn.count_parameters() == parameters
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
@@ -80,16 +84,16 @@ def test_augmentation_crops_an_exact_window_and_flips_per_image():
 def test_batch_norm_statistics_move_in_training_only():
     batch = np.random.default_rng(1).random((8, 32, 32, 3)).astype(np.float32) * 5 + 2
     with tf.Graph().as_default():
-        images, training, _ = build('batchnorm')
+        images, _, logits = build('batchnorm')
         updates = tf.get_collection(tf.GraphKeys.UPDATE_OPS)
         averages = tf.moving_average_variables()
         assert len(averages) == 14 and len(updates) == 14      # 7 layers x (mean, variance)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             before = sess.run(averages)
-            sess.run(updates, {images: batch, training: False})
+            sess.run(logits, {images: batch})                  # inference
             still = sess.run(averages)
-            sess.run(updates, {images: batch, training: True})
+            sess.run(updates, {images: batch})                 # a training step's updates
             moved = sess.run(averages)
     for b, s in zip(before, still):
         np.testing.assert_allclose(b, s, atol=1e-7)
@@ -100,11 +104,11 @@ def test_dropout_only_in_training():
     batch = np.random.default_rng(2).random((4, 32, 32, 3)).astype(np.float32)
     with tf.Graph().as_default():
         tf.set_random_seed(3)
-        images, training, logits = build('batchnorm')
+        images, train_logits, logits = build('batchnorm')
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             infer = [sess.run(logits, {images: batch}) for _ in range(2)]
-            train = [sess.run(logits, {images: batch, training: True}) for _ in range(2)]
+            train = [sess.run(train_logits, {images: batch}) for _ in range(2)]
     np.testing.assert_array_equal(infer[0], infer[1])
     assert not np.allclose(train[0], train[1])
 
@@ -115,19 +119,16 @@ def test_a_few_steps_lower_the_loss(fake_cifar10, model):
     x, y = data['images_train'][:32], data['labels_train'][:32]
     with tf.Graph().as_default():
         tf.set_random_seed(0)
-        images, training, logits = build(model)
+        images, train_logits, _ = build(model)
         labels = tf.placeholder(tf.int64, [None])
-        loss = cnn.loss(logits, labels)
+        loss = cnn.loss(train_logits, labels)
         train_step = cnn.training(loss, 1e-3, 1e-7)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
-            for _ in range(3):          # settle the batch-norm averages a little
-                sess.run(tf.get_collection(tf.GraphKeys.UPDATE_OPS),
-                         {images: x, training: True})
-            before = sess.run(loss, {images: x, labels: y, training: True})
-            for _ in range(8):
-                sess.run(train_step, {images: x, labels: y, training: True})
-            after = sess.run(loss, {images: x, labels: y, training: True})
+            before = sess.run(loss, {images: x, labels: y})
+            for _ in range(15):
+                sess.run(train_step, {images: x, labels: y})
+            after = sess.run(loss, {images: x, labels: y})
     assert after < 0.8 * before
 
 
