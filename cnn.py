@@ -456,7 +456,8 @@ def main(args):
         sess.run(tf.global_variables_initializer())
         ops.sampler.initialize(sess)
         run_dir = run_folders.start_run_dir(args.train_dir, args.model + '-',
-                                            data_sets['classes'], 'cifar10', 'nhwc')
+                                            data_sets['classes'], 'cifar10', 'nhwc',
+                                            script='cnn', model=args.model)
         print('Writing to {}'.format(run_dir))
         history, train_seconds = train(
             sess, ops, args, run_dir, max_steps, steps_per_epoch, rng,

@@ -43,6 +43,13 @@ def cache_dir():
     return os.path.join(base, 'tf-image-recognition')
 
 
+def current_umask():
+    """The process's umask (reading it means setting it, then putting it back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def write_file_atomically(path, data):
     """Writes bytes to `path` through a temporary name, so no half file remains."""
     folder = os.path.dirname(path) or '.'
@@ -50,9 +57,7 @@ def write_file_atomically(path, data):
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)    # mkstemp's 0600 is for secrets
+        os.chmod(temporary, 0o666 & ~current_umask())    # mkstemp's 0600 is for secrets
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

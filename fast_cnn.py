@@ -490,9 +490,11 @@ def build_graph(args, padded_train, train_labels, whitening):
     def network(x):
         return inference(x, whitening, False, args.precision)
 
-    plain_predictions = tf.argmax(network(images), 1)
+    plain_logits = network(images)
+    plain_predictions = tf.argmax(plain_logits, 1)
     logits = tta_logits(images, network, args.tta)
     tf.nn.softmax(logits, name='probabilities')     # the name predict.py looks for
+    tf.nn.softmax(plain_logits, name='plain_probabilities')     # export.py's default
     return argparse.Namespace(
         sampler=sampler, flip=flip, lr_scale=lr_scale, whiten_bias_on=whiten_bias_on,
         loss=loss_op, train_step=train_step,
@@ -573,7 +575,8 @@ def main(args):
 
     # The run folder, created before training so a bad --train-dir costs nothing
     run_dir = run_folders.start_run_dir(args.train_dir, 'fast-', data_helpers.CLASSES,
-                                        'cifar10', 'nhwc')
+                                        'cifar10', 'nhwc', script='fast_cnn',
+                                        output_without_tta='plain_probabilities:0')
 
     # The graph (only defined here; nothing is computed yet)
     ops = build_graph(args, padded_train, train_labels, whitening)

@@ -10,6 +10,8 @@ RUN_DIR is a run folder written by `softmax.py --train-dir`, `two_layer_mlp.py`,
 is used; in it, the newest complete checkpoint). The
 model is not rebuilt: its graph comes from the checkpoint's meta graph
 (`import_meta_graph`) and its pre-processing from the `model.json` beside it.
+RUN_DIR may also be a folder export.py wrote (or its version folder): the
+SavedModel then takes the pixels as they are and does its own pre-processing.
 
 Pictures in JPEG, PNG, GIF (first frame) or BMP of any size are decoded by
 TensorFlow, made RGB (or grayscale for MNIST models), resized to the model's
@@ -70,15 +72,20 @@ def parse_args(argv=None):
 
 
 def load_model(run_dir):
-    """Restores the newest usable checkpoint under run_dir into a new graph.
+    """Restores the newest usable checkpoint under run_dir into a new graph, or
+    loads the SavedModel when run_dir is an export.
 
     Returns:
       (session, info dict from model.json, input tensor, output tensor).
 
     Raises:
       DataError: no run folder, no usable checkpoint, or a model.json that
-        does not describe the checkpoint's graph.
+        does not describe the checkpoint's graph; an export that does not load.
     """
+    exported = run_folders.exported_model_dir(run_dir)
+    if exported:
+        session, image, probabilities, info = run_folders.load_exported_model(exported)
+        return session, info, image, probabilities
     session, graph, checkpoint, info = run_folders.load_trained_model(run_dir)
     try:
         return (session, info, *model_tensors(graph, info, checkpoint))
@@ -112,7 +119,8 @@ def model_tensors(graph, info, checkpoint):
 
 
 class ImageReader:
-    """Decodes any picture file into the model's input size, as float pixels 0..255."""
+    """Decodes any picture file into the model's input size, as whole-number
+    pixels 0..255 (in float32): what a picture of that size would hold."""
 
     def __init__(self, size, channels, crop):
         self.graph = tf.Graph()
@@ -135,7 +143,8 @@ class ImageReader:
             self.image = tf.cond(
                 tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size])),
                 lambda: tf.cast(image, tf.float32),
-                lambda: tf.compat.v2.image.resize(image, [size, size], antialias=True))
+                lambda: tf.round(tf.clip_by_value(
+                    tf.compat.v2.image.resize(image, [size, size], antialias=True), 0, 255)))
             self.session = tf.Session(graph=self.graph)
 
     def read(self, path):
@@ -176,6 +185,8 @@ def model_input(pixels, info):
     """float pixels [size, size, channels] in 0..255 -> the model's input row."""
     if info['dataset'] == 'mnist' and pixels.mean() > 127.5:
         pixels = 255 - pixels            # dark on light: invert, as MNIST is light on dark
+    if info['normalization'] == 'none':  # an exported model: pixels as they are
+        return pixels.astype(np.uint8)
     if info['layout'] == 'flat':
         # CIFAR-10 rows hold the red plane, then green, then blue.
         pixels = np.transpose(pixels, (2, 0, 1)).reshape(-1)

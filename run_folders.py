@@ -11,6 +11,8 @@
   find and load a saved model, falling back from a damaged or half-written
   checkpoint to the newest complete one, with one clear line when there is
   none or it belongs to another model.
+* `exported_model_dir()`, `load_exported_model()`: the SavedModel export.py
+  writes, as predict.py reads it.
 """
 
 import contextlib
@@ -27,7 +29,7 @@ import tempfile
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from downloads import DataError, write_file_atomically
+from downloads import DataError, current_umask, write_file_atomically
 
 MODEL_INFO = 'model.json'
 EVAL_BATCH_SIZE = 500   # images per session.run: bounded memory for any set
@@ -94,7 +96,7 @@ def evaluate(sess, predictions, images_placeholder, labels_placeholder, images, 
 # What a run leaves behind
 # -----------------------------------------------------------------------------
 
-def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None):
+def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None, **trained_by):
     """Creates train_dir/<prefix><timestamp>/ holding its model.json, before training.
 
     The folder appears whole or not at all: it is written under a temporary
@@ -104,8 +106,8 @@ def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None):
     Args:
       train_dir: where run folders go (created if missing).
       prefix: the start of the folder's name ('small-', 'fast-', or '').
-      classes, dataset, layout, mean_image: what model.json records (see
-        `write_model_info`).
+      classes, dataset, layout, mean_image, trained_by: what model.json
+        records (see `write_model_info`).
 
     Returns:
       The path of the new run folder (unique if two runs start in one second).
@@ -118,8 +120,8 @@ def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None):
         os.makedirs(train_dir, exist_ok=True)
         work = tempfile.mkdtemp(prefix='.' + stamp + '.', dir=train_dir)
         try:
-            write_model_info(work, classes, dataset, layout, mean_image)
-            os.chmod(work, 0o777 & ~_umask())          # mkdtemp's 0700 is for secrets
+            write_model_info(work, classes, dataset, layout, mean_image, **trained_by)
+            os.chmod(work, 0o777 & ~current_umask())          # mkdtemp's 0700 is for secrets
             path, suffix = os.path.join(train_dir, stamp), 1
             while True:
                 try:   # a non-empty folder is never replaced: another run's stays
@@ -136,18 +138,13 @@ def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None):
                         'can write to' % (train_dir, e.strerror or e)) from None
 
 
-def _umask():
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def write_json(path, content):
     """Writes `content` as JSON through a temporary name."""
     write_file_atomically(path, json.dumps(content, indent=1).encode())
 
 
-def write_model_info(run_dir, classes, dataset, layout, mean_image=None):
+def write_model_info(run_dir, classes, dataset, layout, mean_image=None, script=None,
+                     model=None, output_without_tta=None):
     """Saves, beside the checkpoints, how the model wants its input (model.json).
 
     Args:
@@ -158,6 +155,10 @@ def write_model_info(run_dir, classes, dataset, layout, mean_image=None):
         'nhwc' ([N, height, width, channels]).
       mean_image: the mean image subtracted in training, or None when the
         pixels were scaled to [0, 1].
+      script, model: the script that trained it and its --model or --preset
+        (export.py refuses a run that does not say).
+      output_without_tta: where `output` averages test-time augmentation, the
+        output without it.
     """
     write_json(os.path.join(run_dir, MODEL_INFO), {
         'dataset': dataset,
@@ -170,6 +171,9 @@ def write_model_info(run_dir, classes, dataset, layout, mean_image=None):
         'classes': list(classes),
         'input': 'images:0',
         'output': 'probabilities:0',
+        'script': script,
+        'model': model,
+        **({'output_without_tta': output_without_tta} if output_without_tta else {}),
     })
 
 
@@ -214,8 +218,12 @@ def read_model_info(run_dir):
             'a list of %d numbers' % pixels)
     check('classes', lambda v: len(v) >= 2 and all(isinstance(c, str) for c in v),
           'a list of class names')
-    for key in ('input', 'output'):
+    for key in ('input', 'output') + (('output_without_tta',) if 'output_without_tta' in info
+                                      else ()):
         check(key, lambda v: isinstance(v, str) and v.endswith(':0'), 'a tensor name')
+    for key in ('script', 'model'):        # absent from runs older than export.py
+        info.setdefault(key, None)
+        check(key, lambda v: v is None or isinstance(v, str), 'a name')
     return info
 
 
@@ -449,3 +457,69 @@ def load_trained_model(run_dir):
 
     prefix, (session, graph) = _newest_that_loads(folder, load, need_meta=True)
     return session, graph, prefix, info
+
+
+# -----------------------------------------------------------------------------
+# Exported models (export.py writes them, predict.py reads them)
+# -----------------------------------------------------------------------------
+
+SIGNATURE = 'serving_default'
+CLASS_NAMES = 'class_names.txt'     # in the SavedModel's assets, one name per line
+
+
+def exported_model_dir(path):
+    """The SavedModel folder of an export: `path` itself if it holds
+    saved_model.pb, else its highest numbered version folder (as a model
+    server picks); None when `path` is not an export."""
+    if os.path.isfile(os.path.join(path, 'saved_model.pb')):
+        return path
+    versions = [int(name) for name in (os.listdir(path) if os.path.isdir(path) else [])
+                if name.isdigit() and os.path.isfile(os.path.join(path, name, 'saved_model.pb'))]
+    return os.path.join(path, str(max(versions))) if versions else None
+
+
+def load_exported_model(folder):
+    """An exported SavedModel, in a session of its own, as predict.py uses it.
+
+    Returns:
+      (session, image input tensor, probabilities tensor, info: dataset,
+      image_size, channels and classes, layout 'nhwc', normalization 'none':
+      the model takes uint8 pixels).
+
+    Raises:
+      DataError: not a SavedModel that export.py wrote.
+    """
+    graph = tf.Graph()
+    session = tf.Session(graph=graph)
+    verbosity = tf.logging.get_verbosity()
+    tf.logging.set_verbosity(tf.logging.ERROR)     # the v1 loader says it is deprecated
+    try:
+        with graph.as_default():
+            try:
+                meta_graph = tf.saved_model.loader.load(session, [tf.saved_model.SERVING], folder)
+                signature = meta_graph.signature_def[SIGNATURE]
+                image = graph.get_tensor_by_name(signature.inputs['image'].name)
+                probabilities = graph.get_tensor_by_name(
+                    signature.outputs['probabilities'].name)
+            except (KeyError, ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
+                raise DataError('%s: not a model export.py wrote (%s)'
+                                % (folder, _reason(e))) from None
+        names_file = os.path.join(folder, 'assets', CLASS_NAMES)
+        try:
+            with open(names_file, encoding='utf-8') as f:
+                classes = f.read().splitlines()
+        except (OSError, ValueError) as e:
+            raise DataError('cannot read %s (%s)' % (names_file, _reason(e))) from None
+        size, _, channels = image.shape.as_list()[1:]
+        if len(classes) != probabilities.shape[-1]:
+            raise DataError('%s: %d class names for %s outputs'
+                            % (names_file, len(classes), probabilities.shape[-1]))
+    except DataError:
+        session.close()
+        raise
+    finally:
+        tf.logging.set_verbosity(verbosity)
+    info = {'dataset': 'mnist' if channels == 1 else 'cifar10', 'image_size': size,
+            'channels': channels, 'classes': classes, 'layout': 'nhwc',
+            'normalization': 'none'}
+    return session, image, probabilities, info

@@ -63,7 +63,8 @@ def main(args):
     # training
     if args.train_dir:
         run_dir = run_folders.start_run_dir(args.train_dir, '', data_sets['classes'],
-                                            'cifar10', 'flat', data_sets['mean_image'])
+                                            'cifar10', 'flat', data_sets['mean_image'],
+                                            script='softmax')
 
     # -------------------------------------------------------------------------
     # Prepare the TensorFlow graph

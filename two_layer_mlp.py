@@ -253,7 +253,8 @@ def start_run_dir(args, data_sets):
     """A new run folder under --train-dir, with the model.json predict.py reads."""
     return run_folders.start_run_dir(args.train_dir, '', data_sets['classes'],
                                      'mnist' if args.dataset == 'mnist' else 'cifar10',
-                                     'flat', data_sets.get('mean_image'))
+                                     'flat', data_sets.get('mean_image'),
+                                     script='two_layer_mlp', model=args.preset)
 
 
 def report_epoch(args, epoch, epochs, loss, accuracy, seconds, evaluate, data_sets):

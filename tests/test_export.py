@@ -1,0 +1,271 @@
+"""export.py: every kind of run exported, then loaded in a fresh eager process
+(TensorFlow 2, Keras 3, TFLite) and compared with the training graph; predict.py
+on an export; the errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+import cnn
+import data_helpers
+import export
+import fast_cnn
+import predict
+import run_folders
+import softmax
+import two_layer_mlp
+from conftest import write_fake_cifar10, write_fake_mnist
+
+REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Each kind of run: its script, its flags for a few steps on the fake data, and
+# the extra export flags. fast_cnn trains in float32 for the exact comparison;
+# the bfloat16 run is compared with a tolerance below.
+KINDS = {
+    'softmax': (softmax, ['--max-steps', '20'], []),
+    'wolfib': (two_layer_mlp, ['--preset', 'wolfib', '--max-steps', '20', '--batch-size', '50'], []),
+    'mnist': (two_layer_mlp, ['--preset', 'mnist', '--epochs', '1'], []),
+    'keras-mlp': (two_layer_mlp, ['--preset', 'keras-mlp', '--epochs', '1'], []),
+    'small': (cnn, ['--model', 'small', '--max-steps', '5', '--batch-size', '16',
+                    '--no-plots'], []),
+    'batchnorm': (cnn, ['--model', 'batchnorm', '--max-steps', '5', '--batch-size', '16',
+                        '--no-plots'], []),
+    'augmented': (cnn, ['--model', 'augmented', '--max-steps', '5', '--batch-size', '16',
+                        '--no-plots'], []),
+    'fast': (fast_cnn, ['--epochs', '1', '--batch-size', '50', '--precision', 'fp32'], []),
+    'fast-tta': (fast_cnn, ['--epochs', '1', '--batch-size', '50', '--precision', 'fp32'],
+                 ['--tta']),
+    'fast-bf16': (fast_cnn, ['--epochs', '1', '--batch-size', '50', '--precision', 'bf16'], []),
+}
+
+# Run in a fresh process in eager mode, as a TensorFlow 2 or Keras 3 user would.
+EAGER_CHECK = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    import keras
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:        # TensorFlow's own, deprecated but still in 2.21
+        Interpreter = tf.lite.Interpreter
+    exports, images_file, out_file = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+    images, results = np.load(images_file), {}
+    for kind, folder in exports.items():
+        x = images[kind]
+        serve = tf.saved_model.load(folder + '/1').signatures['serving_default']
+        out = serve(image=tf.constant(x))
+        results[kind + '/probabilities'] = out['probabilities'].numpy()
+        results[kind + '/classes'] = out['classes'].numpy()
+        results[kind + '/batch1'] = np.concatenate(
+            [serve(image=tf.constant(x[i:i + 1]))['probabilities'].numpy()
+             for i in range(len(x))])
+        layer = keras.layers.TFSMLayer(folder + '/1', call_endpoint='serving_default')
+        results[kind + '/keras'] = np.asarray(layer(x)['probabilities'])
+        interpreter = Interpreter(model_path=folder + '/model.tflite')
+        entry = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(entry['index'], list(x.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(entry['index'], x)
+        interpreter.invoke()
+        for detail in interpreter.get_output_details():
+            value = interpreter.get_tensor(detail['index'])
+            name = 'classes' if value.ndim == 1 else 'probabilities'
+            results[kind + '/tflite_' + name] = value
+    np.savez(out_file, **results)
+''')
+
+
+def training_graph_probabilities(run_dir, images):
+    """What the run's own graph (as predict.py loads it) gives for uint8 images."""
+    session, info, input_tensor, output_tensor = predict.load_model(run_dir)
+    with session:
+        rows = [predict.model_input(image.astype(np.float32), info) for image in images]
+        return session.run(output_tensor, {input_tensor: np.stack(rows)})
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """Each kind trained a few steps and exported with --tflite; the eager
+    process's results; the training graphs' probabilities on the same images."""
+    root = tmp_path_factory.mktemp('export')
+    cifar = write_fake_cifar10(str(root / 'cifar'))
+    mnist = write_fake_mnist(str(root / 'mnist'), train=5200)
+    rng = np.random.default_rng(0)
+    exports, images, expected = {}, {}, {}
+    for kind, (script, flags, export_flags) in KINDS.items():
+        data = mnist if kind == 'mnist' else cifar
+        run_dir = str(root / 'runs' / kind)
+        script.main(script.parse_args(flags + ['--seed', '1', '--data-dir', data,
+                                               '--train-dir', run_dir]))
+        out = str(root / 'exports' / kind)
+        export.export(export.parse_args([run_dir, '--out', out, '--tflite'] + export_flags))
+        # (MNIST pictures dark on average, so predict.py's inversion of dark
+        # digits on light paper stays out of the comparison)
+        images[kind] = (rng.integers(0, 128, (7, 28, 28, 1), dtype=np.uint8) if kind == 'mnist'
+                        else rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8))
+        exports[kind] = out
+        expected[kind] = training_graph_probabilities(run_dir, images[kind])
+    np.savez(str(root / 'images.npz'), **images)
+    subprocess.run([sys.executable, '-c', EAGER_CHECK, json.dumps(exports),
+                    str(root / 'images.npz'), str(root / 'results.npz')],
+                   check=True, cwd=ROOT, timeout=600)
+    results = dict(np.load(str(root / 'results.npz')))
+    return root, exports, images, expected, results
+
+
+EXACT_KINDS = [kind for kind in KINDS if kind not in ('fast', 'fast-bf16')]
+
+
+@pytest.mark.parametrize('kind', EXACT_KINDS + ['fast'])
+def test_tf2_signature_matches_the_training_graph(exported, kind):
+    _, _, _, expected, results = exported
+    reference = expected[kind] if kind != 'fast' else None
+    if kind == 'fast':
+        # The training graph's `probabilities` are the TTA ones; without --tta
+        # the export gives its plain output, which the run also reports
+        reference = plain_probabilities(exported, kind)
+    np.testing.assert_allclose(results[kind + '/probabilities'], reference, atol=1e-5)
+    np.testing.assert_allclose(results[kind + '/batch1'], reference, atol=1e-5)
+    np.testing.assert_array_equal(results[kind + '/classes'], reference.argmax(1))
+    assert results[kind + '/probabilities'].shape == (7, 10)
+
+
+def plain_probabilities(exported, kind):
+    """fast_cnn's output without test-time augmentation, from the training graph."""
+    root, _, images, _, _ = exported
+    session, graph, _, _ = run_folders.load_trained_model(str(root / 'runs' / kind))
+    with session:
+        return session.run(graph.get_tensor_by_name('plain_probabilities:0'),
+                           {graph.get_tensor_by_name('images:0'): images[kind] / 255})
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_keras3_tfsmlayer_predicts_the_same(exported, kind):
+    _, _, _, _, results = exported
+    np.testing.assert_allclose(results[kind + '/keras'], results[kind + '/probabilities'],
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_tflite_predicts_the_same_top_class(exported, kind):
+    _, _, _, _, results = exported
+    np.testing.assert_allclose(results[kind + '/tflite_probabilities'],
+                               results[kind + '/probabilities'], atol=1e-4)
+    np.testing.assert_array_equal(results[kind + '/tflite_classes'],
+                                  results[kind + '/classes'])
+
+
+def test_bf16_run_is_exported_in_float32_close_to_its_training_graph(exported):
+    root, exports, _, _, results = exported
+    reference = plain_probabilities(exported, 'fast-bf16')
+    np.testing.assert_allclose(results['fast-bf16/probabilities'], reference, atol=2e-2)
+    graph_def = saved_graph(exports['fast-bf16']).graph_def
+    assert 'DT_BFLOAT16' not in str(graph_def)
+
+
+def saved_graph(folder):
+    """The MetaGraphDef in an export's saved_model.pb."""
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(folder, '1', 'saved_model.pb'), 'rb') as f:
+        proto.ParseFromString(f.read())
+    assert len(proto.meta_graphs) == 1
+    return proto.meta_graphs[0]
+
+
+def test_exported_graph_has_only_the_inference_path(exported):
+    _, exports, _, _, _ = exported
+    for kind, folder in exports.items():
+        meta_graph = saved_graph(folder)
+        ops = {node.op for node in meta_graph.graph_def.node}
+        placeholders = [node.name for node in meta_graph.graph_def.node
+                        if node.op.startswith('Placeholder')]
+        assert placeholders == ['image'], kind          # no training switch, no batch
+        assert not ops & {'Switch', 'Merge', 'If', 'StatelessIf', 'VarHandleOp',
+                          'VariableV2', 'RandomUniform', 'RandomUniformInt'}, kind
+        assert list(meta_graph.meta_info_def.tags) == ['serve']
+        signature = meta_graph.signature_def['serving_default']
+        assert signature.inputs['image'].dtype == tf.uint8.as_datatype_enum
+        assert [d.size for d in signature.inputs['image'].tensor_shape.dim][0] == -1
+        assert sorted(signature.outputs) == ['classes', 'probabilities']
+        with open(os.path.join(folder, '1', 'assets', 'class_names.txt')) as f:
+            names = f.read().splitlines()
+        assert names == (list('0123456789') if kind == 'mnist' else data_helpers.CLASSES)
+
+
+def test_predict_reads_an_export_as_it_reads_the_run(exported, capsys):
+    root, exports, _, _, _ = exported
+    pictures = root / 'pictures'
+    pictures.mkdir(exist_ok=True)
+    rng = np.random.default_rng(5)
+    for i, size in enumerate([(32, 32), (50, 70)]):
+        pixels = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+        with tf.Graph().as_default(), tf.Session() as sess:
+            (pictures / ('%d.png' % i)).write_bytes(sess.run(tf.io.encode_png(pixels)))
+    outputs = []
+    for folder in (str(root / 'runs' / 'small'), exports['small'],
+                   os.path.join(exports['small'], '1')):
+        assert predict.main(predict.parse_args([folder, str(pictures), '--json'])) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    for result in outputs[1:]:
+        for ours, theirs in zip(result, outputs[0]):
+            assert [e['class'] for e in ours['top']] == [e['class'] for e in theirs['top']]
+            np.testing.assert_allclose([e['probability'] for e in ours['top']],
+                                       [e['probability'] for e in theirs['top']], atol=1e-5)
+
+
+def test_quantized_tflite_is_smaller(tmp_path, exported):
+    root, exports, _, _, _ = exported
+    out = str(tmp_path / 'quantized')
+    export.export(export.parse_args([str(root / 'runs' / 'small'), '--out', out,
+                                     '--tflite', '--quantize']))
+    float_size = os.path.getsize(os.path.join(exports['small'], 'model.tflite'))
+    assert os.path.getsize(os.path.join(out, 'model.tflite')) < 0.5 * float_size
+
+
+def run_export(*argv):
+    """export.py as a user runs it: (exit status, stderr)."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'export.py')] + list(argv),
+                            capture_output=True, text=True, timeout=300)
+    return result.returncode, result.stderr.strip().splitlines()[-1]
+
+
+def test_errors_are_one_line(exported, tmp_path):
+    root, exports, _, _, _ = exported
+    status, line = run_export(str(tmp_path / 'nothing'))
+    assert status and line == 'export.py: error: run folder %s does not exist' % (
+        tmp_path / 'nothing')
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    status, line = run_export(str(empty))
+    assert status and line.startswith('export.py: error:') and 'checkpoint' in line
+    status, line = run_export(str(root / 'runs' / 'small'), '--out', exports['small'])
+    assert status and line == 'export.py: error: %s exists: give another --out, or remove ' \
+                              'it first' % exports['small']
+    status, line = run_export(str(root / 'runs' / 'small'), '--tta', '--out',
+                              str(tmp_path / 'x'))
+    assert status and line == 'export.py: error: --tta: this run (cnn) has no test-time ' \
+                              'augmentation'
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(('x', '.x'))]
+
+
+def test_a_run_of_unknown_kind_is_refused(exported, tmp_path):
+    root, _, _, _, _ = exported
+    old = tmp_path / 'old'
+    shutil.copytree(str(root / 'runs' / 'small'), str(old))
+    run = [name for name in os.listdir(old) if name.startswith('small-')][0]
+    info_file = old / run / 'model.json'
+    info = json.loads(info_file.read_text())
+    del info['script']
+    info_file.write_text(json.dumps(info))
+    status, line = run_export(str(old), '--out', str(tmp_path / 'x'))
+    assert status and 'does not say which script trained it' in line
+    assert not os.path.exists(tmp_path / 'x')
