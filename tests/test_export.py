@@ -77,9 +77,7 @@ EAGER_CHECK = textwrap.dedent('''
         interpreter.set_tensor(entry['index'], x)
         interpreter.invoke()
         for detail in interpreter.get_output_details():
-            value = interpreter.get_tensor(detail['index'])
-            name = 'classes' if value.ndim == 1 else 'probabilities'
-            results[kind + '/tflite_' + name] = value
+            results[kind + '/tflite_' + detail['name']] = interpreter.get_tensor(detail['index'])
     np.savez(out_file, **results)
 ''')
 
@@ -269,3 +267,21 @@ def test_a_run_of_unknown_kind_is_refused(exported, tmp_path):
     status, line = run_export(str(old), '--out', str(tmp_path / 'x'))
     assert status and 'does not say which script trained it' in line
     assert not os.path.exists(tmp_path / 'x')
+
+
+@pytest.mark.skipif(not REAL_CIFAR10, reason='real CIFAR-10 not available: set $CIFAR10_DIR '
+                    '(CI builds it from ../shared)')
+def test_exported_small_cnn_scores_what_the_script_printed(tmp_path, capsys):
+    cnn.main(cnn.parse_args(['--model', 'small', '--epochs', '1', '--seed', '0', '--data-dir',
+                             REAL_CIFAR10, '--train-dir', str(tmp_path / 'run'), '--no-plots']))
+    printed = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith('Test accuracy ')][0]
+    out = export.export(export.parse_args([str(tmp_path / 'run'), '--out',
+                                           str(tmp_path / 'export')]))
+    images, labels = data_helpers.load_test_batch(REAL_CIFAR10)
+    session, image, probabilities, _ = run_folders.load_exported_model(os.path.join(out, '1'))
+    with session:
+        predicted = np.concatenate([
+            session.run(probabilities, {image: data_helpers.to_nhwc(images[i:i + 1000])})
+            for i in range(0, len(images), 1000)]).argmax(1)
+    assert printed == 'Test accuracy {:.4f}'.format(np.mean(predicted == labels))
