@@ -64,6 +64,21 @@ def add_common_flags(parser, train_dir, train_dir_help=None, mnist=False):
                         'model.json for predict.py, history) (default: %(default)s)')
 
 
+def add_num_devices_flag(parser):
+    """--num-devices, for the scripts that train with towers.py."""
+    parser.add_argument('--num-devices', type=positive_int, default=1,
+                        help='train on N devices: one tower per GPU, or N virtual CPU '
+                             'devices where there are fewer GPUs; each step\'s batch is '
+                             'split between them (default: 1)')
+
+
+def check_num_devices(parser, args):
+    """The batch must split evenly between the towers."""
+    if args.batch_size % args.num_devices:
+        parser.error('argument --num-devices: --batch-size %d does not split into %d '
+                     'equal parts' % (args.batch_size, args.num_devices))
+
+
 def check_batch_size(batch_size, train_count):
     """Raises DataError when a batch would not fit in the training set."""
     if batch_size > train_count:

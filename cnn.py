@@ -36,6 +36,7 @@ import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import reporting  # noqa: E402
 import run_folders  # noqa: E402
+import towers  # noqa: E402
 from downloads import write_file_atomically  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
@@ -237,12 +238,17 @@ def loss(logits, labels):
             logits=logits, labels=labels), name='cross_entropy')
 
 
-def training(loss, learning_rate, epsilon):
-    """Adam on the loss; batch-norm averages updated with every step."""
+def training(gradients, learning_rate, epsilon):
+    """Adam on the loss's gradients; batch-norm averages updated with every step.
+
+    Args:
+      gradients: [(gradient, variable)], of one device's loss or averaged
+        over the towers (towers.py).
+    """
     global_step = tf.train.get_or_create_global_step()
     with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
-        return tf.train.AdamOptimizer(learning_rate, epsilon=epsilon).minimize(
-            loss, global_step=global_step, name='train_step')
+        return tf.train.AdamOptimizer(learning_rate, epsilon=epsilon).apply_gradients(
+            gradients, global_step=global_step, name='train_step')
 
 
 def evaluation(logits, labels):
@@ -283,6 +289,7 @@ def parse_args(argv=None):
                         help='steps between reports and checkpoints for step-counted '
                              'runs (default: 1000)')
     cli.add_common_flags(parser, train_dir='runs')
+    cli.add_num_devices_flag(parser)
     parser.add_argument('--restore', metavar='RUN_DIR',
                         help='only evaluate the latest checkpoint of RUN_DIR on the test set')
     parser.add_argument('--no-plots', action='store_true',
@@ -296,6 +303,7 @@ def parse_args(argv=None):
             setattr(args, key, defaults[key])
     args.adam_epsilon = defaults['adam_epsilon']
     args.validation_split = defaults['validation_split']
+    cli.check_num_devices(parser, args)
     return args
 
 
@@ -326,18 +334,24 @@ def build_graph(args, train_images, train_labels, max_steps):
       loss, train_step and accuracy (of the training batch); images, labels
       (inference's inputs), test_loss, predictions; saver.
     """
-    # The training tower: batches gathered inside the graph from the training
+    # The training tower (one per device with --num-devices, each on its
+    # slice of the batch): batches gathered inside the graph from the training
     # set held in memory (only indices are fed), augmented, batch statistics
-    # and dropout on. Its loss goes to Adam; a linear schedule decays the
+    # and dropout on. Its gradients go to Adam; a linear schedule decays the
     # learning rate to zero when asked.
     sampler = data_helpers.InGraphSampler(train_images, train_labels, args.batch_size)
-    train_logits = inference(sampler.images, args.model, training=True)
-    train_loss = loss(train_logits, sampler.labels)
+
+    def training_tower(images, labels):
+        logits = inference(images, args.model, training=True)
+        return loss(logits, labels), evaluation(logits, labels)
+
+    train_loss, gradients, tower_outputs = towers.tower_gradients(
+        training_tower, [sampler.images, sampler.labels], towers.devices(args.num_devices))
     learning_rate = args.learning_rate
     if args.lr_schedule == 'linear':
         learning_rate = tf.train.polynomial_decay(
             args.learning_rate, tf.train.get_or_create_global_step(), max_steps, 0.0)
-    train_step = training(train_loss, learning_rate, args.adam_epsilon)
+    train_step = training(gradients, learning_rate, args.adam_epsilon)
 
     # The inference tower, sharing the weights: images fed as they are (a
     # centre crop for `augmented`), the moving averages of batch norm, no
@@ -350,7 +364,7 @@ def build_graph(args, train_images, train_labels, max_steps):
     return argparse.Namespace(
         sampler=sampler, train_count=len(train_images), images=images, labels=labels,
         loss=train_loss, train_step=train_step,
-        accuracy=evaluation(train_logits, sampler.labels),
+        accuracy=tf.add_n([accuracy for _, accuracy in tower_outputs]) / len(tower_outputs),
         test_loss=loss(logits, labels),
         predictions=tf.argmax(logits, 1, name='predictions'),
         saver=run_folders.saver(max_to_keep=3))
@@ -442,7 +456,7 @@ def main(args):
     print('Model {}: {:,} parameters'.format(args.model, count_parameters()))
 
     # Run it
-    with tf.Session(config=run_folders.session_config()) as sess:
+    with tf.Session(config=towers.session_config(args.num_devices)) as sess:
         def evaluate(images, labels):     # a whole set, in batches, in inference mode
             return run_folders.evaluate(sess, ops.predictions, ops.images, ops.labels,
                                         images, labels, means={'loss': ops.test_loss})

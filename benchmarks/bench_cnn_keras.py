@@ -66,7 +66,7 @@ def measure_graph(x, y, x_test, batch, steps, repeats):
     with tf.Graph().as_default():
         # cnn.py's own graph: the training tower and the inference tower
         args = argparse.Namespace(model='batchnorm', batch_size=batch, learning_rate=1e-3,
-                                  lr_schedule='constant', adam_epsilon=1e-7)
+                                  lr_schedule='constant', adam_epsilon=1e-7, num_devices=1)
         ops = cnn.build_graph(args, x, y, max_steps=10 ** 9)
         with tf.Session(config=run_folders.session_config()) as sess:
             sess.run(tf.global_variables_initializer())

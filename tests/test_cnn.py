@@ -122,7 +122,8 @@ def test_a_few_steps_lower_the_loss(fake_cifar10, model):
         images, train_logits, _ = build(model)
         labels = tf.placeholder(tf.int64, [None])
         loss = cnn.loss(train_logits, labels)
-        train_step = cnn.training(loss, 1e-3, 1e-7)
+        variables = tf.trainable_variables()
+        train_step = cnn.training(list(zip(tf.gradients(loss, variables), variables)), 1e-3, 1e-7)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             before = sess.run(loss, {images: x, labels: y})
