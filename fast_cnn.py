@@ -39,6 +39,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402
+import towers  # noqa: E402
 from downloads import DataError  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
@@ -315,11 +316,12 @@ def learning_rates(batch_size):
     return {'biases': lr * hyp['bias_scaler'], 'whiten': lr, 'weights': lr}, decay
 
 
-def training(loss, batch_size, lr_scale, whiten_bias_on):
+def training(gradients, batch_size, lr_scale, whiten_bias_on):
     """Nesterov SGD with decoupled weight decay; batch-norm biases learn faster.
 
     Args:
-      loss: the mean loss of the batch.
+      gradients: [(gradient, variable)] of the batch's mean loss (one
+        backward pass for all groups; averaged over the towers of towers.py).
       batch_size: images per step (the learning rate grows with it).
       lr_scale: scalar tensor, the schedule's factor for this step.
       whiten_bias_on: scalar float tensor, 1 while the whitening bias trains,
@@ -330,9 +332,8 @@ def training(loss, batch_size, lr_scale, whiten_bias_on):
     """
     group_lr, decay = learning_rates(batch_size)
     gate = {'whiten': whiten_bias_on}
-    variables = tf.trainable_variables()
-    gradients = dict(zip([v.op.name for v in variables],
-                         tf.gradients(loss, variables)))     # one backward pass for all
+    variables = [v for _, v in gradients]
+    gradients = {v.op.name: g for g, v in gradients}
     train_ops = []
     for name, group in parameter_groups(variables).items():
         if not group:
@@ -411,7 +412,9 @@ def parse_args(argv=None):
                         help='test-time augmentation: 0 none, 1 mirror, 2 mirror and '
                              'translations (default: %(default)s)')
     cli.add_common_flags(parser, train_dir='runs')
+    cli.add_num_devices_flag(parser)
     args = parser.parse_args(argv)
+    cli.check_num_devices(parser, args)
     if args.epochs > MAX_EPOCHS:    # the schedule holds one number per step
         parser.error('argument --epochs: at most %d, not %g' % (MAX_EPOCHS, args.epochs))
     return args
@@ -472,14 +475,21 @@ def build_graph(args, padded_train, train_labels, whitening):
     # feeds the batch's indices and which images to mirror.
     sampler = data_helpers.InGraphSampler(padded_train, train_labels, args.batch_size)
     flip = tf.placeholder(tf.bool, [None], name='flip')
-    batch_images = augment(tf.cast(sampler.images, tf.float32) / 255, flip)
     lr_scale = tf.placeholder(tf.float32, [], name='lr_scale')
     whiten_bias_on = tf.placeholder(tf.float32, [], name='whiten_bias_on')
 
-    train_logits = inference(batch_images, whitening, True, args.precision)
+    # The training network, once per device with --num-devices (towers.py),
+    # each on its slice of the batch: augmentation, the network, the loss
+    def training_tower(images, labels, tower_flip):
+        logits = inference(augment(tf.cast(images, tf.float32) / 255, tower_flip), whitening,
+                           True, args.precision)
+        return (loss(logits, labels, HYPERPARAMETERS['label_smoothing']),
+                evaluation(logits, labels))
+
+    loss_op, gradients, tower_outputs = towers.tower_gradients(
+        training_tower, [sampler.images, sampler.labels, flip], towers.devices(args.num_devices))
     net_variables = tf.global_variables(scope='net')   # weights and batch-norm averages
-    loss_op = loss(train_logits, sampler.labels, HYPERPARAMETERS['label_smoothing'])
-    train_step = training(loss_op, args.batch_size, lr_scale, whiten_bias_on)
+    train_step = training(gradients, args.batch_size, lr_scale, whiten_bias_on)
     average_start, average_update, average_decay = lookahead(net_variables)
 
     # Evaluation: images in [0, 1] fed in batches; the moving averages of
@@ -498,7 +508,8 @@ def build_graph(args, padded_train, train_labels, whitening):
     return argparse.Namespace(
         sampler=sampler, flip=flip, lr_scale=lr_scale, whiten_bias_on=whiten_bias_on,
         loss=loss_op, train_step=train_step,
-        train_correct=evaluation(train_logits, sampler.labels), average_start=average_start,
+        train_correct=tf.add_n([correct for _, correct in tower_outputs]),
+        average_start=average_start,
         average_update=average_update, average_decay=average_decay, images=images,
         labels=labels, plain_predictions=plain_predictions,
         tta_predictions=tf.argmax(logits, 1), saver=run_folders.saver(net_variables))
@@ -589,7 +600,7 @@ def main(args):
     schedule = lr_schedule(total_steps)
     first_flips = rng.random(train_count) < 0.5
     history = run_folders.History()
-    with tf.Session(config=run_folders.session_config()) as sess:
+    with tf.Session(config=towers.session_config(args.num_devices)) as sess:
         def accuracy(predictions, count=None):     # of the first `count` test images
             return run_folders.evaluate(sess, predictions, ops.images, ops.labels,
                                         test_images[:count], test_labels[:count])['accuracy']

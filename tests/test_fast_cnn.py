@@ -177,9 +177,9 @@ def test_one_step_moves_each_group_at_its_own_rate():
         logits = fast_cnn.inference(tf.constant(images_value), whitening_for_tests(), True)
         loss = fast_cnn.loss(logits, tf.constant(labels_value), 0.2)
         lr_scale, gate = tf.placeholder(tf.float32, []), tf.placeholder(tf.float32, [])
-        train_step = fast_cnn.training(loss, 1024, lr_scale, gate)
         variables = tf.trainable_variables()
         gradients = tf.gradients(loss, variables)
+        train_step = fast_cnn.training(list(zip(gradients, variables)), 1024, lr_scale, gate)
         groups = fast_cnn.parameter_groups(variables)
         group_of = {v.op.name: name for name, group in groups.items() for v in group}
         with tf.Session() as sess:

@@ -87,3 +87,15 @@ def test_batch_that_does_not_split_is_refused(capsys):
     with pytest.raises(SystemExit):
         cnn.parse_args(['--num-devices', '3', '--batch-size', '64'])
     assert 'does not split into 3 equal parts' in capsys.readouterr().err
+
+
+def test_fast_cnn_trains_on_two_towers(fake_cifar10, tmp_path, capsys):
+    import fast_cnn
+    accuracy = fast_cnn.main(fast_cnn.parse_args([
+        '--num-devices', '2', '--epochs', '3', '--batch-size', '50', '--precision', 'fp32',
+        '--seed', '0', '--data-dir', fake_cifar10, '--train-dir', str(tmp_path)]))
+    out = capsys.readouterr().out
+    losses = [float(line.split('loss ')[1].split()[0]) for line in out.splitlines()
+              if line.startswith('epoch')]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert accuracy > 0.2
