@@ -64,8 +64,7 @@ HYPERPARAMETERS = {
     'widths': (64, 256, 256),
     'batchnorm_momentum': 0.6,  # weight of the old value in the moving averages
     'scaling_factor': 1 / 9,    # the logits are scaled down by this
-    'lookahead_start': 3,       # epochs before weight averaging starts
-    'lookahead_every': 5,       # steps between weight-averaging updates
+    'lookahead_every': 5,       # steps between weight-averaging updates (from the first)
     'tta_level': 2,             # 0 none, 1 mirror, 2 mirror + 1-pixel translations
 }
 # Per-channel mean and standard deviation of the official CIFAR-10 training
@@ -374,6 +373,18 @@ def lookahead(variables):
     return tf.group(*starts), tf.group(*updates, name='lookahead_update'), decay
 
 
+def lookahead_decay(step, total_steps):
+    """The decay of the weight-averaging update after `step`, None between updates.
+
+    An update every 5 steps, from the first step to the last (airbench94 since
+    its commit 74e145d); the decay grows with the cube of the progress, so the
+    early weights are soon forgotten and the last ones averaged strongly.
+    """
+    if step % HYPERPARAMETERS['lookahead_every']:
+        return None
+    return 0.95 ** HYPERPARAMETERS['lookahead_every'] * (step / total_steps) ** 3
+
+
 def evaluation(logits, labels):
     """Number of images whose top class is the label."""
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), labels), tf.int32))
@@ -518,8 +529,8 @@ def build_graph(args, padded_train, train_labels, whitening):
 def train_epoch(sess, ops, args, state, schedule, flips, rng):
     """One pass over the shuffled training set, weight averaging as it goes.
 
-    `state` carries step, epoch and whether averaging has started across
-    epochs; the run stops mid-epoch at the last step of the schedule.
+    `state` carries step and epoch across epochs; the run stops mid-epoch at
+    the last step of the schedule.
 
     Returns:
       (mean loss, training accuracy) of the epoch.
@@ -542,16 +553,9 @@ def train_epoch(sess, ops, args, state, schedule, flips, rng):
         sum_loss += batch_loss * len(indices)
         correct += batch_correct
         seen += len(indices)
-        # Weight averaging, after the first 3 epochs, every 5 steps
-        if state.epoch >= hyp['lookahead_start'] and state.step % hyp['lookahead_every'] == 0:
-            if not state.averaging:
-                sess.run(ops.average_start)
-                state.averaging = True
-            else:
-                sess.run(ops.average_update, {
-                    ops.average_decay: 0.95 ** 5 * (state.step / total_steps) ** 3})
-    if state.averaging:        # end the epoch on the averaged weights
-        sess.run(ops.average_update, {ops.average_decay: 1.0})
+        decay = lookahead_decay(state.step, total_steps)
+        if decay is not None:
+            sess.run(ops.average_update, {ops.average_decay: decay})
     state.epoch += 1
     return sum_loss / seen, correct / seen
 
@@ -606,9 +610,10 @@ def main(args):
                                         test_images[:count], test_labels[:count])['accuracy']
 
         sess.run(tf.global_variables_initializer())
+        sess.run(ops.average_start)           # the averages start at the initial weights
         ops.sampler.initialize(sess)
         train_start = time.time()
-        state = argparse.Namespace(step=0, epoch=0, averaging=False)
+        state = argparse.Namespace(step=0, epoch=0)
         while state.step < total_steps:
             train_loss, train_accuracy = train_epoch(
                 sess, ops, args, state, schedule, first_flips ^ bool(state.epoch % 2), rng)
@@ -619,7 +624,8 @@ def main(args):
                            elapsed=time.time() - begin_time)
             print_progress(history, state.step * args.batch_size / (time.time() - train_start))
 
-        # Score the test set (with the averaged weights, left in by the loop)
+        # Leave the averaged weights in the network, then score the test set
+        sess.run(ops.average_update, {ops.average_decay: 1.0})
         train_seconds = time.time() - train_start
         plain, tta = accuracy(ops.plain_predictions), accuracy(ops.tta_predictions)
         total_seconds = time.time() - begin_time

@@ -215,6 +215,14 @@ def test_lookahead_pulls_weights_to_the_average():
             assert np.allclose(sess.run(weights), expected)
 
 
+def test_lookahead_updates_every_5_steps_from_the_first():
+    decays = {step: fast_cnn.lookahead_decay(step, 100) for step in range(1, 101)}
+    assert [step for step, decay in decays.items() if decay is not None] == list(range(5, 101, 5))
+    assert decays[5] == pytest.approx(0.95 ** 5 * 0.05 ** 3)      # 9e-5: hardly any memory
+    assert decays[50] == pytest.approx(0.95 ** 5 / 8)
+    assert decays[100] == pytest.approx(0.95 ** 5)                 # 0.774 at the end
+
+
 def test_tta_averages_the_views_as_airbench_does():
     rng = np.random.default_rng(0)
     images_value = rng.random((3, 32, 32, 3)).astype(np.float32)
