@@ -9,7 +9,9 @@ Where each idea comes from:
 * The network, its widths (64/256/256), the hyper-parameters, lookahead
   weight averaging, alternating flips and multi-crop test-time augmentation:
   Keller Jordan, airbench94 ("94% on CIFAR-10 in 3.29 seconds on a single
-  GPU", arXiv:2404.00498, 2024), which this file follows closely.
+  GPU", arXiv:2404.00498, 2024), which this file follows closely; the weight
+  averaging as airbench94 does it since its commit 74e145d (2024-03-26): from
+  the first step, copied back into the network once, at the end.
 * A first layer initialised from the whitening (ZCA-like) eigenvectors of
   2x2 patches and then frozen: tysam-code's hlb-CIFAR10, after Coates & Ng
   (2011).
