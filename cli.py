@@ -33,6 +33,11 @@ def positive_int(text):
     return _number(text, int, lambda v: v > 0, '> 0')
 
 
+def nonnegative_int(text):
+    """argparse type: an integer >= 0."""
+    return _number(text, int, lambda v: v >= 0, '>= 0')
+
+
 def positive_float(text):
     """argparse type: a finite number > 0."""
     return _number(text, float, lambda v: 0 < v < math.inf, 'a finite number > 0')

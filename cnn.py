@@ -238,17 +238,21 @@ def loss(logits, labels):
             logits=logits, labels=labels), name='cross_entropy')
 
 
-def training(gradients, learning_rate, epsilon):
+def training(gradients, learning_rate, epsilon, wrap_optimizer=None):
     """Adam on the loss's gradients; batch-norm averages updated with every step.
 
     Args:
       gradients: [(gradient, variable)], of one device's loss or averaged
         over the towers (towers.py).
+      wrap_optimizer: optional, optimizer -> optimizer (distributed.py makes
+        Adam synchronous across machines with it).
     """
     global_step = tf.train.get_or_create_global_step()
+    optimizer = tf.train.AdamOptimizer(learning_rate, epsilon=epsilon)
+    if wrap_optimizer:
+        optimizer = wrap_optimizer(optimizer)
     with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
-        return tf.train.AdamOptimizer(learning_rate, epsilon=epsilon).apply_gradients(
-            gradients, global_step=global_step, name='train_step')
+        return optimizer.apply_gradients(gradients, global_step=global_step, name='train_step')
 
 
 def evaluation(logits, labels):
@@ -326,8 +330,12 @@ def split_validation(data_sets, validation_split):
     return images, labels, data_sets['images_test'], data_sets['labels_test'], 'test'
 
 
-def build_graph(args, train_images, train_labels, max_steps):
+def build_graph(args, train_images, train_labels, max_steps, sampler_device=None,
+                wrap_optimizer=None):
     """The model's graph, fed from the training set held in it.
+
+    sampler_device (where the training set lives) and wrap_optimizer (see
+    `training()`) are for distributed.py.
 
     Returns:
       A namespace of what the loop runs: sampler (and its train_count),
@@ -339,7 +347,8 @@ def build_graph(args, train_images, train_labels, max_steps):
     # set held in memory (only indices are fed), augmented, batch statistics
     # and dropout on. Its gradients go to Adam; a linear schedule decays the
     # learning rate to zero when asked.
-    sampler = data_helpers.InGraphSampler(train_images, train_labels, args.batch_size)
+    sampler = data_helpers.InGraphSampler(train_images, train_labels, args.batch_size,
+                                          device=sampler_device)
 
     def training_tower(images, labels):
         logits = inference(images, args.model, training=True)
@@ -351,7 +360,7 @@ def build_graph(args, train_images, train_labels, max_steps):
     if args.lr_schedule == 'linear':
         learning_rate = tf.train.polynomial_decay(
             args.learning_rate, tf.train.get_or_create_global_step(), max_steps, 0.0)
-    train_step = training(gradients, learning_rate, args.adam_epsilon)
+    train_step = training(gradients, learning_rate, args.adam_epsilon, wrap_optimizer)
 
     # The inference tower, sharing the weights: images fed as they are (a
     # centre crop for `augmented`), the moving averages of batch norm, no

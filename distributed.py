@@ -1,0 +1,291 @@
+"""cnn.py's models trained on several processes or machines, synchronously, on
+TensorFlow's own distributed runtime.
+
+Between-graph data parallelism as TensorFlow 1 documented it: parameter
+servers (`ps`) hold the variables (`replica_device_setter`); every worker
+builds the same graph, draws its own batches from its own copy of the training
+set, and computes gradients; `SyncReplicasOptimizer` averages the next
+gradients that arrive for the current weights, as many as there are workers
+(normally one from each; a faster worker may give two, and one computed on
+older weights is dropped), and applies them once per global step; `MonitoredTrainingSession`
+lets worker 0, the chief, initialise the variables and write the checkpoints
+and summaries into a run folder that `predict.py`, `export.py` and
+`cnn.py --restore` read. Each step sees (workers x --batch-size) images.
+
+The cluster comes from flags or from $TF_CONFIG, as TensorFlow users already
+describe clusters. One machine, three processes:
+
+    HOSTS="--ps-hosts 127.0.0.1:2222 --worker-hosts 127.0.0.1:2223,127.0.0.1:2224"
+    python distributed.py $HOSTS --job-name ps --task-index 0 &
+    python distributed.py $HOSTS --job-name worker --task-index 1 --model small &
+    python distributed.py $HOSTS --job-name worker --task-index 0 --model small
+
+Several machines: the same commands, one per machine, with their addresses
+(every process must reach every other's host:port), or on each machine
+
+    TF_CONFIG='{"cluster": {"ps": ["a:2222"], "worker": ["b:2222", "c:2222"]},
+                "task": {"type": "worker", "index": 0}}' python distributed.py --model small
+
+No process waits forever: the parameter servers exit once every worker has
+said it is done or has gone (its port closed); a worker stops with one line
+when no step finishes within --step-timeout (a worker died: synchronous
+training cannot go on without it) or when it cannot reach the cluster within
+--startup-timeout. Each worker's session sees only the parameter servers and
+itself (`device_filters`), so the chief does not hang in `close()` after
+another worker has gone.
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import cli  # noqa: E402
+import cnn  # noqa: E402
+import data_helpers  # noqa: E402
+import run_folders  # noqa: E402
+from downloads import DataError  # noqa: E402
+
+tf.disable_eager_execution()
+tf.logging.set_verbosity(tf.logging.ERROR)   # the v1 distributed APIs print 'deprecated'
+
+DONE_QUEUE = 'done_queue'     # each parameter server's queue of "worker finished" tokens
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Train cnn.py's models on a cluster (parameter servers and workers, "
+                    "synchronous).")
+    parser.add_argument('--ps-hosts', help='comma-separated host:port of the parameter '
+                        'servers (default: from $TF_CONFIG)')
+    parser.add_argument('--worker-hosts', help='comma-separated host:port of the workers; '
+                        'the first is the chief')
+    parser.add_argument('--job-name', choices=['ps', 'worker'], help='this process\'s job')
+    parser.add_argument('--task-index', type=cli.nonnegative_int, help='its index in the job')
+    parser.add_argument('--model', choices=sorted(cnn.MODELS), default='small',
+                        help='which of cnn.py\'s models (default: small)')
+    parser.add_argument('--max-steps', type=cli.positive_int, default=1000,
+                        help='global steps (each: one batch from every worker; default: 1000)')
+    parser.add_argument('--batch-size', type=cli.positive_int,
+                        help='images per worker per step (default: the model\'s)')
+    parser.add_argument('--learning-rate', type=cli.positive_float,
+                        help='Adam step size (default: the model\'s)')
+    parser.add_argument('--log-every', type=cli.positive_int, default=100,
+                        help='steps between progress lines and checkpoints (default: 100)')
+    parser.add_argument('--step-timeout', type=cli.positive_float, default=300,
+                        help='seconds a step may take before a worker is presumed gone '
+                             '(default: 300)')
+    parser.add_argument('--startup-timeout', type=cli.positive_float, default=300,
+                        help='seconds to wait for the rest of the cluster (default: 300)')
+    cli.add_common_flags(parser, train_dir='runs',
+                         train_dir_help='folder for the chief\'s run folder (default: runs)')
+    args = parser.parse_args(argv)
+    try:
+        args.cluster, args.job_name, args.task_index = cluster_from(args)
+    except ValueError as e:
+        parser.error(str(e))
+    defaults = cnn.MODELS[args.model]
+    args.batch_size = args.batch_size or defaults['batch_size']
+    args.learning_rate = args.learning_rate or defaults['learning_rate']
+    args.adam_epsilon = defaults['adam_epsilon']
+    args.lr_schedule, args.num_devices = 'constant', 1
+    return args
+
+
+def cluster_from(args):
+    """(ClusterSpec dict, job name, task index) from the flags, else $TF_CONFIG."""
+    if args.ps_hosts or args.worker_hosts:
+        if not (args.ps_hosts and args.worker_hosts and args.job_name
+                and args.task_index is not None):
+            raise ValueError('--ps-hosts, --worker-hosts, --job-name and --task-index go '
+                             'together')
+        cluster = {'ps': args.ps_hosts.split(','), 'worker': args.worker_hosts.split(',')}
+        job, task = args.job_name, args.task_index
+    elif os.environ.get('TF_CONFIG'):
+        try:
+            config = json.loads(os.environ['TF_CONFIG'])
+            cluster = {job: list(config['cluster'][job]) for job in ('ps', 'worker')}
+            job, task = config['task']['type'], int(config['task']['index'])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError('$TF_CONFIG: %s; expected {"cluster": {"ps": [...], "worker": '
+                             '[...]}, "task": {"type": ..., "index": ...}}' % e) from None
+    else:
+        raise ValueError('give the cluster: --ps-hosts, --worker-hosts, --job-name and '
+                         '--task-index, or $TF_CONFIG')
+    if job not in cluster or not 0 <= task < len(cluster[job]):
+        raise ValueError('there is no task %s:%d in the cluster %s' % (job, task, cluster))
+    return cluster, job, task
+
+
+# -----------------------------------------------------------------------------
+# Parameter servers: serve the variables until every worker is done or gone
+# -----------------------------------------------------------------------------
+
+def done_queue(ps_task, num_workers):
+    """The queue on parameter server `ps_task` where workers put a token when done."""
+    with tf.device('/job:ps/task:%d' % ps_task):
+        return tf.FIFOQueue(num_workers, tf.int32, shared_name='%s_%d' % (DONE_QUEUE, ps_task))
+
+
+def serve_parameters(server, args):
+    """Runs a parameter server; returns when each worker has finished or gone."""
+    workers = args.cluster['worker']
+    queue = done_queue(args.task_index, len(workers))
+    dequeue = queue.dequeue()
+    done, gone, gone_since = set(), set(), {}
+    with tf.Session(server.target) as session:
+        while len(done) < len(workers):
+            try:
+                done.add(session.run(dequeue, options=tf.RunOptions(timeout_in_ms=2000)))
+                continue
+            except tf.errors.DeadlineExceededError:
+                pass
+            # A worker whose port has been closed for a while has died
+            now = time.time()
+            for task, address in enumerate(workers):
+                if task not in done and not reachable(address):
+                    gone_since.setdefault(task, now)
+                    if now - gone_since[task] > 10:
+                        done.add(task)
+                        gone.add(task)
+                else:
+                    gone_since.pop(task, None)
+    if gone:
+        raise DataError('parameter server %d: worker %s stopped without finishing'
+                        % (args.task_index, ', '.join(str(task) for task in sorted(gone))))
+    print('Parameter server %d: every worker has finished' % args.task_index)
+
+
+def reachable(address):
+    host, port = address.rsplit(':', 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+# -----------------------------------------------------------------------------
+# Workers: the graph on the cluster, the monitored session, the loop
+# -----------------------------------------------------------------------------
+
+class SamplerHook(tf.train.SessionRunHook):
+    """Copies this worker's training set into its sampler once the session exists."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def after_create_session(self, session, coord):
+        self.sampler.initialize(session)
+
+
+def train_worker(server, args):
+    """One worker's share of synchronous training; the chief (task 0) also
+    creates the run folder and writes checkpoints and summaries there."""
+    num_workers, task = len(args.cluster['worker']), args.task_index
+    is_chief = task == 0
+    worker_device = '/job:worker/task:%d' % task
+    data_sets = data_helpers.load_data(args.data_dir, normalization='scale', layout='nhwc')
+    train_images, train_labels = data_sets['images_train'], data_sets['labels_train']
+    cli.check_batch_size(args.batch_size, len(train_images))
+    run_dir = None
+    if is_chief:
+        run_dir = run_folders.start_run_dir(args.train_dir, args.model + '-', data_sets['classes'],
+                                            'cifar10', 'nhwc', script='cnn', model=args.model)
+        print('Writing to {}'.format(run_dir))
+
+    # The graph: variables on the parameter servers, the rest on this worker;
+    # Adam made synchronous: one update per global step, from as many
+    # gradients as there are workers
+    optimizers = []
+
+    def synchronous(optimizer):
+        optimizers.append(tf.train.SyncReplicasOptimizer(
+            optimizer, replicas_to_aggregate=num_workers, total_num_replicas=num_workers))
+        return optimizers[0]
+
+    with tf.device(tf.train.replica_device_setter(worker_device=worker_device,
+                                                  cluster=args.cluster)):
+        ops = cnn.build_graph(args, train_images, train_labels, args.max_steps,
+                              sampler_device=worker_device + '/cpu:0',
+                              wrap_optimizer=synchronous)
+        tf.summary.scalar('loss', ops.loss)
+    done = [done_queue(i, num_workers).enqueue(task) for i in range(len(args.cluster['ps']))]
+
+    # The session: this worker sees the parameter servers and itself only
+    config = run_folders.session_config()
+    config.device_filters.extend(['/job:ps', worker_device])
+    hooks = [optimizers[0].make_session_run_hook(is_chief), SamplerHook(ops.sampler),
+             tf.train.StopAtStepHook(last_step=args.max_steps)]
+    # Each worker its own order of the training set (seeded by --seed and its index)
+    rng = np.random.default_rng(None if args.seed is None else [args.seed, task])
+    batches = data_helpers.epoch_indices(len(train_images), args.batch_size, 10 ** 12, rng)
+    step_options = tf.RunOptions(timeout_in_ms=int(args.step_timeout * 1000))
+    global_step = tf.train.get_global_step()
+    local_steps, start = 0, time.time()
+    try:
+        with tf.train.MonitoredTrainingSession(
+                master=server.target, is_chief=is_chief, checkpoint_dir=run_dir, hooks=hooks,
+                save_checkpoint_steps=args.log_every, save_summaries_steps=args.log_every,
+                config=config, max_wait_secs=args.startup_timeout,
+                stop_grace_period_secs=10) as session:
+            while not session.should_stop():
+                _, loss, step = session.run([ops.train_step, ops.loss, global_step],
+                                            {ops.sampler.indices: next(batches)},
+                                            options=step_options)
+                local_steps += 1
+                if local_steps == 1:
+                    start = time.time()      # the steps/s leave the start-up out
+                elif local_steps % args.log_every == 0:
+                    print('Worker %d: global step %d - loss: %.4f - %.2f steps/s'
+                          % (task, step, loss, (local_steps - 1) / (time.time() - start)),
+                          flush=True)
+    except tf.errors.DeadlineExceededError:
+        raise DataError('worker %d: no step finished in %g s (--step-timeout): a worker has '
+                        'probably stopped, and synchronous training cannot go on without it'
+                        % (task, args.step_timeout)) from None
+    except tf.errors.OpError as e:
+        raise DataError('worker %d: the cluster failed (%s)' % (task, e.message.splitlines()[0]))
+    # Tell the parameter servers this worker is done
+    with tf.Session(server.target, config=config) as session:
+        step = session.run(global_step)
+        session.run(done, options=tf.RunOptions(timeout_in_ms=10000))
+    print('Worker %d: done at global step %d%s' % (
+        task, step, ('; evaluate with: python cnn.py --restore %s' % run_dir) if is_chief else ''))
+    return run_dir
+
+
+def quiet_cancelled_queue_runners():
+    """SyncReplicasOptimizer's token thread on the chief is cancelled when the
+    session closes, and TensorFlow reports that as an uncaught exception;
+    let that one pass, and every other exception through."""
+    default = threading.excepthook
+
+    def hook(args):
+        if not (issubclass(args.exc_type, tf.errors.CancelledError)
+                and args.thread.name.startswith('QueueRunnerThread')):
+            default(args)
+    threading.excepthook = hook
+
+
+def main(args):
+    config = tf.ConfigProto()
+    server = tf.distribute.Server(tf.train.ClusterSpec(args.cluster), job_name=args.job_name,
+                                  task_index=args.task_index, config=config, start=True)
+    run_folders.fresh_graph(args.seed)
+    if args.job_name == 'ps':
+        return serve_parameters(server, args)
+    quiet_cancelled_queue_runners()
+    return train_worker(server, args)
+
+
+if __name__ == '__main__':
+    cli.exit_on_error(main, parse_args())

@@ -1,0 +1,139 @@
+"""distributed.py: 1 parameter server and 2 workers on 127.0.0.1, as subprocesses
+with a hard time limit; a synchronous run, then a worker killed mid-run."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import predict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIMIT = 150          # seconds any process of a test may live
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class Cluster:
+    """1 ps + 2 workers; every process killed when the test ends, whatever happens."""
+
+    def __init__(self, tmp_path, data_dir, *worker_flags):
+        ps, w0, w1 = ['127.0.0.1:%d' % port for port in free_ports(3)]
+        hosts = ['--ps-hosts', ps, '--worker-hosts', w0 + ',' + w1]
+        flags = ['--data-dir', data_dir, '--train-dir', str(tmp_path / 'runs'),
+                 '--batch-size', '16', '--seed', '0', '--startup-timeout', '60'] + list(worker_flags)
+        self.logs, self.processes = {}, {}
+        for name, job, task, extra in (('ps', 'ps', 0, []), ('worker1', 'worker', 1, flags),
+                                       ('worker0', 'worker', 0, flags)):
+            self.logs[name] = open(tmp_path / (name + '.log'), 'w+')
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, 'distributed.py')] + hosts +
+                ['--job-name', job, '--task-index', str(task)] + extra,
+                stdout=self.logs[name], stderr=subprocess.STDOUT, cwd=str(tmp_path))
+        self.start = time.time()
+
+    def output(self, name):
+        self.logs[name].flush()
+        self.logs[name].seek(0)
+        return self.logs[name].read()
+
+    def wait(self, name):
+        """The process's exit status; fails the test past the time limit."""
+        try:
+            return self.processes[name].wait(timeout=max(1, LIMIT - (time.time() - self.start)))
+        except subprocess.TimeoutExpired:
+            pytest.fail('%s still running after %d s:\n%s' % (name, LIMIT, self.output(name)))
+
+    def close(self):
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for log in self.logs.values():
+            log.close()
+
+
+@pytest.fixture
+def cluster(tmp_path, fake_cifar10):
+    clusters = []
+
+    def start(*flags):
+        clusters.append(Cluster(tmp_path, fake_cifar10, *flags))
+        return clusters[-1]
+    yield start
+    for c in clusters:
+        c.close()
+
+
+def test_synchronous_run_on_one_ps_and_two_workers(cluster, tmp_path, fake_cifar10, capsys):
+    c = cluster('--max-steps', '12', '--log-every', '4', '--step-timeout', '60')
+    assert c.wait('worker0') == 0, c.output('worker0')
+    assert c.wait('worker1') == 0, c.output('worker1')
+    assert c.wait('ps') == 0, c.output('ps')
+    finals = [re.search(r'Worker %d: done at global step (\d+)' % task,
+                        c.output('worker%d' % task)).group(1) for task in (0, 1)]
+    assert finals == ['12', '12']                      # one global step, shared
+    assert 'Parameter server 0: every worker has finished' in c.output('ps')
+    assert 'Traceback' not in c.output('worker0') + c.output('worker1') + c.output('ps')
+    # The chief's run folder: checkpoints that predict.py and cnn.py --restore read
+    runs = os.listdir(tmp_path / 'runs')
+    assert len(runs) == 1 and runs[0].startswith('small-')
+    run_dir = str(tmp_path / 'runs' / runs[0])
+    assert any(name.startswith('events.out.tfevents') for name in os.listdir(run_dir))
+    assert predict.main(predict.parse_args([run_dir, '--test-index', '0', '--data-dir',
+                                            fake_cifar10])) == 0
+    assert 'test image 0' in capsys.readouterr().out
+    restored = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'cnn.py'), '--model', 'small', '--restore', run_dir,
+         '--data-dir', fake_cifar10], capture_output=True, text=True, timeout=LIMIT)
+    assert restored.returncode == 0 and 'model.ckpt-12' in restored.stdout, restored.stderr
+
+
+def test_a_killed_worker_stops_the_others_in_bounded_time(cluster):
+    c = cluster('--max-steps', '100000', '--log-every', '5', '--step-timeout', '10')
+    while 'global step' not in c.output('worker1'):
+        assert time.time() - c.start < LIMIT, c.output('worker1')
+        assert c.processes['worker1'].poll() is None, c.output('worker1')
+        time.sleep(0.2)
+    c.processes['worker1'].send_signal(signal.SIGKILL)
+    killed = time.time()
+    assert c.wait('worker0') == 1
+    assert time.time() - killed < 60
+    last = c.output('worker0').strip().splitlines()[-1]
+    assert last.startswith('distributed.py: error: worker 0: no step finished in 10 s')
+    assert c.wait('ps') == 1
+    assert c.output('ps').strip().splitlines()[-1] == (
+        'distributed.py: error: parameter server 0: worker 0, 1 stopped without finishing')
+
+
+def test_cluster_from_tf_config_and_bad_flags(monkeypatch, capsys):
+    import distributed
+    monkeypatch.setenv('TF_CONFIG', '{"cluster": {"ps": ["a:1"], "worker": ["b:2", "c:3"]}, '
+                                    '"task": {"type": "worker", "index": 1}}')
+    args = distributed.parse_args([])
+    assert args.cluster == {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}
+    assert (args.job_name, args.task_index) == ('worker', 1)
+    monkeypatch.setenv('TF_CONFIG', '{"cluster": {}}')
+    with pytest.raises(SystemExit):
+        distributed.parse_args([])
+    assert '$TF_CONFIG' in capsys.readouterr().err
+    monkeypatch.delenv('TF_CONFIG')
+    for argv in ([], ['--ps-hosts', 'a:1'],
+                 ['--ps-hosts', 'a:1', '--worker-hosts', 'b:2', '--job-name', 'worker',
+                  '--task-index', '1']):
+        with pytest.raises(SystemExit):
+            distributed.parse_args(argv)
+        assert 'error:' in capsys.readouterr().err
