@@ -200,8 +200,9 @@ def inference(images, model, training):
       images: [batch, 32, 32, 3] float32 in [0, 1].
       model: 'augmented', 'small' or 'batchnorm'.
       training: True builds the training tower (augmentation, batch
-        statistics, dropout), False the inference tower. Call it with True
-        first; the second call shares the first one's variables.
+        statistics, dropout), False the inference tower. Build the training
+        tower first; build the other inside a reusing variable scope
+        (`build_graph`) to share its weights.
 
     Returns:
       logits: [batch, 10].
@@ -354,7 +355,7 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
         logits = inference(images, args.model, training=True)
         return loss(logits, labels), evaluation(logits, labels)
 
-    train_loss, gradients, tower_outputs = towers.tower_gradients(
+    train_loss, gradients, tower_accuracies = towers.tower_gradients(
         training_tower, [sampler.images, sampler.labels], towers.devices(args.num_devices))
     learning_rate = args.learning_rate
     if args.lr_schedule == 'linear':
@@ -373,7 +374,7 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
     return argparse.Namespace(
         sampler=sampler, train_count=len(train_images), images=images, labels=labels,
         loss=train_loss, train_step=train_step,
-        accuracy=tf.add_n([accuracy for _, accuracy in tower_outputs]) / len(tower_outputs),
+        accuracy=tf.add_n(tower_accuracies) / len(tower_accuracies),
         test_loss=loss(logits, labels),
         predictions=tf.argmax(logits, 1, name='predictions'),
         saver=run_folders.saver(max_to_keep=3))

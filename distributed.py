@@ -84,10 +84,13 @@ def parse_args(argv=None):
                         help='seconds a step may take before a worker is presumed gone '
                              '(default: 300)')
     parser.add_argument('--startup-timeout', type=cli.positive_float, default=300,
-                        help='seconds to wait for the rest of the cluster (default: 300)')
+                        help='seconds to wait for the rest of the cluster, at least 30 '
+                             '(TensorFlow looks every 30 s; default: 300)')
     cli.add_common_flags(parser, train_dir='runs',
                          train_dir_help='folder for the chief\'s run folder (default: runs)')
     args = parser.parse_args(argv)
+    if args.startup_timeout < 30:
+        parser.error('argument --startup-timeout: at least 30, not %g' % args.startup_timeout)
     try:
         args.cluster, args.job_name, args.task_index = cluster_from(args)
     except ValueError as e:
@@ -125,6 +128,18 @@ def cluster_from(args):
     return cluster, job, task
 
 
+def local_addresses(count):
+    """`count` free host:port addresses on 127.0.0.1, for a cluster on one machine."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(('127.0.0.1', 0))
+        return ['127.0.0.1:%d' % s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 # -----------------------------------------------------------------------------
 # Parameter servers: serve the variables until every worker is done or gone
 # -----------------------------------------------------------------------------
@@ -136,35 +151,47 @@ def done_queue(ps_task, num_workers):
 
 
 def serve_parameters(server, args):
-    """Runs a parameter server; returns when each worker has finished or gone."""
+    """Runs a parameter server; returns when each worker has finished or gone.
+
+    A worker has gone when its port has been closed for 10 s after it was
+    seen, or was never seen within --startup-timeout.
+
+    Raises:
+      DataError: a worker went without finishing (after the others finished).
+    """
     workers = args.cluster['worker']
-    queue = done_queue(args.task_index, len(workers))
-    dequeue = queue.dequeue()
-    done, gone, gone_since = set(), set(), {}
-    with tf.Session(server.target) as session:
-        while len(done) < len(workers):
+    dequeue = done_queue(args.task_index, len(workers)).dequeue()
+    started, finished, gone = time.time(), set(), set()
+    seen, closed_since = set(), {}
+    # The session sees this parameter server only: it needs no worker to start
+    config = tf.ConfigProto(device_filters=['/job:ps/task:%d' % args.task_index])
+    with tf.Session(server.target, config=config) as session:
+        while len(finished | gone) < len(workers):
             try:
-                done.add(session.run(dequeue, options=tf.RunOptions(timeout_in_ms=2000)))
+                finished.add(session.run(dequeue, options=tf.RunOptions(timeout_in_ms=2000)))
                 continue
             except tf.errors.DeadlineExceededError:
                 pass
-            # A worker whose port has been closed for a while has died
             now = time.time()
             for task, address in enumerate(workers):
-                if task not in done and not reachable(address):
-                    gone_since.setdefault(task, now)
-                    if now - gone_since[task] > 10:
-                        done.add(task)
+                if task in finished | gone:
+                    continue
+                if reachable(address):
+                    seen.add(task)
+                    closed_since.pop(task, None)
+                elif task in seen:
+                    if now - closed_since.setdefault(task, now) > 10:
                         gone.add(task)
-                else:
-                    gone_since.pop(task, None)
+                elif now - started > args.startup_timeout:
+                    gone.add(task)
     if gone:
-        raise DataError('parameter server %d: worker %s stopped without finishing'
+        raise DataError('parameter server %d: worker %s did not finish'
                         % (args.task_index, ', '.join(str(task) for task in sorted(gone))))
     print('Parameter server %d: every worker has finished' % args.task_index)
 
 
 def reachable(address):
+    """Whether host:port accepts a connection (a server listens there)."""
     host, port = address.rsplit(':', 1)
     try:
         with socket.create_connection((host, int(port)), timeout=2):
@@ -193,6 +220,9 @@ def train_worker(server, args):
     num_workers, task = len(args.cluster['worker']), args.task_index
     is_chief = task == 0
     worker_device = '/job:worker/task:%d' % task
+    # TensorFlow's chief would wait for the parameter servers without a time
+    # limit: wait for their ports first, within --startup-timeout
+    wait_for(args.cluster['ps'], args.startup_timeout, 'parameter server')
     data_sets = data_helpers.load_data(args.data_dir, normalization='scale', layout='nhwc')
     train_images, train_labels = data_sets['images_train'], data_sets['labels_train']
     cli.check_batch_size(args.batch_size, len(train_images))
@@ -205,12 +235,13 @@ def train_worker(server, args):
     # The graph: variables on the parameter servers, the rest on this worker;
     # Adam made synchronous: one update per global step, from as many
     # gradients as there are workers
-    optimizers = []
+    sync_optimizer = None
 
     def synchronous(optimizer):
-        optimizers.append(tf.train.SyncReplicasOptimizer(
-            optimizer, replicas_to_aggregate=num_workers, total_num_replicas=num_workers))
-        return optimizers[0]
+        nonlocal sync_optimizer
+        sync_optimizer = tf.train.SyncReplicasOptimizer(
+            optimizer, replicas_to_aggregate=num_workers, total_num_replicas=num_workers)
+        return sync_optimizer
 
     with tf.device(tf.train.replica_device_setter(worker_device=worker_device,
                                                   cluster=args.cluster)):
@@ -223,17 +254,18 @@ def train_worker(server, args):
     # The session: this worker sees the parameter servers and itself only
     config = run_folders.session_config()
     config.device_filters.extend(['/job:ps', worker_device])
-    hooks = [optimizers[0].make_session_run_hook(is_chief), SamplerHook(ops.sampler),
+    hooks = [sync_optimizer.make_session_run_hook(is_chief), SamplerHook(ops.sampler),
              tf.train.StopAtStepHook(last_step=args.max_steps)]
     # Each worker its own order of the training set (seeded by --seed and its index)
     rng = np.random.default_rng(None if args.seed is None else [args.seed, task])
     batches = data_helpers.epoch_indices(len(train_images), args.batch_size, 10 ** 12, rng)
     step_options = tf.RunOptions(timeout_in_ms=int(args.step_timeout * 1000))
     global_step = tf.train.get_global_step()
-    local_steps, start = 0, time.time()
+    local_steps, step = 0, 0
     try:
         with tf.train.MonitoredTrainingSession(
                 master=server.target, is_chief=is_chief, checkpoint_dir=run_dir, hooks=hooks,
+                scaffold=tf.train.Scaffold(saver=ops.saver),     # relative paths, keep 3
                 save_checkpoint_steps=args.log_every, save_summaries_steps=args.log_every,
                 config=config, max_wait_secs=args.startup_timeout,
                 stop_grace_period_secs=10) as session:
@@ -242,25 +274,45 @@ def train_worker(server, args):
                                             {ops.sampler.indices: next(batches)},
                                             options=step_options)
                 local_steps += 1
-                if local_steps == 1:
-                    start = time.time()      # the steps/s leave the start-up out
+                if local_steps == 1:     # the rate leaves the start-up out
+                    start, first_step = time.time(), step
                 elif local_steps % args.log_every == 0:
-                    print('Worker %d: global step %d - loss: %.4f - %.2f steps/s'
-                          % (task, step, loss, (local_steps - 1) / (time.time() - start)),
+                    print('Worker %d: global step %d - loss: %.4f - %.2f global steps/s'
+                          % (task, step, loss, (step - first_step) / (time.time() - start)),
                           flush=True)
     except tf.errors.DeadlineExceededError:
+        if not local_steps:
+            raise DataError('worker %d: the cluster was not ready within %g s '
+                            '(--startup-timeout)' % (task, args.startup_timeout)) from None
         raise DataError('worker %d: no step finished in %g s (--step-timeout): a worker has '
                         'probably stopped, and synchronous training cannot go on without it'
                         % (task, args.step_timeout)) from None
     except tf.errors.OpError as e:
-        raise DataError('worker %d: the cluster failed (%s)' % (task, e.message.splitlines()[0]))
+        raise DataError('worker %d: the cluster failed (%s)' % (task, run_folders.error_line(e)))
+
     # Tell the parameter servers this worker is done
-    with tf.Session(server.target, config=config) as session:
-        step = session.run(global_step)
-        session.run(done, options=tf.RunOptions(timeout_in_ms=10000))
+    try:
+        wait_for(args.cluster['ps'], 10, 'parameter server')
+        with tf.Session(server.target, config=config) as session:
+            step = session.run(global_step)
+            session.run(done, options=tf.RunOptions(timeout_in_ms=10000))
+    except (DataError, tf.errors.OpError) as e:
+        print('distributed.py: worker %d could not tell the parameter servers it is done '
+              '(%s)' % (task, e), file=sys.stderr)
     print('Worker %d: done at global step %d%s' % (
         task, step, ('; evaluate with: python cnn.py --restore %s' % run_dir) if is_chief else ''))
     return run_dir
+
+
+def wait_for(addresses, timeout, what):
+    """Returns once every address accepts connections; DataError after `timeout` s."""
+    deadline = time.time() + timeout
+    for address in addresses:
+        while not reachable(address):
+            if time.time() > deadline:
+                raise DataError('no %s at %s after %g s (--startup-timeout)'
+                                % (what, address, timeout))
+            time.sleep(1)
 
 
 def quiet_cancelled_queue_runners():
@@ -277,12 +329,18 @@ def quiet_cancelled_queue_runners():
 
 
 def main(args):
-    config = tf.ConfigProto()
-    server = tf.distribute.Server(tf.train.ClusterSpec(args.cluster), job_name=args.job_name,
-                                  task_index=args.task_index, config=config, start=True)
+    try:
+        server = tf.distribute.Server(tf.train.ClusterSpec(args.cluster), job_name=args.job_name,
+                                      task_index=args.task_index, start=True)
+    except (tf.errors.OpError, ValueError, RuntimeError) as e:
+        raise DataError('cannot start %s %d at %s (%s)' % (
+            args.job_name, args.task_index, args.cluster[args.job_name][args.task_index],
+            run_folders.error_line(e))) from None
     run_folders.fresh_graph(args.seed)
     if args.job_name == 'ps':
         return serve_parameters(server, args)
+    # SyncReplicasOptimizer's token thread on the chief ends with an uncaught
+    # CancelledError when the session closes; nothing went wrong, so say nothing
     quiet_cancelled_queue_runners()
     return train_worker(server, args)
 

@@ -499,7 +499,7 @@ def build_graph(args, padded_train, train_labels, whitening):
         return (loss(logits, labels, HYPERPARAMETERS['label_smoothing']),
                 evaluation(logits, labels))
 
-    loss_op, gradients, tower_outputs = towers.tower_gradients(
+    loss_op, gradients, tower_correct = towers.tower_gradients(
         training_tower, [sampler.images, sampler.labels, flip], towers.devices(args.num_devices))
     net_variables = tf.global_variables(scope='net')   # weights and batch-norm averages
     train_step = training(gradients, args.batch_size, lr_scale, whiten_bias_on)
@@ -521,7 +521,7 @@ def build_graph(args, padded_train, train_labels, whitening):
     return argparse.Namespace(
         sampler=sampler, flip=flip, lr_scale=lr_scale, whiten_bias_on=whiten_bias_on,
         loss=loss_op, train_step=train_step,
-        train_correct=tf.add_n([correct for _, correct in tower_outputs]),
+        train_correct=tf.add_n(tower_correct),
         average_start=average_start,
         average_update=average_update, average_decay=average_decay, images=images,
         labels=labels, plain_predictions=plain_predictions,

@@ -261,10 +261,10 @@ def save_checkpoint(saver, session, run_dir, step=None):
     try:
         return saver.save(session, os.path.join(run_dir, 'model.ckpt'), global_step=step)
     except (tf.errors.OpError, OSError, ValueError) as e:
-        raise DataError('cannot save a checkpoint in %s (%s)' % (run_dir, _reason(e))) from None
+        raise DataError('cannot save a checkpoint in %s (%s)' % (run_dir, error_line(e))) from None
 
 
-def _reason(error):
+def error_line(error):
     """The first line of an error's message, for a one-line report."""
     text = getattr(error, 'message', None) or getattr(error, 'strerror', None) or str(error)
     lines = text.strip().splitlines()
@@ -371,14 +371,14 @@ def _newest_that_loads(folder, load, built_with=None, need_meta=False, rounds=3)
                 errors.append((prefix, e))
             except OSError as e:                # the copy itself failed: say so
                 raise DataError('cannot copy %s to a temporary folder (%s)'
-                                % (prefix, _reason(e))) from None
+                                % (prefix, error_line(e))) from None
             except Exception as e:   # damaged files: OpErrors, protobuf's DecodeError, ...
                 errors.append((prefix, e))
     if not errors:
         raise DataError('no complete checkpoint in %s; train first' % folder)
     prefix, error = errors[0]
     raise DataError('no usable checkpoint: %s is damaged or incomplete (%s: %s)%s' % (
-        prefix, type(error).__name__, _reason(error),
+        prefix, type(error).__name__, error_line(error),
         ', and so is every older one' if len(errors) > 1 else ''))
 
 
@@ -503,13 +503,13 @@ def load_exported_model(folder):
                     signature.outputs['probabilities'].name)
             except (KeyError, ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
                 raise DataError('%s: not a model export.py wrote (%s)'
-                                % (folder, _reason(e))) from None
+                                % (folder, error_line(e))) from None
         names_file = os.path.join(folder, 'assets', CLASS_NAMES)
         try:
             with open(names_file, encoding='utf-8') as f:
                 classes = f.read().splitlines()
         except (OSError, ValueError) as e:
-            raise DataError('cannot read %s (%s)' % (names_file, _reason(e))) from None
+            raise DataError('cannot read %s (%s)' % (names_file, error_line(e))) from None
         size, _, channels = image.shape.as_list()[1:]
         if len(classes) != probabilities.shape[-1]:
             raise DataError('%s: %d class names for %s outputs'

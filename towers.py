@@ -10,7 +10,7 @@ in `tf.compat.v1` without contrib:
   slice per device; `build_loss` called once per device under `tower_<i>`,
   sharing the variables (kept on the CPU); the gradients averaged. The caller
   applies them with its own optimiser: one update for all towers. With one
-  device it is the plain single-device graph.
+  device it is the plain single-device graph, placed by TensorFlow.
 
 The training set stays where the in-graph sampler put it (the first GPU, or
 the CPU); the batch is gathered there and each tower's slice copied to its
@@ -31,22 +31,35 @@ What this means for training:
 import tensorflow.compat.v1 as tf
 
 import run_folders
+from downloads import DataError
 
 VARIABLE_OPS = ('Variable', 'VariableV2', 'VarHandleOp')
 
 
 def devices(count):
-    """The device of each tower: '/gpu:i' if there are `count` GPUs, else '/cpu:i'."""
-    if count <= len(tf.config.list_physical_devices('GPU')):
-        return ['/gpu:%d' % i for i in range(count)]
-    return ['/cpu:%d' % i for i in range(count)]
+    """The device of each tower: '/gpu:0'..'/gpu:<count-1>' on a machine with
+    GPUs, '/cpu:0'.. (virtual devices, see `session_config`) on one without.
+
+    Raises:
+      DataError: more devices asked for than the machine has GPUs.
+    """
+    gpus = len(tf.config.list_physical_devices('GPU'))
+    if not gpus:
+        return ['/cpu:%d' % i for i in range(count)]
+    if count > gpus:
+        raise DataError('--num-devices %d: this machine has %d GPU%s'
+                        % (count, gpus, '' if gpus == 1 else 's'))
+    return ['/gpu:%d' % i for i in range(count)]
 
 
 def session_config(count):
-    """run_folders.session_config(), with `count` CPU devices where towers need them."""
+    """run_folders.session_config(), with `count` CPU devices where towers need
+    them, and ops without a GPU kernel allowed onto the CPU."""
     config = run_folders.session_config()
-    if count > 1 and devices(count)[0].startswith('/cpu'):
-        config.device_count['CPU'] = count
+    if count > 1:
+        config.allow_soft_placement = True
+        if devices(count)[0].startswith('/cpu'):
+            config.device_count['CPU'] = count
     return config
 
 
@@ -57,40 +70,45 @@ def _on_device(device):
     return tf.device(place)
 
 
+def _gradients(loss):
+    variables = tf.trainable_variables()
+    return list(zip(tf.gradients(loss, variables), variables))
+
+
 def tower_gradients(build_loss, inputs, tower_devices):
     """Builds one training tower per device and averages their gradients.
 
     Args:
-      build_loss: called with one slice of each input, returns the slice's
-        mean loss (a scalar) and anything else the caller wants per tower.
-        Variables it creates with tf.get_variable are shared between towers.
+      build_loss: called with one slice of each input; returns (the slice's
+        mean loss, anything else the caller wants per tower). Variables it
+        creates with tf.get_variable are shared between the towers.
       inputs: tensors whose first dimension is the batch (divisible by the
         number of devices).
       tower_devices: from `devices()`.
 
     Returns:
       (mean of the tower losses, [(averaged gradient, variable)], the list of
-      what each `build_loss` call returned). Only tower 0's UPDATE_OPS (batch
-      norm) remain in the collection.
+      the second values `build_loss` returned). Only tower 0's UPDATE_OPS
+      (batch norm) remain in the collection.
     """
-    count = len(tower_devices)
-    slices = list(zip(*[tf.split(x, count) for x in inputs])) if count > 1 else [inputs]
-    outputs, tower_grads = [], []
+    if len(tower_devices) == 1:      # one device: the plain graph, placed by TensorFlow
+        loss, extra = build_loss(*inputs)
+        return loss, _gradients(loss), [extra]
+    slices = list(zip(*[tf.split(x, len(tower_devices)) for x in inputs]))
+    updates = tf.get_collection_ref(tf.GraphKeys.UPDATE_OPS)
+    losses, extras, tower_grads = [], [], []
     for i, device in enumerate(tower_devices):
+        updates_before = len(updates)
         with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE), \
                 tf.name_scope('tower_%d' % i), _on_device(device):
-            output = build_loss(*slices[i])
-            loss = output[0] if isinstance(output, tuple) else output
-            variables = tf.trainable_variables()
-            tower_grads.append(list(zip(tf.gradients(loss, variables), variables)))
-            outputs.append(output)
-    # Batch-norm averages: keep tower 0's updates only, as the tutorial did
-    updates = tf.get_collection_ref(tf.GraphKeys.UPDATE_OPS)
-    updates[:] = [op for op in updates if not op.name.startswith(
-        tuple('tower_%d/' % i for i in range(1, count)))]
-    losses = [output[0] if isinstance(output, tuple) else output for output in outputs]
+            loss, extra = build_loss(*slices[i])
+            tower_grads.append(_gradients(loss))
+        if i > 0:     # batch-norm averages: tower 0's updates only, as the tutorial did
+            del updates[updates_before:]
+        losses.append(loss)
+        extras.append(extra)
     with tf.name_scope('average_towers'):
-        return tf.add_n(losses) / count, average_gradients(tower_grads), outputs
+        return tf.add_n(losses) / len(losses), average_gradients(tower_grads), extras
 
 
 def average_gradients(tower_grads):

@@ -8,13 +8,12 @@ device; `cnn.py --num-devices 2` (two towers, on virtual CPU devices without
 GPUs); `distributed.py` with 1 parameter server and 2 workers on 127.0.0.1,
 each worker taking half the batch. Images/s is measured over the steps after
 the first (start-up left out): cnn.py's own figure for its report interval,
-and for the cluster the chief's global steps/s times the global batch.
+and for the cluster the global steps/s the chief prints times the global batch.
 """
 
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import cnn  # noqa: E402
+import distributed  # noqa: E402
 
 
 def cnn_images_per_second(args, num_devices, work):
@@ -36,13 +36,8 @@ def cnn_images_per_second(args, num_devices, work):
 
 
 def cluster_images_per_second(args, work):
-    ports = []
-    for _ in range(3):
-        with socket.socket() as s:
-            s.bind(('127.0.0.1', 0))
-            ports.append(s.getsockname()[1])
-    hosts = ['--ps-hosts', '127.0.0.1:%d' % ports[0], '--worker-hosts',
-             '127.0.0.1:%d,127.0.0.1:%d' % tuple(ports[1:])]
+    ps, w0, w1 = distributed.local_addresses(3)
+    hosts = ['--ps-hosts', ps, '--worker-hosts', w0 + ',' + w1]
     flags = ['--model', args.model, '--batch-size', str(args.batch_size // 2),
              '--max-steps', str(2 * args.steps), '--log-every', str(args.steps),
              '--seed', '0', '--train-dir', work]
@@ -58,7 +53,7 @@ def cluster_images_per_second(args, work):
     finally:
         for process in processes:
             process.kill()
-    steps_per_second = float(re.findall(r'([\d.]+) steps/s', out)[-1])
+    steps_per_second = float(re.findall(r'([\d.]+) global steps/s', out)[-1])
     return steps_per_second * args.batch_size
 
 

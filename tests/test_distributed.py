@@ -4,34 +4,24 @@ with a hard time limit; a synchronous run, then a worker killed mid-run."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+import distributed
 import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT = 150          # seconds any process of a test may live
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(('127.0.0.1', 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 class Cluster:
     """1 ps + 2 workers; every process killed when the test ends, whatever happens."""
 
     def __init__(self, tmp_path, data_dir, *worker_flags):
-        ps, w0, w1 = ['127.0.0.1:%d' % port for port in free_ports(3)]
+        ps, w0, w1 = distributed.local_addresses(3)
         hosts = ['--ps-hosts', ps, '--worker-hosts', w0 + ',' + w1]
         flags = ['--data-dir', data_dir, '--train-dir', str(tmp_path / 'runs'),
                  '--batch-size', '16', '--seed', '0', '--startup-timeout', '60'] + list(worker_flags)
@@ -116,11 +106,10 @@ def test_a_killed_worker_stops_the_others_in_bounded_time(cluster):
     assert last.startswith('distributed.py: error: worker 0: no step finished in 10 s')
     assert c.wait('ps') == 1
     assert c.output('ps').strip().splitlines()[-1] == (
-        'distributed.py: error: parameter server 0: worker 0, 1 stopped without finishing')
+        'distributed.py: error: parameter server 0: worker 0, 1 did not finish')
 
 
 def test_cluster_from_tf_config_and_bad_flags(monkeypatch, capsys):
-    import distributed
     monkeypatch.setenv('TF_CONFIG', '{"cluster": {"ps": ["a:1"], "worker": ["b:2", "c:3"]}, '
                                     '"task": {"type": "worker", "index": 1}}')
     args = distributed.parse_args([])
@@ -137,3 +126,30 @@ def test_cluster_from_tf_config_and_bad_flags(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             distributed.parse_args(argv)
         assert 'error:' in capsys.readouterr().err
+
+
+def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10):
+    # A parameter server whose workers never come, and (in another cluster) a
+    # chief whose parameter server never comes: each stops by itself, in one line
+    def alone(argv):
+        ps, w0, w1 = distributed.local_addresses(3)
+        return subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, 'distributed.py'), '--ps-hosts', ps,
+             '--worker-hosts', w0 + ',' + w1, '--startup-timeout', '30'] + argv,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path))
+
+    processes = {'ps': alone(['--job-name', 'ps', '--task-index', '0']),
+                 'chief': alone(['--job-name', 'worker', '--task-index', '0', '--data-dir',
+                                 fake_cifar10, '--batch-size', '16'])}
+    try:
+        outputs = {name: p.communicate(timeout=LIMIT)[0].strip().splitlines()[-1]
+                   for name, p in processes.items()}
+    finally:
+        for p in processes.values():
+            p.kill()
+    assert processes['ps'].returncode == 1
+    assert outputs['ps'] == ('distributed.py: error: parameter server 0: worker 0, 1 did not '
+                             'finish')
+    assert processes['chief'].returncode == 1
+    assert re.fullmatch(r'distributed.py: error: no parameter server at 127.0.0.1:\d+ after '
+                        r'30 s \(--startup-timeout\)', outputs['chief']), outputs['chief']

@@ -6,6 +6,7 @@ import tensorflow.compat.v1 as tf
 
 import cnn
 import towers
+from downloads import DataError
 
 
 def batch(seed=0, count=8):
@@ -22,7 +23,7 @@ def one_step(model, num_devices, images, labels, learning_rate=0.1):
         x, y = tf.constant(images), tf.constant(labels)
 
         def tower(tower_images, tower_labels):
-            return cnn.loss(cnn.inference(tower_images, model, training=True), tower_labels)
+            return cnn.loss(cnn.inference(tower_images, model, training=True), tower_labels), None
 
         loss, gradients, _ = towers.tower_gradients(tower, [x, y], towers.devices(num_devices))
         with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
@@ -33,8 +34,8 @@ def one_step(model, num_devices, images, labels, learning_rate=0.1):
             sess.run(step, options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE),
                      run_metadata=metadata)
             values = {v.op.name: sess.run(v) for v in tf.global_variables()}
-    ran_on = {stats.device.rsplit(':', 2)[-2][-3:] + ':' + stats.device.rsplit(':', 1)[-1]
-              for stats in metadata.step_stats.dev_stats}
+    # '/job:localhost/replica:0/task:0/device:CPU:1' -> 'CPU:1'
+    ran_on = {stats.device.split('device:')[-1] for stats in metadata.step_stats.dev_stats}
     return values, ran_on
 
 
@@ -64,12 +65,16 @@ def test_batch_norm_averages_follow_tower_0s_slice():
     assert any(not np.allclose(two[n], whole[n], atol=1e-6) for n in averages)
 
 
-def test_devices_and_session_config():
-    assert towers.devices(1) == ['/cpu:0'] or towers.devices(1) == ['/gpu:0']
-    if not tf.config.list_physical_devices('GPU'):
-        assert towers.devices(3) == ['/cpu:0', '/cpu:1', '/cpu:2']
-        assert towers.session_config(3).device_count['CPU'] == 3
+def test_virtual_cpu_devices_without_gpus_and_a_clear_line_with_too_few(monkeypatch):
+    monkeypatch.setattr(tf.config, 'list_physical_devices', lambda kind: [])
+    assert towers.devices(3) == ['/cpu:0', '/cpu:1', '/cpu:2']
+    assert towers.session_config(3).device_count['CPU'] == 3
     assert 'CPU' not in towers.session_config(1).device_count
+    monkeypatch.setattr(tf.config, 'list_physical_devices', lambda kind: ['gpu0', 'gpu1'])
+    assert towers.devices(2) == ['/gpu:0', '/gpu:1']
+    assert 'CPU' not in towers.session_config(2).device_count
+    with pytest.raises(DataError, match='--num-devices 4: this machine has 2 GPUs'):
+        towers.devices(4)
 
 
 def test_short_run_with_two_towers_learns(fake_cifar10, tmp_path, capsys):
