@@ -132,23 +132,6 @@ def in_float32(graph_def):
     return graph_def
 
 
-def preprocess(image, info):
-    """uint8 pixels [batch, size, size, channels] -> the model's input, as in training.
-
-    The same arithmetic as predict.py's `model_input()`, in the graph.
-    """
-    with tf.name_scope('preprocess'):
-        x = tf.cast(image, tf.float32)
-        if info['layout'] == 'flat':
-            # The flat models take rows of red plane, green plane, blue plane
-            size = info['image_size'] ** 2 * info['channels']
-            x = tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [-1, size])
-        if info['normalization'] == 'mean':
-            mean_image = np.asarray(info['mean_image'], np.float32)
-            return x - tf.constant(mean_image.reshape(x.shape.as_list()[1:]), name='mean_image')
-        return x / 255
-
-
 def export_graph(frozen, info, input_name, output_name):
     """The exported graph: `image` -> pre-processing -> the frozen model ->
     `probabilities` and `classes`, nothing else.
@@ -160,7 +143,7 @@ def export_graph(frozen, info, input_name, output_name):
     with tf.Graph().as_default() as graph:
         image = tf.placeholder(tf.uint8, [None, size, size, channels], name='image')
         probabilities, = tf.import_graph_def(
-            frozen, input_map={input_name + ':0': preprocess(image, info)},
+            frozen, input_map={input_name + ':0': run_folders.preprocess(image, info)},
             return_elements=[output_name + ':0'], name='model')
         probabilities = tf.identity(probabilities, name='probabilities')
         tf.argmax(probabilities, 1, name='classes')
@@ -209,7 +192,11 @@ def write_tflite(graph_def, input_name, outputs, path, quantize):
                 [graph.get_tensor_by_name(name) for name in outputs.values()])
             if quantize:
                 converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            data = converter.convert()
+            try:
+                data = converter.convert()
+            except Exception as e:   # the converter's own ConverterError is not public API
+                raise DataError('the TFLite converter refused the model (%s)'
+                                % run_folders.error_line(e)) from None
     with open(path, 'wb') as f:
         f.write(data)
 
@@ -234,9 +221,11 @@ def export(args):
         if args.tflite:
             write_tflite(graph_def, image, outputs, os.path.join(work, TFLITE), args.quantize)
         os.chmod(work, 0o777 & ~current_umask())      # mkdtemp's 0700 is for secrets
+        if os.path.lexists(out):     # made meanwhile: rename would replace an empty one
+            raise DataError('%s exists: give another --out, or remove it first' % out)
         os.rename(work, out)
-    except OSError as e:
-        raise DataError('cannot write %s (%s)' % (out, e.strerror or e)) from None
+    except (OSError, tf.errors.OpError) as e:
+        raise DataError('cannot write %s (%s)' % (out, run_folders.error_line(e))) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print('Exported %s (%s%s) to %s' % (checkpoint, info['script'],

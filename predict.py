@@ -46,7 +46,8 @@ MAX_PICTURE_BYTES = 64 << 20
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Classify your own pictures with a trained model.')
-    parser.add_argument('run_dir', help='a run folder with a checkpoint and model.json')
+    parser.add_argument('run_dir', help='a run folder with a checkpoint and model.json, '
+                        'or a folder export.py wrote')
     parser.add_argument('images', nargs='*', metavar='IMAGE_OR_FOLDER',
                         help='picture files, or folders of them')
     parser.add_argument('--top-k', type=cli.positive_int, default=3,
@@ -181,20 +182,20 @@ class ImageReader:
                                          '(%s)' % (path, reason)) from None
 
 
-def model_input(pixels, info):
-    """float pixels [size, size, channels] in 0..255 -> the model's input row."""
-    if info['dataset'] == 'mnist' and pixels.mean() > 127.5:
-        pixels = 255 - pixels            # dark on light: invert, as MNIST is light on dark
-    if info['normalization'] == 'none':  # an exported model: pixels as they are
-        return pixels.astype(np.uint8)
-    if info['layout'] == 'flat':
-        # CIFAR-10 rows hold the red plane, then green, then blue.
-        pixels = np.transpose(pixels, (2, 0, 1)).reshape(-1)
-    if info['normalization'] == 'mean':
-        pixels = pixels - np.asarray(info['mean_image'], np.float32).reshape(pixels.shape)
-    else:
-        pixels = pixels / 255
-    return pixels.astype(np.float32)
+def model_inputs(pixels, info):
+    """float pixels [N, size, size, channels] in 0..255 -> the model's input.
+
+    MNIST models see light digits on black: a picture that is light on
+    average (a dark digit on paper) is inverted first. The rest is the
+    model's own pre-processing (`run_folders.preprocess`).
+    """
+    with tf.Graph().as_default(), tf.Session() as session:
+        images = tf.placeholder(tf.float32, [None] + list(pixels.shape[1:]))
+        x = images
+        if info['dataset'] == 'mnist':
+            light = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True) > 127.5
+            x = tf.where(tf.broadcast_to(light, tf.shape(x)), 255 - x, x)
+        return session.run(run_folders.preprocess(x, info), {images: pixels})
 
 
 def expand(paths):
@@ -212,7 +213,7 @@ def read_pictures(args, info, reader):
     """The pictures named on the command line and the --test-index images.
 
     Returns:
-      (items: a list of (name, true class or None, pixels, model input),
+      (items: a list of (name, true class or None, pixels),
        how many could not be read; each was reported in one line).
     """
     items, failures = [], 0
@@ -223,7 +224,7 @@ def read_pictures(args, info, reader):
             print('predict.py: error: %s' % e, file=sys.stderr)
             failures += 1
             continue
-        items.append((path, None, pixels, model_input(pixels, info)))
+        items.append((path, None, pixels))
 
     if args.test_index:
         if info['dataset'] != 'cifar10':
@@ -238,7 +239,7 @@ def read_pictures(args, info, reader):
                 continue
             pixels = data_helpers.to_nhwc(images_test[index:index + 1])[0].astype(np.float32)
             items.append(('test image %d' % index, info['classes'][labels_test[index]],
-                          pixels, model_input(pixels, info)))
+                          pixels))
     return items, failures
 
 
@@ -260,9 +261,9 @@ def main(args):
         items, failures = read_pictures(args, info, reader)
         results = []
         if items:
-            probabilities = session.run(output_tensor,
-                                        {input_tensor: np.stack([item[3] for item in items])})
-            for (name, truth, _, _), row in zip(items, probabilities):
+            inputs = model_inputs(np.stack([item[2] for item in items]), info)
+            probabilities = session.run(output_tensor, {input_tensor: inputs})
+            for (name, truth, _), row in zip(items, probabilities):
                 top = np.argsort(-row)[:args.top_k]
                 results.append({'image': name, 'true': truth, 'top': [
                     {'class': info['classes'][i], 'probability': float(row[i])} for i in top]})

@@ -177,6 +177,29 @@ def write_model_info(run_dir, classes, dataset, layout, mean_image=None, script=
     })
 
 
+def preprocess(images, info):
+    """The model's pre-processing as model.json describes it, in the graph:
+    float or uint8 pixels [batch, size, size, channels] in 0..255 -> the
+    model's input (export.py puts it in front of the exported model; predict.py
+    runs it on the pictures).
+
+    'flat' models take rows of red plane, green plane, blue plane; 'mean'
+    subtracts the mean image, 'scale' divides by 255; an exported model
+    ('none') takes the pixels as uint8.
+    """
+    with tf.name_scope('preprocess'):
+        if info['normalization'] == 'none':
+            return tf.cast(images, tf.uint8)
+        x = tf.cast(images, tf.float32)
+        if info['layout'] == 'flat':
+            x = tf.reshape(tf.transpose(x, [0, 3, 1, 2]),
+                           [-1, info['image_size'] ** 2 * info['channels']])
+        if info['normalization'] == 'mean':
+            mean_image = np.asarray(info['mean_image'], np.float32)
+            return x - tf.constant(mean_image.reshape(x.shape.as_list()[1:]), name='mean_image')
+        return x / 255
+
+
 def read_model_info(run_dir):
     """Reads and checks a run folder's model.json.
 
@@ -510,7 +533,11 @@ def load_exported_model(folder):
                 classes = f.read().splitlines()
         except (OSError, ValueError) as e:
             raise DataError('cannot read %s (%s)' % (names_file, error_line(e))) from None
-        size, _, channels = image.shape.as_list()[1:]
+        shape = image.shape.as_list() if image.shape.rank == 4 else None
+        if not shape or None in shape[1:] or probabilities.shape.rank != 2:
+            raise DataError('%s: the signature is not image [batch, size, size, channels] -> '
+                            'probabilities [batch, classes]' % folder)
+        size, _, channels = shape[1:]
         if len(classes) != probabilities.shape[-1]:
             raise DataError('%s: %d class names for %s outputs'
                             % (names_file, len(classes), probabilities.shape[-1]))

@@ -36,8 +36,8 @@ def run_graph_accuracy(run_dir, images, labels):
     """The run's own graph, inputs prepared as predict.py prepares them."""
     session, info, input_tensor, output_tensor = predict.load_model(run_dir)
     with session:
-        predicted = np.concatenate([session.run(output_tensor, {input_tensor: np.stack(
-            [predict.model_input(image.astype(np.float32), info) for image in batch])})
+        predicted = np.concatenate([session.run(output_tensor, {
+            input_tensor: predict.model_inputs(batch.astype(np.float32), info)})
             for batch in batches(images)]).argmax(1)
     return np.mean(predicted == labels)
 

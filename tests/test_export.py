@@ -86,8 +86,8 @@ def training_graph_probabilities(run_dir, images):
     """What the run's own graph (as predict.py loads it) gives for uint8 images."""
     session, info, input_tensor, output_tensor = predict.load_model(run_dir)
     with session:
-        rows = [predict.model_input(image.astype(np.float32), info) for image in images]
-        return session.run(output_tensor, {input_tensor: np.stack(rows)})
+        rows = predict.model_inputs(images.astype(np.float32), info)
+        return session.run(output_tensor, {input_tensor: rows})
 
 
 @pytest.fixture(scope='module')
@@ -253,6 +253,20 @@ def test_errors_are_one_line(exported, tmp_path):
     assert status and line == 'export.py: error: --tta: this run (cnn) has no test-time ' \
                               'augmentation'
     assert not [name for name in os.listdir(tmp_path) if name.startswith(('x', '.x'))]
+
+
+@pytest.mark.parametrize('failing', ['write_saved_model', 'write_tflite'])
+def test_a_failure_while_writing_leaves_nothing(exported, tmp_path, monkeypatch, failing):
+    root, _, _, _, _ = exported
+
+    def fail(*args):
+        raise tf.errors.ResourceExhaustedError(None, None, 'No space left on device')
+    monkeypatch.setattr(export, failing, fail)
+    out = tmp_path / 'out' / 'cifar10'
+    with pytest.raises(export.DataError, match='cannot write .*cifar10 .No space left on device'):
+        export.export(export.parse_args([str(root / 'runs' / 'small'), '--out', str(out),
+                                         '--tflite']))
+    assert os.listdir(tmp_path / 'out') == []          # no folder, no temporary one
 
 
 def test_a_run_of_unknown_kind_is_refused(exported, tmp_path):

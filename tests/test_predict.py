@@ -148,10 +148,11 @@ def test_corrupt_file_is_reported_and_the_others_still_classified(runs, pictures
 
 
 def test_mnist_dark_on_light_is_inverted():
-    info = {'dataset': 'mnist', 'layout': 'flat', 'normalization': 'scale'}
+    info = {'dataset': 'mnist', 'layout': 'flat', 'normalization': 'scale', 'image_size': 28,
+            'channels': 1}
     paper = np.full((28, 28, 1), 250.0, np.float32)
     paper[10:18, 12:15] = 5.0                         # a dark stroke on white paper
-    row = predict.model_input(paper, info)
+    row = predict.model_inputs(paper[None], info)[0]
     assert row.shape == (784,)
     assert row.reshape(28, 28)[14, 13] > 0.9 and row.reshape(28, 28)[0, 0] < 0.1
 
