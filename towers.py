@@ -12,6 +12,11 @@ in `tf.compat.v1` without contrib:
   applies them with its own optimiser: one update for all towers. With one
   device it is the plain single-device graph, placed by TensorFlow.
 
+Why not `tf.compat.v1.distribute.MirroredStrategy`, which also works in graph
+mode: it hides the towers behind `strategy.run` and mirrored variable types,
+where this tutorial's point is to show each step (split, towers, average,
+apply) in the code; it was not measured against these towers.
+
 The training set stays where the in-graph sampler put it (the first GPU, or
 the CPU); the batch is gathered there and each tower's slice copied to its
 device, as the tutorial's input queues on the CPU did.
