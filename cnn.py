@@ -252,8 +252,11 @@ def training(gradients, learning_rate, epsilon, wrap_optimizer=None):
     optimizer = tf.train.AdamOptimizer(learning_rate, epsilon=epsilon)
     if wrap_optimizer:
         optimizer = wrap_optimizer(optimizer)
+    # The batch-norm updates ride on the gradients, so that they run with each
+    # step and with nothing else (a wrapping optimizer's set-up ops included)
     with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
-        return optimizer.apply_gradients(gradients, global_step=global_step, name='train_step')
+        gradients = [(tf.identity(g), v) if g is not None else (g, v) for g, v in gradients]
+    return optimizer.apply_gradients(gradients, global_step=global_step, name='train_step')
 
 
 def evaluation(logits, labels):

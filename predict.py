@@ -174,10 +174,7 @@ class ImageReader:
         except tf.errors.ResourceExhaustedError:
             raise DataError('%s: too large to decode in the memory there is' % path) from None
         except tf.errors.InvalidArgumentError as e:
-            # The reason is the line before TensorFlow's '[[{{node ...}}]]'.
-            lines = [line.strip() for line in (e.message or '').splitlines()]
-            ends = [i for i, line in enumerate(lines) if line.startswith('[[')]
-            reason = lines[ends[0] - 1] if ends and ends[0] > 0 else 'cannot decode'
+            reason = run_folders.error_line(e)
             raise DataError('%s: not a readable JPEG, PNG, GIF or BMP picture '
                                          '(%s)' % (path, reason)) from None
 

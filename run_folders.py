@@ -288,9 +288,14 @@ def save_checkpoint(saver, session, run_dir, step=None):
 
 
 def error_line(error):
-    """The first line of an error's message, for a one-line report."""
+    """The line of an error's message that says what went wrong, for a
+    one-line report: for TensorFlow's graph errors the line before their
+    '[[{{node ...}}]]', else the first line."""
     text = getattr(error, 'message', None) or getattr(error, 'strerror', None) or str(error)
-    lines = text.strip().splitlines()
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    ends = [i for i, line in enumerate(lines) if line.startswith('[[')]
+    if ends and ends[0] > 0:
+        return lines[ends[0] - 1][:160]
     return (lines[0] if lines else type(error).__name__)[:160]
 
 
