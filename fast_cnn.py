@@ -3,7 +3,8 @@
 The articles stop at 78-83% after an hour. The GPU speed-runs show what a
 good recipe does with far less compute (airbench94: 94% in seconds on an
 A100); this file is that recipe, written out step by step so it can be read
-beside them. On 2 CPU cores it trains in about 15 minutes (BENCHMARKS.md).
+beside them. On 2 CPU cores it trains in 7-15 minutes, as fast or slow as
+the machine is that day, to 94.00% (mean of 3 seeds; BENCHMARKS.md).
 Where each idea comes from:
 
 * The network, its widths (64/256/256), the hyper-parameters, lookahead
