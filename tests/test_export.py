@@ -126,11 +126,9 @@ EXACT_KINDS = [kind for kind in KINDS if kind not in ('fast', 'fast-bf16')]
 @pytest.mark.parametrize('kind', EXACT_KINDS + ['fast'])
 def test_tf2_signature_matches_the_training_graph(exported, kind):
     _, _, _, expected, results = exported
-    reference = expected[kind] if kind != 'fast' else None
-    if kind == 'fast':
-        # The training graph's `probabilities` are the TTA ones; without --tta
-        # the export gives its plain output, which the run also reports
-        reference = plain_probabilities(exported, kind)
+    # fast_cnn's graph `probabilities` are the TTA ones; without --tta the
+    # export gives its plain output, which the run also reports
+    reference = plain_probabilities(exported, kind) if kind == 'fast' else expected[kind]
     np.testing.assert_allclose(results[kind + '/probabilities'], reference, atol=1e-5)
     np.testing.assert_allclose(results[kind + '/batch1'], reference, atol=1e-5)
     np.testing.assert_array_equal(results[kind + '/classes'], reference.argmax(1))
