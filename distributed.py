@@ -27,7 +27,8 @@ Several machines: the same commands, one per machine, with their addresses
                 "task": {"type": "worker", "index": 0}}' python distributed.py --model small
 
 No process waits forever: the parameter servers exit once every worker has
-said it is done or has gone (its port closed); a worker stops with one line
+said it is done or has gone (it said it started, or its port was seen open,
+and its port has since been closed); a worker stops with one line
 when no step finishes within --step-timeout (a worker died: synchronous
 training cannot go on without it) or when it cannot reach the cluster within
 --startup-timeout. Each worker's session sees only the parameter servers and
@@ -57,7 +58,8 @@ from downloads import DataError  # noqa: E402
 tf.disable_eager_execution()
 tf.logging.set_verbosity(tf.logging.ERROR)   # the v1 distributed APIs print 'deprecated'
 
-DONE_QUEUE = 'done_queue'     # each parameter server's queue of "worker finished" tokens
+NEWS_QUEUE = 'worker_news'    # each parameter server's queue of (worker, STARTED or DONE)
+STARTED, DONE = b'started', b'done'
 
 
 def parse_args(argv=None):
@@ -144,23 +146,26 @@ def local_addresses(count):
 # Parameter servers: serve the variables until every worker is done or gone
 # -----------------------------------------------------------------------------
 
-def done_queue(ps_task, num_workers):
-    """The queue on parameter server `ps_task` where workers put a token when done."""
+def news_queue(ps_task):
+    """The queue on parameter server `ps_task` where each worker puts
+    (its index, STARTED) once its session exists and (its index, DONE) at the end."""
     with tf.device('/job:ps/task:%d' % ps_task):
-        return tf.FIFOQueue(num_workers, tf.int32, shared_name='%s_%d' % (DONE_QUEUE, ps_task))
+        return tf.FIFOQueue(1000, [tf.int32, tf.string], shared_name='%s_%d' % (NEWS_QUEUE, ps_task))
 
 
 def serve_parameters(server, args):
     """Runs a parameter server; returns when each worker has finished or gone.
 
-    A worker has gone when its port has been closed for 10 s after it was
-    seen, or was never seen within --startup-timeout.
+    A worker has gone when its port has been closed for 10 s after it said it
+    started (or its port was seen open), or was never seen within
+    --startup-timeout. Its own word matters: a worker can start, train and die
+    between two looks at its port.
 
     Raises:
       DataError: a worker went without finishing (after the others finished).
     """
     workers = args.cluster['worker']
-    dequeue = done_queue(args.task_index, len(workers)).dequeue()
+    next_news = news_queue(args.task_index).dequeue()
     started, finished, gone = time.time(), set(), set()
     seen, closed_since = set(), {}
     # The session sees this parameter server only: it needs no worker to start
@@ -168,7 +173,8 @@ def serve_parameters(server, args):
     with tf.Session(server.target, config=config) as session:
         while len(finished | gone) < len(workers):
             try:
-                finished.add(session.run(dequeue, options=tf.RunOptions(timeout_in_ms=2000)))
+                task, news = session.run(next_news, options=tf.RunOptions(timeout_in_ms=1000))
+                (finished if news == DONE else seen).add(task)
                 continue
             except tf.errors.DeadlineExceededError:
                 pass
@@ -214,6 +220,16 @@ class SamplerHook(tf.train.SessionRunHook):
         self.sampler.initialize(session)
 
 
+class AnnounceHook(tf.train.SessionRunHook):
+    """Tells the parameter servers this worker has started, once the session exists."""
+
+    def __init__(self, started):
+        self.started = started
+
+    def after_create_session(self, session, coord):
+        session.run(self.started)
+
+
 def train_worker(server, args):
     """One worker's share of synchronous training; the chief (task 0) also
     creates the run folder and writes checkpoints and summaries there."""
@@ -249,19 +265,22 @@ def train_worker(server, args):
                               sampler_device=worker_device + '/cpu:0',
                               wrap_optimizer=synchronous)
         tf.summary.scalar('loss', ops.loss)
-    done = [done_queue(i, num_workers).enqueue(task) for i in range(len(args.cluster['ps']))]
+    queues = [news_queue(i) for i in range(len(args.cluster['ps']))]
+    started = [queue.enqueue((task, STARTED)) for queue in queues]
+    done = [queue.enqueue((task, DONE)) for queue in queues]
 
     # The session: this worker sees the parameter servers and itself only
     config = run_folders.session_config()
     config.device_filters.extend(['/job:ps', worker_device])
     hooks = [sync_optimizer.make_session_run_hook(is_chief), SamplerHook(ops.sampler),
+             AnnounceHook(started),
              tf.train.StopAtStepHook(last_step=args.max_steps)]
     # Each worker its own order of the training set (seeded by --seed and its index)
     rng = np.random.default_rng(None if args.seed is None else [args.seed, task])
     batches = data_helpers.epoch_indices(len(train_images), args.batch_size, 10 ** 12, rng)
     step_options = tf.RunOptions(timeout_in_ms=int(args.step_timeout * 1000))
     global_step = tf.train.get_global_step()
-    local_steps, step = 0, 0
+    local_steps, step, session_ready = 0, 0, False
     try:
         with tf.train.MonitoredTrainingSession(
                 master=server.target, is_chief=is_chief, checkpoint_dir=run_dir, hooks=hooks,
@@ -269,6 +288,7 @@ def train_worker(server, args):
                 save_checkpoint_steps=args.log_every, save_summaries_steps=args.log_every,
                 config=config, max_wait_secs=args.startup_timeout,
                 stop_grace_period_secs=10) as session:
+            session_ready = True
             while not session.should_stop():
                 _, loss, step = session.run([ops.train_step, ops.loss, global_step],
                                             {ops.sampler.indices: next(batches)},
@@ -281,7 +301,7 @@ def train_worker(server, args):
                           % (task, step, loss, (step - first_step) / (time.time() - start)),
                           flush=True)
     except tf.errors.DeadlineExceededError:
-        if not local_steps:
+        if not session_ready:
             raise DataError('worker %d: the cluster was not ready within %g s '
                             '(--startup-timeout)' % (task, args.startup_timeout)) from None
         raise DataError('worker %d: no step finished in %g s (--step-timeout): a worker has '
