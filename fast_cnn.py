@@ -20,10 +20,17 @@ Where each idea comes from:
   Nesterov SGD with a large batch, label smoothing (Szegedy et al. 2016),
   weight decay decoupled from the learning rate, warm-up then linear decay,
   random 2-pixel translations: David Page, "How to train your ResNet" (2018).
+* `--recipe muon`: airbench94_muon.py (the same repository, 94.01% in 8
+  epochs): the convolution filters trained by Muon, momentum whose update is
+  orthogonalised by a few Newton-Schulz iterations (Keller Jordan et al.,
+  "Muon: an optimizer for hidden layers", 2024), batch 2000, GELU, no
+  weight averaging. Not yet measured on CIFAR-10 here; the default stays
+  airbench94's recipe until it is.
 
     python fast_cnn.py                      # the default recipe, 12 epochs
     python fast_cnn.py --epochs 6           # less accuracy, half the time
     python fast_cnn.py --precision fp32     # float32 even where bfloat16 is fast
+    python fast_cnn.py --recipe muon        # Muon, 8 epochs of batch 2000
 
 Each run writes `--train-dir/fast-<timestamp>/`: the final checkpoint,
 model.json (for predict.py), history.json and result.json.
@@ -47,29 +54,71 @@ from downloads import DataError  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
-# airbench94's hyper-parameters. Its learning rate and weight decay are given
-# per 1024 images of a *summed* loss with the momentum's gain divided out;
-# `training()` turns them into a learning rate for our mean loss. Two changes,
-# both measured (BENCHMARKS.md): ReLU instead of GELU, because oneDNN fuses
-# ReLU into batch norm and a GELU step is 20-28% slower on a CPU; and 12
-# epochs instead of 9.9, which buy back GELU's accuracy in less time.
-HYPERPARAMETERS = {
-    'epochs': 12,
-    'batch_size': 1024,
-    'lr': 11.5,                 # per 1024 images
-    'momentum': 0.85,
-    'weight_decay': 0.0153,     # per 1024 images, decoupled from the learning rate
-    'bias_scaler': 64.0,        # batch-norm biases learn 64x faster (no extra decay)
-    'label_smoothing': 0.2,
-    'whiten_bias_epochs': 3,    # the whitening layer's bias trains this long, then freezes
-    'warmup': 0.23,             # fraction of steps warming up from 0.2x to 1x, then down to 0.07x
-    'translate': 2,             # pixels of random translation (reflect-padded)
-    'widths': (64, 256, 256),
-    'batchnorm_momentum': 0.6,  # weight of the old value in the moving averages
-    'scaling_factor': 1 / 9,    # the logits are scaled down by this
-    'lookahead_every': 5,       # steps between weight-averaging updates (from the first)
-    'tta_level': 2,             # 0 none, 1 mirror, 2 mirror + 1-pixel translations
+# Two recipes on the same network and data pipeline (`--recipe`).
+#
+# airbench94: its hyper-parameters. Its learning rate and weight decay are
+# given per 1024 images of a *summed* loss with the momentum's gain divided
+# out; `learning_rates()` turns them into learning rates for our mean loss.
+# Two changes, both measured (BENCHMARKS.md): ReLU instead of GELU, because
+# oneDNN fuses ReLU into batch norm and a GELU step is 20-28% slower on a
+# CPU; and 12 epochs instead of 9.9, which buy back GELU's accuracy in less time.
+#
+# muon: airbench94_muon.py (same repository, 2024-10): the convolution
+# filters trained by Muon (momentum, then the update orthogonalised), the
+# biases and the head by Nesterov SGD, 8 epochs of batch 2000, the learning
+# rate falling linearly to 0, no weight averaging. Its SGD learning rates and
+# weight decay are per image of a summed loss (multiplied by the batch for
+# our mean loss); Muon's update does not depend on the gradient's scale.
+RECIPES = {
+    'airbench94': {
+        'epochs': 12,
+        'batch_size': 1024,
+        'optimizer': 'sgd',
+        'lr': 11.5,                 # per 1024 images
+        'momentum': 0.85,
+        'weight_decay': 0.0153,     # per 1024 images, decoupled from the learning rate
+        'bias_scaler': 64.0,        # batch-norm biases learn 64x faster (no extra decay)
+        'warmup': 0.23,             # fraction of steps warming up from 0.2x to 1x, then
+        'lr_end': 0.07,             # ... down to this
+        'lookahead_every': 5,       # steps between weight-averaging updates (from the first)
+        'activation': 'relu',
+        'scaling_factor': 1 / 9,    # the logits are scaled down by this
+        'head_init_std': None,      # None: PyTorch's default uniform initialisation
+        'label_smoothing': 0.2,
+        'whiten_bias_epochs': 3,    # the whitening layer's bias trains this long, then freezes
+        'whiten_schedule': 'main',  # on the schedule of the others
+        'translate': 2,             # pixels of random translation (reflect-padded)
+        'widths': (64, 256, 256),
+        'batchnorm_momentum': 0.6,  # weight of the old value in the moving averages
+        'tta_level': 2,             # 0 none, 1 mirror, 2 mirror + 1-pixel translations
+    },
+    'muon': {
+        'epochs': 8,
+        'batch_size': 2000,
+        'optimizer': 'muon',
+        'filter_lr': 0.24,          # Muon, for the convolution filters
+        'filter_momentum': 0.6,
+        'newton_schulz_steps': 3,
+        'bias_lr': 0.053,           # SGD, per image: batch-norm and whitening biases
+        'head_lr': 0.67,            # SGD, per image: the linear head
+        'momentum': 0.85,           # SGD's
+        'weight_decay': 2e-6,       # per image, decoupled; not on the filters
+        'warmup': 0.0,              # the learning rate falls linearly from 1x
+        'lr_end': 0.0,              # ... to 0
+        'lookahead_every': None,    # no weight averaging
+        'activation': 'gelu',
+        'scaling_factor': 1 / 256,  # the logits divided by the head's width
+        'head_init_std': 1.0,       # the head's weights start with unit variance
+        'label_smoothing': 0.2,
+        'whiten_bias_epochs': 3,
+        'whiten_schedule': 'linear',    # its learning rate falls to 0 over those epochs
+        'translate': 2,
+        'widths': (64, 256, 256),
+        'batchnorm_momentum': 0.6,
+        'tta_level': 2,
+    },
 }
+DEFAULT_RECIPE = 'airbench94'
 # Per-channel mean and standard deviation of the official CIFAR-10 training
 # pixels (in [0, 1]), as airbench94 uses them; the JPEG copy's differ by < 0.002.
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
@@ -170,12 +219,20 @@ def conv(x, filters, name):
     return tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 1, 'SAME')
 
 
-def batch_norm(x, training, name):
+def gelu(x):
+    """GELU, exact (Hendrycks & Gimpel 2016): x * Phi(x), as PyTorch's nn.GELU.
+    (tf.compat.v1.nn has none; TensorFlow 2's is this same formula.)"""
+    return 0.5 * x * (1 + tf.math.erf(x * (1 / math.sqrt(2))))
+
+
+def batch_norm(x, training, name, momentum):
     """Batch norm with its scale fixed at 1 and only the bias learnt.
 
     In training it normalises with the batch statistics and moves the moving
-    averages towards them, keeping `batchnorm_momentum` of the old value (the
-    update ops go to UPDATE_OPS); in inference it uses the moving averages.
+    averages towards them, keeping `momentum` of the old value (the update
+    ops go to UPDATE_OPS); in inference it uses the moving averages. (Its
+    epsilon is 1e-5: TensorFlow's fused kernel allows no less, where
+    airbench94_muon asks for 1e-12.)
     """
     channels = x.shape[-1]
     with tf.variable_scope(name):
@@ -187,14 +244,14 @@ def batch_norm(x, training, name):
     y, mean, variance = tf.nn.fused_batch_norm(
         x, tf.ones([channels]), bias, mean=moving_mean, variance=moving_variance,
         epsilon=1e-5, is_training=training,
-        exponential_avg_factor=1 - HYPERPARAMETERS['batchnorm_momentum'] if training else 1.0)
+        exponential_avg_factor=1 - momentum if training else 1.0)
     if training:
         tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign(moving_mean, mean))
         tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign(moving_variance, variance))
     return y
 
 
-def inference(images, whitening, training, precision='fp32'):
+def inference(images, whitening, training, hyp, precision='fp32'):
     """Builds the network up to its logits; call again to share the weights.
 
     Args:
@@ -202,6 +259,7 @@ def inference(images, whitening, training, precision='fp32'):
       whitening: [2, 2, 3, 24] first-layer filters from whitening_filters().
       training: Python bool: batch statistics (and their moving-average
         updates) in training, moving averages in inference.
+      hyp: a recipe of RECIPES (widths, activation, head).
       precision: 'fp32', or 'bf16' to run convolutions, batch norm and
         activations in bfloat16 (the weights stay float32).
 
@@ -209,6 +267,8 @@ def inference(images, whitening, training, precision='fp32'):
       logits: [batch, 10] float32.
     """
     dtype = tf.bfloat16 if precision == 'bf16' else tf.float32
+    activation = {'relu': tf.nn.relu, 'gelu': gelu}[hyp['activation']]
+    momentum = hyp['batchnorm_momentum']
     with tf.variable_scope('net', reuse=tf.AUTO_REUSE):
         x = tf.cast(normalize(images), dtype)
 
@@ -218,27 +278,29 @@ def inference(images, whitening, training, precision='fp32'):
             bias = tf.get_variable('bias', [whitening.shape[-1]],
                                    initializer=tf.zeros_initializer())
             x = tf.nn.conv2d(x, tf.cast(kernel, dtype), 1, 'VALID') + tf.cast(bias, dtype)
-            x = tf.nn.relu(x)
+            x = activation(x)
 
         # Three blocks: conv, pool, norm, activation, conv, norm, activation
-        for block, width in enumerate(HYPERPARAMETERS['widths'], 1):
+        for block, width in enumerate(hyp['widths'], 1):
             with tf.name_scope('block%d' % block):
                 name = 'block%d/' % block
                 x = conv(x, width, name + 'conv1')
                 x = tf.nn.max_pool2d(x, 2, 2, 'VALID')
-                x = tf.nn.relu(batch_norm(x, training, name + 'norm1'))
+                x = activation(batch_norm(x, training, name + 'norm1', momentum))
                 x = conv(x, width, name + 'conv2')
-                x = tf.nn.relu(batch_norm(x, training, name + 'norm2'))
+                x = activation(batch_norm(x, training, name + 'norm2', momentum))
 
-        # Global max-pool (3x3 left), a linear layer without bias, scaled down
+        # Global max-pool (3x3 left), a linear layer without bias, scaled down.
+        # Uniform weights: PyTorch's default bound, or the bound that gives them
+        # the recipe's standard deviation (a uniform on +-b has std b / sqrt(3))
         with tf.name_scope('head'):
             x = tf.reduce_max(x, axis=[1, 2])
+            std = hyp['head_init_std']
+            bound = 1 / math.sqrt(x.shape[-1]) if std is None else std * math.sqrt(3)
             weights = tf.get_variable('head/weights', [x.shape[-1], CLASSES],
-                                      initializer=tf.random_uniform_initializer(
-                                          -1 / math.sqrt(x.shape[-1]),
-                                          1 / math.sqrt(x.shape[-1])))
+                                      initializer=tf.random_uniform_initializer(-bound, bound))
             logits = tf.matmul(x, tf.cast(weights, dtype))
-            return tf.cast(logits, tf.float32) * HYPERPARAMETERS['scaling_factor']
+            return tf.cast(logits, tf.float32) * hyp['scaling_factor']
 
 
 def tta_logits(images, network, level):
@@ -284,69 +346,146 @@ def loss(logits, labels, label_smoothing):
 
 
 def parameter_groups(variables):
-    """airbench94's three parameter groups, by variable name.
+    """The recipes' parameter groups, by variable name.
 
     Returns:
       {'biases': the batch-norm biases, 'whiten': the whitening layer's bias,
-       'weights': everything else (convolution kernels, the head)}.
+       'filters': the convolution kernels, 'head': the linear head}.
     """
-    groups = {'biases': [], 'whiten': [], 'weights': []}
+    groups = {'biases': [], 'whiten': [], 'filters': [], 'head': []}
     for var in variables:
         if '/norm' in var.op.name:
             groups['biases'].append(var)
         elif var.op.name.startswith('net/whiten'):
             groups['whiten'].append(var)
+        elif var.op.name.startswith('net/head'):
+            groups['head'].append(var)
         else:
-            groups['weights'].append(var)
+            groups['filters'].append(var)
     return groups
 
 
-def learning_rates(batch_size):
+def learning_rates(hyp, batch_size):
     """Each group's learning rate for our mean loss, and the weight decay per step.
 
     airbench94 divides its learning rate by 1024 * (1 + 1 / (1 - momentum))
-    for a loss summed over the batch; for our mean loss multiply by the batch.
+    for a loss summed over the batch; muon gives SGD's per image of a summed
+    loss. For our mean loss, multiply by the batch. Muon's own learning rate
+    (the filters') needs no change: its step does not depend on the
+    gradient's scale.
 
     Returns:
-      ({group name: learning rate}, decay): one step shrinks each weight by
-      lr_scale * decay * w, whatever its group's learning rate.
+      ({group name: learning rate}, decay): one SGD step shrinks each weight
+      by lr_scale * decay * w, whatever its group's learning rate.
     """
-    hyp = HYPERPARAMETERS
+    if hyp['optimizer'] == 'muon':
+        bias_lr = hyp['bias_lr'] * batch_size
+        return ({'biases': bias_lr, 'whiten': bias_lr, 'head': hyp['head_lr'] * batch_size,
+                 'filters': hyp['filter_lr']}, hyp['weight_decay'] * batch_size)
     kilostep_scale = 1024 * (1 + 1 / (1 - hyp['momentum']))
     lr = hyp['lr'] * batch_size / kilostep_scale
     decay = hyp['weight_decay'] * batch_size / kilostep_scale
-    return {'biases': lr * hyp['bias_scaler'], 'whiten': lr, 'weights': lr}, decay
+    return {'biases': lr * hyp['bias_scaler'], 'whiten': lr, 'filters': lr, 'head': lr}, decay
 
 
-def training(gradients, batch_size, lr_scale, whiten_bias_on):
-    """Nesterov SGD with decoupled weight decay; batch-norm biases learn faster.
+def orthogonalize(matrix, steps, dtype=tf.float32):
+    """Muon's Newton-Schulz iteration: roughly U V^T, where matrix = U S V^T.
+
+    X <- a X + (b X X^T + c (X X^T)^2) X, from X = matrix / |matrix|: an odd
+    polynomial in X, so it keeps the singular vectors and maps each singular
+    value s to p(s). The coefficients (3.4445, -4.7750, 2.0315; Keller Jordan,
+    airbench94_muon.py and "Muon", 2024) push small values up fast; after 3
+    steps they land roughly in 0.7-1.2 rather than at exactly 1, which trains
+    as well. Only matrix products: cheap next to the convolutions.
+
+    Args:
+      matrix: [m, n] float32.
+      steps: iterations.
+      dtype: the products' type (bfloat16 as airbench does, or float32).
+
+    Returns:
+      [m, n] float32.
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = tf.cast(matrix / (tf.norm(matrix) + 1e-7), dtype)    # singular values <= 1
+    wide = matrix.shape[0] <= matrix.shape[1]
+    if not wide:                          # X X^T the smaller Gram matrix
+        x = tf.transpose(x)
+    for _ in range(steps):
+        gram = tf.matmul(x, x, transpose_b=True)
+        x = a * x + tf.matmul(b * gram + c * tf.matmul(gram, gram), x)
+    return tf.cast(x if wide else tf.transpose(x), tf.float32)
+
+
+def muon(gradients, lr, momentum, steps, dtype=tf.float32):
+    """Muon on convolution kernels, as airbench94_muon.py takes its step.
+
+    Nesterov momentum on the gradient; the kernel rescaled to a norm of
+    sqrt(its number of filters); then a step of `lr` along the update
+    orthogonalised as a matrix of one column per filter (HWIO kernels
+    reshaped to [h * w * in, out]: PyTorch's [out, in * h * w] up to a
+    transpose and an order of rows, which orthogonalisation does not mind).
+
+    Args:
+      gradients: [(gradient, kernel variable)].
+      lr: scalar, the learning rate of this step.
+      momentum: Nesterov momentum.
+      steps: Newton-Schulz iterations.
+      dtype: for orthogonalize().
+
+    Returns:
+      The op that updates the kernels.
+    """
+    updates = []
+    for gradient, var in gradients:
+        buffer = tf.Variable(tf.zeros(var.shape), trainable=False,
+                             name=var.op.name.replace('/', '_') + '_momentum')
+        buffer_now = tf.assign(buffer, momentum * buffer + gradient)
+        direction = gradient + momentum * buffer_now
+        filters = int(var.shape[-1])
+        update = orthogonalize(tf.reshape(direction, [-1, filters]), steps, dtype)
+        rescaled = var * (math.sqrt(filters) / tf.norm(var))
+        updates.append(tf.assign(var, rescaled - lr * tf.reshape(update, var.shape)))
+    return tf.group(*updates)
+
+
+def training(gradients, hyp, batch_size, lr_scale, whiten_lr_scale, precision='fp32'):
+    """One step of the recipe's optimisers; batch-norm averages updated with it.
+
+    airbench94: Nesterov SGD for every group, the batch-norm biases 64x
+    faster. muon: Muon for the convolution filters, Nesterov SGD for the
+    rest. SGD's weight decay is decoupled: added to the gradient divided by
+    the group's learning rate, which the optimiser multiplies back in.
 
     Args:
       gradients: [(gradient, variable)] of the batch's mean loss (one
         backward pass for all groups; averaged over the towers of towers.py).
-      batch_size: images per step (the learning rate grows with it).
+      hyp: a recipe of RECIPES.
+      batch_size: images per step (SGD's learning rates grow with it).
       lr_scale: scalar tensor, the schedule's factor for this step.
-      whiten_bias_on: scalar float tensor, 1 while the whitening bias trains,
-        then 0 (a zero learning rate freezes it, momentum and all).
+      whiten_lr_scale: scalar tensor, the whitening bias's factor (0 once it
+        freezes: a zero learning rate freezes it, momentum and all).
+      precision: 'bf16' runs Muon's matrix products in bfloat16.
 
     Returns:
       The op that takes one step (and updates the batch-norm averages).
     """
-    group_lr, decay = learning_rates(batch_size)
-    gate = {'whiten': whiten_bias_on}
+    group_lr, decay = learning_rates(hyp, batch_size)
     variables = [v for _, v in gradients]
     gradients = {v.op.name: g for g, v in gradients}
     train_ops = []
     for name, group in parameter_groups(variables).items():
         if not group:
             continue
-        with tf.name_scope('sgd_' + name):
-            # Decoupled weight decay, added to the gradient divided by the
-            # group's learning rate, which the optimiser multiplies back in
+        with tf.name_scope(name):
+            lr = group_lr[name] * (whiten_lr_scale if name == 'whiten' else lr_scale)
+            if name == 'filters' and hyp['optimizer'] == 'muon':
+                train_ops.append(muon(
+                    [(gradients[v.op.name], v) for v in group], lr, hyp['filter_momentum'],
+                    hyp['newton_schulz_steps'], tf.bfloat16 if precision == 'bf16' else tf.float32))
+                continue
             pairs = [(gradients[v.op.name] + (decay / group_lr[name]) * v, v) for v in group]
-            optimizer = tf.train.MomentumOptimizer(
-                group_lr[name] * lr_scale * gate.get(name, 1.0),
-                HYPERPARAMETERS['momentum'], use_nesterov=True)
+            optimizer = tf.train.MomentumOptimizer(lr, hyp['momentum'], use_nesterov=True)
             train_ops.append(optimizer.apply_gradients(pairs))
     with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
         return tf.group(*train_ops, name='train_step')
@@ -376,16 +515,17 @@ def lookahead(variables):
     return tf.group(*starts), tf.group(*updates, name='lookahead_update'), decay
 
 
-def lookahead_decay(step, total_steps):
+def lookahead_decay(step, total_steps, every):
     """The decay of the weight-averaging update after `step`, None between updates.
 
-    An update every 5 steps, from the first step to the last (airbench94 since
-    its commit 74e145d); the decay grows with the cube of the progress, so the
-    early weights are soon forgotten and the last ones averaged strongly.
+    An update every `every` steps, from the first step to the last
+    (airbench94 since its commit 74e145d); the decay grows with the cube of
+    the progress, so the early weights are soon forgotten and the last ones
+    averaged strongly.
     """
-    if step % HYPERPARAMETERS['lookahead_every']:
+    if step % every:
         return None
-    return 0.95 ** HYPERPARAMETERS['lookahead_every'] * (step / total_steps) ** 3
+    return 0.95 ** every * (step / total_steps) ** 3
 
 
 def evaluation(logits, labels):
@@ -393,13 +533,23 @@ def evaluation(logits, labels):
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), labels), tf.int32))
 
 
-def lr_schedule(total_steps):
-    """Per-step learning-rate factor: warm up 0.2 -> 1, then decay to 0.07."""
-    warmup = int(total_steps * HYPERPARAMETERS['warmup'])
+def lr_schedule(hyp, total_steps):
+    """Per-step learning-rate factor: warm up 0.2 -> 1 (airbench94: over the
+    first 23% of the steps; muon: not at all), then fall linearly to lr_end."""
+    warmup = int(total_steps * hyp['warmup'])
     steps = np.arange(total_steps + 1)
     return np.where(steps < warmup,
                     np.interp(steps, [0, max(warmup, 1)], [0.2, 1.0]),
-                    np.interp(steps, [warmup, total_steps], [1.0, 0.07]))
+                    np.interp(steps, [warmup, total_steps], [1.0, hyp['lr_end']]))
+
+
+def whiten_lr_scale(hyp, step, whiten_steps, schedule):
+    """The whitening bias's learning-rate factor at `step`: for its first
+    `whiten_steps` steps the main schedule's (airbench94) or falling
+    linearly from 1 to 0 (muon); then 0, frozen."""
+    if step >= whiten_steps:
+        return 0.0
+    return 1 - step / whiten_steps if hyp['whiten_schedule'] == 'linear' else schedule[step]
 
 
 # -----------------------------------------------------------------------------
@@ -408,26 +558,31 @@ def lr_schedule(total_steps):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='A fast-training CNN for CIFAR-10 (airbench94 recipe, graph mode).')
+        description='A fast-training CNN for CIFAR-10 (airbench recipes, graph mode).')
+    parser.add_argument('--recipe', choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+                        help='airbench94: Nesterov SGD, 12 epochs of 1024, weight '
+                             'averaging; muon: airbench94_muon, Muon for the filters, '
+                             '8 epochs of 2000 (default: %(default)s)')
     parser.add_argument('--epochs', type=cli.positive_float,
-                        default=HYPERPARAMETERS['epochs'],
-                        help='passes over the training set, fractions allowed; fewer '
-                             'trade accuracy for time (default: %(default)s)')
+                        help="passes over the training set, fractions allowed; fewer "
+                             "trade accuracy for time (default: the recipe's, 12 or 8)")
     parser.add_argument('--batch-size', type=cli.positive_int,
-                        default=HYPERPARAMETERS['batch_size'],
-                        help='images per step; the learning rate scales with it '
-                             '(default: %(default)s)')
+                        help="images per step; the learning rates scale with it "
+                             "(default: the recipe's, 1024 or 2000)")
     parser.add_argument('--precision', choices=['auto', 'fp32', 'bf16'], default='auto',
                         help="bf16 runs the network in bfloat16: 1.5x faster on CPUs "
                              "with AVX-512 BF16 or AMX, no less accurate; 'auto' picks "
                              "bf16 on such CPUs and fp32 elsewhere (default: auto)")
     parser.add_argument('--tta', type=int, choices=[0, 1, 2],
-                        default=HYPERPARAMETERS['tta_level'],
                         help='test-time augmentation: 0 none, 1 mirror, 2 mirror and '
-                             'translations (default: %(default)s)')
+                             "translations (default: the recipe's, 2)")
     cli.add_common_flags(parser, train_dir='runs')
     cli.add_num_devices_flag(parser)
     args = parser.parse_args(argv)
+    hyp = RECIPES[args.recipe]
+    for flag, key in (('epochs', 'epochs'), ('batch_size', 'batch_size'), ('tta', 'tta_level')):
+        if getattr(args, flag) is None:
+            setattr(args, flag, hyp[key])
     cli.check_num_devices(parser, args)
     if args.epochs > MAX_EPOCHS:    # the schedule holds one number per step
         parser.error('argument --epochs: at most %d, not %g' % (MAX_EPOCHS, args.epochs))
@@ -456,7 +611,28 @@ def count_steps(args, train_count):
     return steps_per_epoch, total_steps
 
 
-def load_cifar10(data_dir):
+def training_flops_per_image(widths):
+    """Floating-point operations to train on one image (2 per multiply-add).
+
+    Forward: the whitening layer, the six 3x3 convolutions at their output
+    sizes (31, 15; 15, 7; 7, 3 pixels square) and the head. Backward: twice
+    the forward (input and weight gradients), less the whitening layer,
+    which needs neither. Batch norm, pooling and activations are left out.
+    """
+    channels = 2 * CHANNELS * WHITEN_PATCH ** 2
+    side = IMAGE_SIZE - WHITEN_PATCH + 1
+    whiten = 2 * side * side * WHITEN_PATCH ** 2 * CHANNELS * channels
+    convolutions = 0
+    for width in widths:
+        convolutions += 2 * side * side * 9 * channels * width      # conv1, before its pool
+        side //= 2
+        convolutions += 2 * side * side * 9 * width * width         # conv2
+        channels = width
+    forward = whiten + convolutions + 2 * widths[-1] * CLASSES
+    return forward + 2 * (forward - whiten)
+
+
+def load_cifar10(data_dir, translate):
     """CIFAR-10 as this recipe wants it.
 
     Returns:
@@ -468,43 +644,46 @@ def load_cifar10(data_dir):
     train_images, train_labels, test_images, test_labels = data_helpers.load_raw(data_dir)
     train_images = data_helpers.to_nhwc(train_images)
     test_images = data_helpers.to_nhwc(test_images).astype(np.float32) / 255
-    pad = HYPERPARAMETERS['translate']
-    padded_train = np.pad(train_images, [(0, 0), (pad, pad), (pad, pad), (0, 0)],
-                          mode='reflect')
+    padded_train = np.pad(train_images, [(0, 0), (translate, translate),
+                                         (translate, translate), (0, 0)], mode='reflect')
     sample = normalize(train_images[:WHITEN_SAMPLES].astype(np.float32) / 255)
     return padded_train, train_labels, test_images, test_labels, whitening_filters(sample)
 
 
-def build_graph(args, padded_train, train_labels, whitening):
+def build_graph(args, hyp, padded_train, train_labels, whitening):
     """The training graph and, sharing its weights, the evaluation graph.
 
     Returns:
       A namespace of what the loop runs: sampler, flip, lr_scale,
-      whiten_bias_on (the fed inputs of a step), loss, train_step,
+      whiten_lr_scale (the fed inputs of a step), loss, train_step,
       train_correct, the lookahead's average_start, average_update and
-      average_decay; images and labels (evaluation's inputs) with their
-      plain_predictions and tta_predictions; saver.
+      average_decay (None where the recipe averages no weights); images and
+      labels (evaluation's inputs) with their plain_predictions and
+      tta_predictions; saver.
     """
     # Training batches: the padded uint8 set lives in the graph; each step
     # feeds the batch's indices and which images to mirror.
     sampler = data_helpers.InGraphSampler(padded_train, train_labels, args.batch_size)
     flip = tf.placeholder(tf.bool, [None], name='flip')
     lr_scale = tf.placeholder(tf.float32, [], name='lr_scale')
-    whiten_bias_on = tf.placeholder(tf.float32, [], name='whiten_bias_on')
+    whiten_lr_scale = tf.placeholder(tf.float32, [], name='whiten_lr_scale')
 
     # The training network, once per device with --num-devices (towers.py),
     # each on its slice of the batch: augmentation, the network, the loss
     def training_tower(images, labels, tower_flip):
         logits = inference(augment(tf.cast(images, tf.float32) / 255, tower_flip), whitening,
-                           True, args.precision)
-        return (loss(logits, labels, HYPERPARAMETERS['label_smoothing']),
+                           True, hyp, args.precision)
+        return (loss(logits, labels, hyp['label_smoothing']),
                 evaluation(logits, labels))
 
     loss_op, gradients, tower_correct = towers.tower_gradients(
         training_tower, [sampler.images, sampler.labels, flip], towers.devices(args.num_devices))
     net_variables = tf.global_variables(scope='net')   # weights and batch-norm averages
-    train_step = training(gradients, args.batch_size, lr_scale, whiten_bias_on)
-    average_start, average_update, average_decay = lookahead(net_variables)
+    train_step = training(gradients, hyp, args.batch_size, lr_scale, whiten_lr_scale,
+                          args.precision)
+    average_start = average_update = average_decay = None
+    if hyp['lookahead_every']:
+        average_start, average_update, average_decay = lookahead(net_variables)
 
     # Evaluation: images in [0, 1] fed in batches; the moving averages of
     # batch norm; test-time augmentation for the final score.
@@ -512,7 +691,7 @@ def build_graph(args, padded_train, train_labels, whitening):
     labels = tf.placeholder(tf.int64, [None], name='labels')
 
     def network(x):
-        return inference(x, whitening, False, args.precision)
+        return inference(x, whitening, False, hyp, args.precision)
 
     plain_logits = network(images)
     plain_predictions = tf.argmax(plain_logits, 1)
@@ -520,7 +699,7 @@ def build_graph(args, padded_train, train_labels, whitening):
     tf.nn.softmax(logits, name='probabilities')     # the name predict.py looks for
     tf.nn.softmax(plain_logits, name='plain_probabilities')     # export.py's default
     return argparse.Namespace(
-        sampler=sampler, flip=flip, lr_scale=lr_scale, whiten_bias_on=whiten_bias_on,
+        sampler=sampler, flip=flip, lr_scale=lr_scale, whiten_lr_scale=whiten_lr_scale,
         loss=loss_op, train_step=train_step,
         train_correct=tf.add_n(tower_correct),
         average_start=average_start,
@@ -529,8 +708,9 @@ def build_graph(args, padded_train, train_labels, whitening):
         tta_predictions=tf.argmax(logits, 1), saver=run_folders.saver(net_variables))
 
 
-def train_epoch(sess, ops, args, state, schedule, flips, rng):
-    """One pass over the shuffled training set, weight averaging as it goes.
+def train_epoch(sess, ops, args, hyp, state, schedule, flips, rng):
+    """One pass over the shuffled training set, weight averaging as it goes
+    (where the recipe averages).
 
     `state` carries step and epoch across epochs; the run stops mid-epoch at
     the last step of the schedule.
@@ -538,9 +718,9 @@ def train_epoch(sess, ops, args, state, schedule, flips, rng):
     Returns:
       (mean loss, training accuracy) of the epoch.
     """
-    hyp = HYPERPARAMETERS
     train_count = len(flips)
     steps_per_epoch, total_steps = train_count // args.batch_size, len(schedule) - 1
+    whiten_steps = hyp['whiten_bias_epochs'] * steps_per_epoch
     order = rng.permutation(train_count)
     sum_loss, correct, seen = 0.0, 0, 0
     for batch in range(steps_per_epoch):
@@ -551,12 +731,14 @@ def train_epoch(sess, ops, args, state, schedule, flips, rng):
             [ops.train_step, ops.loss, ops.train_correct],
             {ops.sampler.indices: indices, ops.flip: flips[indices],
              ops.lr_scale: schedule[state.step],
-             ops.whiten_bias_on: float(state.step < hyp['whiten_bias_epochs'] * steps_per_epoch)})
+             ops.whiten_lr_scale: whiten_lr_scale(hyp, state.step, whiten_steps, schedule)})
         state.step += 1
         sum_loss += batch_loss * len(indices)
         correct += batch_correct
         seen += len(indices)
-        decay = lookahead_decay(state.step, total_steps)
+        if not hyp['lookahead_every']:
+            continue
+        decay = lookahead_decay(state.step, total_steps, hyp['lookahead_every'])
         if decay is not None:
             sess.run(ops.average_update, {ops.average_decay: decay})
     state.epoch += 1
@@ -583,10 +765,11 @@ def main(args):
     if args.precision == 'auto':
         args.precision = 'bf16' if cpu_has_bf16() else 'fp32'
     rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
+    hyp = RECIPES[args.recipe]
 
     # Load the data, and compute the whitening filters from it
     padded_train, train_labels, test_images, test_labels, whitening = load_cifar10(
-        args.data_dir)
+        args.data_dir, hyp['translate'])
     train_count = len(train_labels)
     cli.check_batch_size(args.batch_size, train_count)
     steps_per_epoch, total_steps = count_steps(args, train_count)
@@ -597,14 +780,17 @@ def main(args):
                                         output_without_tta='plain_probabilities:0')
 
     # The graph (only defined here; nothing is computed yet)
-    ops = build_graph(args, padded_train, train_labels, whitening)
-    print('fast_cnn: {} steps of {} ({} epochs), {}, {:,} parameters'.format(
-        total_steps, args.batch_size, args.epochs, args.precision,
-        sum(int(np.prod(v.shape)) for v in tf.trainable_variables())), flush=True)
+    ops = build_graph(args, hyp, padded_train, train_labels, whitening)
+    training_pflop = total_steps * args.batch_size * training_flops_per_image(hyp['widths']) / 1e15
+    print('fast_cnn: recipe {}, {} steps of {} ({} epochs, {:.3f} PFLOP), {}, {:,} '
+          'parameters'.format(args.recipe, total_steps, args.batch_size, args.epochs,
+                              training_pflop, args.precision,
+                              sum(int(np.prod(v.shape)) for v in tf.trainable_variables())),
+          flush=True)
 
     # Run it. Alternating flips: each image gets a random mirror in the first
     # epoch, then the opposite of its previous one in every epoch after.
-    schedule = lr_schedule(total_steps)
+    schedule = lr_schedule(hyp, total_steps)
     first_flips = rng.random(train_count) < 0.5
     history = run_folders.History()
     with tf.Session(config=towers.session_config(args.num_devices)) as sess:
@@ -613,13 +799,14 @@ def main(args):
                                         test_images[:count], test_labels[:count])['accuracy']
 
         sess.run(tf.global_variables_initializer())
-        sess.run(ops.average_start)           # the averages start at the initial weights
+        if ops.average_start is not None:
+            sess.run(ops.average_start)       # the averages start at the initial weights
         ops.sampler.initialize(sess)
         train_start = time.time()
         state = argparse.Namespace(step=0, epoch=0)
         while state.step < total_steps:
             train_loss, train_accuracy = train_epoch(
-                sess, ops, args, state, schedule, first_flips ^ bool(state.epoch % 2), rng)
+                sess, ops, args, hyp, state, schedule, first_flips ^ bool(state.epoch % 2), rng)
             # Progress: without test-time augmentation, on the first 2000 test images
             history.record(epoch=state.step / steps_per_epoch, loss=train_loss,
                            accuracy=train_accuracy,
@@ -628,16 +815,19 @@ def main(args):
             print_progress(history, state.step * args.batch_size / (time.time() - train_start))
 
         # Leave the averaged weights in the network, then score the test set
-        sess.run(ops.average_update, {ops.average_decay: 1.0})
+        if ops.average_update is not None:
+            sess.run(ops.average_update, {ops.average_decay: 1.0})
         train_seconds = time.time() - train_start
         plain, tta = accuracy(ops.plain_predictions), accuracy(ops.tta_predictions)
         total_seconds = time.time() - begin_time
         print('Test accuracy {:.4f} (without test-time augmentation {:.4f})'.format(tta, plain))
-        print('Total time: {:.1f}s (training {:.1f}s, {:.0f} images/s)'.format(
-            total_seconds, train_seconds, total_steps * args.batch_size / train_seconds),
-            flush=True)
+        print('Total time: {:.1f}s (training {:.1f}s, {:.0f} images/s, {:.3f} PFLOP at {:.0f} '
+              'GFLOP/s)'.format(total_seconds, train_seconds,
+                                total_steps * args.batch_size / train_seconds, training_pflop,
+                                training_pflop * 1e6 / train_seconds), flush=True)
         save_run(sess, ops, run_dir, state, history, {
-            'test_accuracy': tta, 'test_accuracy_without_tta': plain, 'epochs': args.epochs,
+            'test_accuracy': tta, 'test_accuracy_without_tta': plain, 'recipe': args.recipe,
+            'epochs': args.epochs, 'training_pflop': training_pflop,
             'steps': total_steps, 'batch_size': args.batch_size, 'precision': args.precision,
             'tta': args.tta, 'seed': args.seed, 'train_seconds': train_seconds,
             'total_seconds': total_seconds})

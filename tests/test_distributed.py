@@ -40,12 +40,18 @@ class Cluster:
         self.logs[name].seek(0)
         return self.logs[name].read()
 
+    def everything(self):
+        """Every process's output, labelled: what a failed assertion shows."""
+        return '\n'.join('--- %s (exit %s) ---\n%s' % (name, self.processes[name].poll(),
+                                                      self.output(name))
+                         for name in self.processes)
+
     def wait(self, name):
         """The process's exit status; fails the test past the time limit."""
         try:
             return self.processes[name].wait(timeout=max(1, LIMIT - (time.time() - self.start)))
         except subprocess.TimeoutExpired:
-            pytest.fail('%s still running after %d s:\n%s' % (name, LIMIT, self.output(name)))
+            pytest.fail('%s still running after %d s:\n%s' % (name, LIMIT, self.everything()))
 
     def close(self):
         for process in self.processes.values():
@@ -70,12 +76,12 @@ def cluster(tmp_path, fake_cifar10):
 
 def test_synchronous_run_on_one_ps_and_two_workers(cluster, tmp_path, fake_cifar10, capsys):
     c = cluster('--max-steps', '12', '--log-every', '4', '--step-timeout', '60')
-    assert c.wait('worker0') == 0, c.output('worker0')
-    assert c.wait('worker1') == 0, c.output('worker1')
-    assert c.wait('ps') == 0, c.output('ps')
+    assert c.wait('worker0') == 0, c.everything()
+    assert c.wait('worker1') == 0, c.everything()
+    assert c.wait('ps') == 0, c.everything()
     finals = [re.search(r'Worker %d: done at global step (\d+)' % task,
                         c.output('worker%d' % task)).group(1) for task in (0, 1)]
-    assert finals == ['12', '12']                      # one global step, shared
+    assert finals == ['12', '12'], c.everything()      # one global step, shared
     assert 'Parameter server 0: every worker has finished' in c.output('ps')
     assert 'Traceback' not in c.output('worker0') + c.output('worker1') + c.output('ps')
     # The chief's run folder: checkpoints that predict.py and cnn.py --restore read
@@ -95,18 +101,18 @@ def test_synchronous_run_on_one_ps_and_two_workers(cluster, tmp_path, fake_cifar
 def test_a_killed_worker_stops_the_others_in_bounded_time(cluster):
     c = cluster('--max-steps', '100000', '--log-every', '5', '--step-timeout', '10')
     while 'global step' not in c.output('worker1'):
-        assert time.time() - c.start < LIMIT, c.output('worker1')
-        assert c.processes['worker1'].poll() is None, c.output('worker1')
+        assert time.time() - c.start < LIMIT, c.everything()
+        assert c.processes['worker1'].poll() is None, c.everything()
         time.sleep(0.2)
     c.processes['worker1'].send_signal(signal.SIGKILL)
     killed = time.time()
-    assert c.wait('worker0') == 1
+    assert c.wait('worker0') == 1, c.everything()
     assert time.time() - killed < 60
     last = c.output('worker0').strip().splitlines()[-1]
-    assert last.startswith('distributed.py: error: worker 0: no step finished in 10 s')
-    assert c.wait('ps') == 1
+    assert last.startswith('distributed.py: error: worker 0: no step finished in 10 s'), last
+    assert c.wait('ps') == 1, c.everything()
     assert c.output('ps').strip().splitlines()[-1] == (
-        'distributed.py: error: parameter server 0: worker 0, 1 did not finish')
+        'distributed.py: error: parameter server 0: worker 0, 1 did not finish'), c.everything()
 
 
 def test_cluster_from_tf_config_and_bad_flags(monkeypatch, capsys):

@@ -1,7 +1,9 @@
-"""fast_cnn.py: network, whitening, augmentation, loss, schedule, lookahead, TTA, runs."""
+"""fast_cnn.py: network, whitening, augmentation, loss, schedules, optimisers (SGD
+groups, Muon), lookahead, TTA, FLOP count, runs of both recipes."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import fast_cnn
 import predict
 
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
+AIRBENCH94, MUON = fast_cnn.RECIPES['airbench94'], fast_cnn.RECIPES['muon']
 
 
 def smooth_images(count, seed=0):
@@ -35,7 +38,7 @@ def test_output_shape_and_parameter_count():
                 + 2 * 589_824 + 512 + 2_560)
     with tf.Graph().as_default():
         images = tf.placeholder(tf.float32, [None, 32, 32, 3])
-        logits = fast_cnn.inference(images, whitening_for_tests(), False)
+        logits = fast_cnn.inference(images, whitening_for_tests(), False, AIRBENCH94)
         assert logits.shape.as_list() == [None, 10]
         assert sum(int(np.prod(v.shape)) for v in tf.trainable_variables()) == expected
         with tf.Session() as sess:
@@ -51,8 +54,8 @@ def test_bf16_network_is_close_to_fp32():
         tf.set_random_seed(0)
         images = tf.placeholder(tf.float32, [None, 32, 32, 3])
         whitening = whitening_for_tests()
-        full = fast_cnn.inference(images, whitening, False, 'fp32')
-        half = fast_cnn.inference(images, whitening, False, 'bf16')   # the same weights
+        full = fast_cnn.inference(images, whitening, False, AIRBENCH94, 'fp32')
+        half = fast_cnn.inference(images, whitening, False, AIRBENCH94, 'bf16')   # same weights
         assert half.dtype == tf.float32
         assert len(tf.trainable_variables()) == 1 + 3 * 4 + 1     # shared, not doubled
         with tf.Session() as sess:
@@ -117,19 +120,31 @@ def test_loss_is_the_label_smoothed_cross_entropy():
 
 
 def test_learning_rate_schedule_warms_up_then_decays():
-    schedule = fast_cnn.lr_schedule(100)
+    schedule = fast_cnn.lr_schedule(AIRBENCH94, 100)
     assert len(schedule) == 101
     assert schedule[0] == pytest.approx(0.2)
     assert schedule.argmax() == 23 and schedule.max() == pytest.approx(1.0)
     assert schedule[-1] == pytest.approx(0.07)
     assert np.all(np.diff(schedule[:24]) > 0) and np.all(np.diff(schedule[23:]) < 0)
+    # The whitening bias follows it for its first steps, then freezes
+    assert fast_cnn.whiten_lr_scale(AIRBENCH94, 10, 30, schedule) == schedule[10]
+    assert fast_cnn.whiten_lr_scale(AIRBENCH94, 30, 30, schedule) == 0.0
+
+
+def test_muon_schedules_fall_linearly_to_zero():
+    # airbench94_muon: lr = initial * (1 - step / total), the whitening bias's
+    # (1 - step / its steps), then frozen
+    schedule = fast_cnn.lr_schedule(MUON, 200)
+    np.testing.assert_allclose(schedule, 1 - np.arange(201) / 200, atol=1e-12)
+    scales = [fast_cnn.whiten_lr_scale(MUON, step, 75, schedule) for step in (0, 15, 74, 75, 199)]
+    assert scales == pytest.approx([1.0, 0.8, 1 / 75, 0.0, 0.0])
 
 
 def test_batch_norm_moving_averages_take_the_batch_momentum():
     x_value = np.random.default_rng(0).normal(3.0, 2.0, size=(64, 4, 4, 8)).astype(np.float32)
     with tf.Graph().as_default():
         x = tf.placeholder(tf.float32, [None, 4, 4, 8])
-        train_out = fast_cnn.batch_norm(x, True, 'norm')
+        train_out = fast_cnn.batch_norm(x, True, 'norm', momentum=0.6)
         with tf.variable_scope('', reuse=True):
             moving_mean = tf.get_variable('norm/moving_mean')
         updates = tf.get_collection(tf.GraphKeys.UPDATE_OPS)
@@ -138,22 +153,22 @@ def test_batch_norm_moving_averages_take_the_batch_momentum():
             out, _ = sess.run([train_out, updates], {x: x_value})
             mean = sess.run(moving_mean)
     assert np.allclose(out.mean(axis=(0, 1, 2)), 0, atol=1e-4)      # batch statistics
-    keep = fast_cnn.HYPERPARAMETERS['batchnorm_momentum']      # of the old value, 0
-    assert np.allclose(mean, (1 - keep) * x_value.mean(axis=(0, 1, 2)), atol=1e-4)
+    # 0.6 of the old value (0), 0.4 of the batch's
+    assert np.allclose(mean, 0.4 * x_value.mean(axis=(0, 1, 2)), atol=1e-4)
 
 
 def test_parameter_groups_by_name():
     with tf.Graph().as_default():
         images = tf.placeholder(tf.float32, [None, 32, 32, 3])
-        fast_cnn.inference(images, whitening_for_tests(), True)
+        fast_cnn.inference(images, whitening_for_tests(), True, AIRBENCH94)
         groups = fast_cnn.parameter_groups(tf.trainable_variables())
     names = {group: sorted(v.op.name for v in variables) for group, variables in groups.items()}
     blocks = [(block, layer) for block in (1, 2, 3) for layer in (1, 2)]
     assert names == {
         'whiten': ['net/whiten/bias'],
         'biases': sorted('net/block%d/norm%d/bias' % b for b in blocks),
-        'weights': sorted(['net/block%d/conv%d/kernel' % b for b in blocks]
-                          + ['net/head/weights'])}
+        'filters': sorted('net/block%d/conv%d/kernel' % b for b in blocks),
+        'head': ['net/head/weights']}
 
 
 def test_one_step_moves_each_group_at_its_own_rate():
@@ -164,29 +179,32 @@ def test_one_step_moves_each_group_at_its_own_rate():
     rng = np.random.default_rng(0)
     images_value = rng.random((8, 32, 32, 3)).astype(np.float32)
     labels_value = rng.integers(0, 10, 8)
-    group_lr, decay = fast_cnn.learning_rates(1024)
-    momentum = fast_cnn.HYPERPARAMETERS['momentum']
+    group_lr, decay = fast_cnn.learning_rates(AIRBENCH94, 1024)
+    momentum = 0.85
     # airbench94's lr 11.5 and decay 0.0153 per 1024 images of a summed loss,
     # with the momentum's gain 1 + 1 / (1 - 0.85) divided out
-    assert group_lr['weights'] == group_lr['whiten'] == pytest.approx(11.5 / (1 + 1 / 0.15))
+    assert group_lr['filters'] == group_lr['head'] == group_lr['whiten'] == pytest.approx(
+        11.5 / (1 + 1 / 0.15))
     assert group_lr['biases'] == pytest.approx(64 * 11.5 / (1 + 1 / 0.15))
     assert decay == pytest.approx(0.0153 / (1 + 1 / 0.15))
-    assert fast_cnn.learning_rates(512)[1] == pytest.approx(decay / 2)   # grows with the batch
+    assert fast_cnn.learning_rates(AIRBENCH94, 512)[1] == pytest.approx(decay / 2)  # with batch
     with tf.Graph().as_default():
         tf.set_random_seed(0)
-        logits = fast_cnn.inference(tf.constant(images_value), whitening_for_tests(), True)
+        logits = fast_cnn.inference(tf.constant(images_value), whitening_for_tests(), True,
+                                    AIRBENCH94)
         loss = fast_cnn.loss(logits, tf.constant(labels_value), 0.2)
-        lr_scale, gate = tf.placeholder(tf.float32, []), tf.placeholder(tf.float32, [])
+        lr_scale, whiten_scale = tf.placeholder(tf.float32, []), tf.placeholder(tf.float32, [])
         variables = tf.trainable_variables()
         gradients = tf.gradients(loss, variables)
-        train_step = fast_cnn.training(list(zip(gradients, variables)), 1024, lr_scale, gate)
+        train_step = fast_cnn.training(list(zip(gradients, variables)), AIRBENCH94, 1024,
+                                       lr_scale, whiten_scale)
         groups = fast_cnn.parameter_groups(variables)
         group_of = {v.op.name: name for name, group in groups.items() for v in group}
         with tf.Session() as sess:
             for gate_value in (1.0, 0.0):
                 sess.run(tf.global_variables_initializer())
                 before, grads = sess.run([variables, gradients])
-                sess.run(train_step, {lr_scale: 0.5, gate: gate_value})
+                sess.run(train_step, {lr_scale: 0.5, whiten_scale: 0.5 * gate_value})
                 after = sess.run(variables)
                 for var, w, g, w_new in zip(variables, before, grads, after):
                     name = group_of[var.op.name]
@@ -195,6 +213,118 @@ def test_one_step_moves_each_group_at_its_own_rate():
                     np.testing.assert_allclose(w_new - w, expected, rtol=1e-3,
                                                atol=1e-6 * np.abs(expected).max() + 1e-12,
                                                err_msg=var.op.name)
+
+
+def newton_schulz_by_hand(matrix, steps):
+    """airbench94_muon's zeropower_via_newtonschulz5, in numpy (float64)."""
+    x = matrix / (np.linalg.norm(matrix) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    for _ in range(steps):
+        gram = x @ x.T
+        x = 3.4445 * x + (-4.7750 * gram + 2.0315 * gram @ gram) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize('shape', [(12, 5), (5, 12)])
+def test_orthogonalize_keeps_the_singular_vectors_and_brings_the_values_near_1(shape):
+    rng = np.random.default_rng(0)
+    # A matrix with known singular vectors and values spread over 0.2-5
+    u, _ = np.linalg.qr(rng.normal(size=(shape[0], shape[0])))
+    v, _ = np.linalg.qr(rng.normal(size=(shape[1], shape[1])))
+    k = min(shape)
+    singular = np.geomspace(5, 0.2, k)
+    matrix = (u[:, :k] * singular) @ v[:, :k].T
+    with tf.Graph().as_default(), tf.Session() as sess:
+        x = tf.constant(matrix.astype(np.float32))
+        results = sess.run([fast_cnn.orthogonalize(x, 3), fast_cnn.orthogonalize(x, 10),
+                            fast_cnn.orthogonalize(x, 3, tf.bfloat16)])
+    three, ten, bf16 = results
+    np.testing.assert_allclose(three, newton_schulz_by_hand(matrix, 3), rtol=1e-4, atol=1e-5)
+    for result, low, high in ((three, 0.6, 1.25), (ten, 0.6, 1.25), (bf16, 0.55, 1.3)):
+        # In the matrix's own singular vectors the result is diagonal: the same
+        # vectors, each singular value mapped to one near 1
+        inner = u[:, :k].T @ result @ v[:, :k]
+        diagonal = np.diag(inner)
+        assert np.all((low < diagonal) & (diagonal < high)), diagonal
+        assert np.abs(inner - np.diag(diagonal)).max() < (0.03 if result is bf16 else 1e-4)
+        np.testing.assert_allclose(np.linalg.svd(result, compute_uv=False),
+                                   np.sort(diagonal)[::-1], rtol=1e-3)
+    # Without the iteration the values would span 25x; after it, under 2x
+    assert np.ptp(np.diag(u[:, :k].T @ ten @ v[:, :k])) < 0.65
+
+
+def test_one_muon_step_by_hand():
+    # From zero momentum, Nesterov: direction = g + m * g; the kernel is
+    # rescaled to norm sqrt(filters), then moved by -lr * NS(direction) with
+    # the kernel seen as a [h * w * in, out] matrix
+    rng = np.random.default_rng(0)
+    kernel_value = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
+    gradient_value = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
+    with tf.Graph().as_default():
+        kernel = tf.Variable(kernel_value)
+        step = fast_cnn.muon([(tf.constant(gradient_value), kernel)], lr=0.1, momentum=0.6,
+                             steps=3)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            sess.run(step)
+            after = sess.run(kernel)
+    rescaled = kernel_value * np.sqrt(6) / np.linalg.norm(kernel_value)
+    update = newton_schulz_by_hand(1.6 * gradient_value.reshape(-1, 6).astype(np.float64), 3)
+    np.testing.assert_allclose(after, rescaled - 0.1 * update.reshape(3, 3, 4, 6),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_muon_recipe_trains_filters_with_muon_and_the_rest_with_sgd():
+    rng = np.random.default_rng(0)
+    images_value = rng.random((8, 32, 32, 3)).astype(np.float32)
+    labels_value = rng.integers(0, 10, 8)
+    group_lr, decay = fast_cnn.learning_rates(MUON, 2000)
+    # SGD's rates per image of a summed loss, times the batch for our mean loss
+    assert group_lr == pytest.approx({'biases': 0.053 * 2000, 'whiten': 0.053 * 2000,
+                                      'head': 0.67 * 2000, 'filters': 0.24})
+    assert decay == pytest.approx(2e-6 * 2000)
+    with tf.Graph().as_default():
+        tf.set_random_seed(0)
+        logits = fast_cnn.inference(tf.constant(images_value), whitening_for_tests(), True, MUON)
+        loss = fast_cnn.loss(logits, tf.constant(labels_value), 0.2)
+        variables = tf.trainable_variables()
+        groups = fast_cnn.parameter_groups(variables)
+        train_step = fast_cnn.training(list(zip(tf.gradients(loss, variables), variables)),
+                                       MUON, 8, tf.constant(0.5), tf.constant(0.0))
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            before = {v.op.name: value for v, value in zip(variables, sess.run(variables))}
+            head_std = before['net/head/weights'].std()
+            sess.run(train_step)
+            after = {v.op.name: value for v, value in zip(variables, sess.run(variables))}
+    assert 0.8 < head_std < 1.2                       # the head starts with unit variance
+    assert np.array_equal(before['net/whiten/bias'], after['net/whiten/bias'])   # scale 0
+    for var in groups['filters']:
+        w = after[var.op.name]
+        # Muon's step: rescaled to norm sqrt(filters), then an update whose
+        # largest singular values are near lr_scale * filter_lr = 0.12, however
+        # large the gradient (8 images leave some directions with next to none)
+        step_matrix = (w - before[var.op.name] * np.sqrt(w.shape[-1])
+                       / np.linalg.norm(before[var.op.name])).reshape(-1, w.shape[-1])
+        singular = np.linalg.svd(step_matrix, compute_uv=False) / (0.5 * 0.24)
+        assert 0.6 < singular.max() < 1.3, (var.op.name, singular)
+    for var in groups['biases'] + groups['head']:
+        assert not np.array_equal(before[var.op.name], after[var.op.name])
+
+
+def test_training_flops_per_image_as_counted_by_hand():
+    # Forward, 2 x multiply-adds: whitening 31*31*(2*2*3)*24, block 1 31*31*9*24*64 and
+    # 15*15*9*64*64, block 2 15*15*9*64*256 and 7*7*9*256*256, block 3
+    # 7*7*9*256*256 and 3*3*9*256*256, head 256*10; backward twice all but the whitening
+    forward = 2 * (31 * 31 * 12 * 24 + 31 * 31 * 9 * 24 * 64 + 15 * 15 * 9 * 64 * 64
+                   + 15 * 15 * 9 * 64 * 256 + 7 * 7 * 9 * 256 * 256 + 7 * 7 * 9 * 256 * 256
+                   + 3 * 3 * 9 * 256 * 256 + 256 * 10)
+    assert forward == 236_294_720
+    expected = forward + 2 * (forward - 2 * 31 * 31 * 12 * 24)
+    assert fast_cnn.training_flops_per_image((64, 256, 256)) == expected == 707_777_088
+    # airbench94_muon's 8 epochs of 50,000 images: 0.283 PFLOP
+    assert 8 * 50_000 * expected / 1e15 == pytest.approx(0.2831, abs=1e-4)
 
 
 def test_lookahead_pulls_weights_to_the_average():
@@ -216,7 +346,7 @@ def test_lookahead_pulls_weights_to_the_average():
 
 
 def test_lookahead_updates_every_5_steps_from_the_first():
-    decays = {step: fast_cnn.lookahead_decay(step, 100) for step in range(1, 101)}
+    decays = {step: fast_cnn.lookahead_decay(step, 100, 5) for step in range(1, 101)}
     assert [step for step, decay in decays.items() if decay is not None] == list(range(5, 101, 5))
     assert decays[5] == pytest.approx(0.95 ** 5 * 0.05 ** 3)      # 9e-5: hardly any memory
     assert decays[50] == pytest.approx(0.95 ** 5 / 8)
@@ -255,7 +385,7 @@ def test_tta_of_a_mirror_symmetric_image_equals_the_plain_prediction():
         whitening = whitening_for_tests()
 
         def network(x):
-            return fast_cnn.inference(x, whitening, False)
+            return fast_cnn.inference(x, whitening, False, AIRBENCH94)
 
         plain, tta = network(images), fast_cnn.tta_logits(images, network, 1)
         with tf.Session() as sess:
@@ -304,6 +434,22 @@ def test_a_few_epochs_lower_the_loss_and_save_a_usable_run(fake_cifar10, capsys)
         assert sum(entry['probability'] for entry in result['top']) == pytest.approx(1, abs=1e-4)
 
 
+def test_the_muon_recipe_lowers_the_loss_and_prints_its_compute(fake_cifar10, capsys):
+    accuracy, history, run_dir = run(fake_cifar10, '--recipe', 'muon', '--epochs', '5',
+                                     '--seed', '0', '--tta', '0')
+    assert history['loss'][-1] < 0.8 * history['loss'][0]
+    with open(os.path.join(run_dir, 'result.json')) as f:
+        result = json.load(f)
+    assert result['recipe'] == 'muon' and result['test_accuracy'] == accuracy
+    # 5 epochs of 4 steps of 32 images (the fake set holds 150)
+    assert result['training_pflop'] == pytest.approx(20 * 32 * 707_777_088 / 1e15)
+    out = capsys.readouterr().out
+    assert 'recipe muon, 20 steps of 32 (5.0 epochs, 0.000 PFLOP)' in out
+    assert re.search(r'Total time: .* PFLOP at \d+ GFLOP/s\)', out)
+    args = predict.parse_args([run_dir, '--test-index', '0', '--data-dir', fake_cifar10])
+    assert predict.main(args) == 0
+
+
 def test_seed_reproduces_the_run(fake_cifar10):
     first = run(fake_cifar10, '--epochs', '2', '--seed', '7', '--tta', '0')
     second = run(fake_cifar10, '--epochs', '2', '--seed', '7', '--tta', '0')
@@ -312,7 +458,7 @@ def test_seed_reproduces_the_run(fake_cifar10):
 
 
 @pytest.mark.parametrize('flags', [['--epochs', '0'], ['--epochs', '1e12'], ['--precision', 'fp16'],
-                                   ['--tta', '3'], ['--batch-size', '-1']])
+                                   ['--tta', '3'], ['--batch-size', '-1'], ['--recipe', 'adam']])
 def test_bad_flags_are_refused(flags, capsys):
     with pytest.raises(SystemExit):
         fast_cnn.parse_args(flags)
