@@ -4,6 +4,8 @@
   types that refuse what would fail later (0, negatives, nan, inf).
 * `add_common_flags()`: --seed, --data-dir and --train-dir, declared once.
 * `check_batch_size()`: a batch larger than the training set is one clear line.
+* `add_precision_flag()`, `precision()`: --precision auto|bf16|fp32, and
+  what 'auto' means on this CPU (`cpu_has_bf16()`).
 * `exit_on_error()`: runs a script's main; a DataError, an OSError or Ctrl-C
   ends it with one line and a non-zero exit, never a traceback.
 """
@@ -82,6 +84,33 @@ def check_num_devices(parser, args):
     if args.batch_size % args.num_devices:
         parser.error('argument --num-devices: --batch-size %d does not split into %d '
                      'equal parts' % (args.batch_size, args.num_devices))
+
+
+def add_precision_flag(parser, default, note=''):
+    """--precision: bf16 runs a network's arithmetic in bfloat16 (weights,
+    loss and batch-norm statistics stay float32)."""
+    parser.add_argument('--precision', choices=['auto', 'fp32', 'bf16'], default=default,
+                        help="bf16 runs the network in bfloat16: faster on CPUs with AVX-512 "
+                             "BF16 or AMX{}; 'auto' picks bf16 on such CPUs and fp32 "
+                             "elsewhere (default: {})".format(note, default))
+
+
+def precision(choice):
+    """'bf16' or 'fp32' for a --precision value ('auto' asks the CPU)."""
+    if choice == 'auto':
+        return 'bf16' if cpu_has_bf16() else 'fp32'
+    return choice
+
+
+def cpu_has_bf16(cpuinfo='/proc/cpuinfo'):
+    """Whether the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX);
+    elsewhere oneDNN emulates it, slower than float32."""
+    try:
+        with open(cpuinfo) as f:
+            flags = set(' '.join(line for line in f if line.startswith('flags')).split())
+    except OSError:          # not Linux: stay with float32
+        return False
+    return bool(flags & {'avx512_bf16', 'amx_bf16'})
 
 
 def check_batch_size(batch_size, train_count):

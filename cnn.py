@@ -122,22 +122,24 @@ def centre_crop(images):
 # -----------------------------------------------------------------------------
 
 def conv(x, filters, kernel, name, activation=tf.nn.relu):
-    """A 'same'-padded convolution with Glorot-uniform weights and zero biases."""
+    """A 'same'-padded convolution with Glorot-uniform weights and zero biases,
+    computed in x's type (the float32 weights cast to bfloat16 for a bf16 x)."""
     with tf.variable_scope(name):
         weights = tf.get_variable('weights', [kernel, kernel, x.shape[-1], filters],
                                   initializer=tf.glorot_uniform_initializer())
         biases = tf.get_variable('biases', [filters], initializer=tf.zeros_initializer())
-        x = tf.nn.bias_add(tf.nn.conv2d(x, weights, strides=1, padding='SAME'), biases)
+        x = tf.nn.bias_add(tf.nn.conv2d(x, tf.cast(weights, x.dtype), strides=1,
+                                        padding='SAME'), tf.cast(biases, x.dtype))
         return activation(x) if activation else x
 
 
 def dense(x, units, name, activation=tf.nn.relu):
-    """A fully connected layer with Glorot-uniform weights and zero biases."""
+    """A fully connected layer with Glorot-uniform weights and zero biases, in x's type."""
     with tf.variable_scope(name):
         weights = tf.get_variable('weights', [x.shape[-1], units],
                                   initializer=tf.glorot_uniform_initializer())
         biases = tf.get_variable('biases', [units], initializer=tf.zeros_initializer())
-        x = tf.matmul(x, weights) + biases
+        x = tf.matmul(x, tf.cast(weights, x.dtype)) + tf.cast(biases, x.dtype)
         return activation(x) if activation else x
 
 
@@ -155,7 +157,8 @@ def batch_norm(x, training, name, momentum=0.99, epsilon=1e-3):
     The training tower normalises with the batch's statistics and moves the
     moving averages towards them (the update ops go to UPDATE_OPS, which the
     training op depends on); the inference tower normalises with the moving
-    averages and changes nothing.
+    averages and changes nothing. A bfloat16 x gives a bfloat16 output; the
+    scale, offset and statistics stay float32.
     """
     with tf.variable_scope(name):
         channels = x.shape[-1]
@@ -193,7 +196,7 @@ def dropout(x, rate, training):
 # The three models: inference()
 # -----------------------------------------------------------------------------
 
-def inference(images, model, training):
+def inference(images, model, training, precision='fp32'):
     """Builds a model up to its logits.
 
     Args:
@@ -203,24 +206,29 @@ def inference(images, model, training):
         statistics, dropout), False the inference tower. Build the training
         tower first; build the other inside a reusing variable scope
         (`build_graph`) to share its weights.
+      precision: 'fp32', or 'bf16' to compute the layers in bfloat16 (the
+        augmentation, the weights, batch-norm statistics and the logits stay
+        float32).
 
     Returns:
-      logits: [batch, 10].
+      logits: [batch, 10] float32.
     """
+    dtype = tf.bfloat16 if precision == 'bf16' else tf.float32
     if model == 'augmented':
         x = augment(images) if training else centre_crop(images)
+        x = tf.cast(x, dtype)
         x = max_pool(conv(x, 64, 5, 'conv1'))
         x = max_pool(conv(x, 64, 5, 'conv2'))
         x = max_pool(conv(x, 128, 5, 'conv3'))
         x = dense(flatten(x), 256, 'fc1')
         x = dense(x, 128, 'fc2')
     elif model == 'small':
-        x = max_pool(conv(images, 16, 3, 'conv1'))
+        x = max_pool(conv(tf.cast(images, dtype), 16, 3, 'conv1'))
         x = max_pool(conv(x, 32, 3, 'conv2'))
         x = max_pool(conv(x, 64, 3, 'conv3'))
         x = dense(flatten(x), 128, 'fc1')
     elif model == 'batchnorm':
-        x = images
+        x = tf.cast(images, dtype)
         for block, (filters, rate) in enumerate([(64, 0.2), (128, 0.25), (128, 0.35)], 1):
             x = batch_norm(conv(x, filters, 4, 'conv%da' % block), training, 'bn%da' % block)
             x = batch_norm(conv(x, filters, 4, 'conv%db' % block), training, 'bn%db' % block)
@@ -229,7 +237,8 @@ def inference(images, model, training):
         x = dropout(x, 0.5, training)
     else:
         raise ValueError('unknown model %r' % model)
-    return tf.identity(dense(x, CLASSES, 'logits', activation=None), name='logits')
+    return tf.identity(tf.cast(dense(x, CLASSES, 'logits', activation=None), tf.float32),
+                       name='logits')
 
 
 def loss(logits, labels):
@@ -296,6 +305,7 @@ def parse_args(argv=None):
     parser.add_argument('--log-every', type=cli.positive_int, default=1000,
                         help='steps between reports and checkpoints for step-counted '
                              'runs (default: 1000)')
+    cli.add_precision_flag(parser, 'fp32')
     cli.add_common_flags(parser, train_dir='runs')
     cli.add_num_devices_flag(parser)
     parser.add_argument('--restore', metavar='RUN_DIR',
@@ -355,7 +365,7 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
                                           device=sampler_device)
 
     def training_tower(images, labels):
-        logits = inference(images, args.model, training=True)
+        logits = inference(images, args.model, training=True, precision=args.precision)
         return loss(logits, labels), evaluation(logits, labels)
 
     train_loss, gradients, tower_accuracies = towers.tower_gradients(
@@ -372,7 +382,7 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
     images = tf.placeholder(tf.float32, [None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS], name='images')
     labels = tf.placeholder(tf.int64, [None], name='labels')
     with tf.variable_scope(tf.get_variable_scope(), reuse=True), tf.name_scope('inference'):
-        logits = inference(images, args.model, training=False)
+        logits = inference(images, args.model, training=False, precision=args.precision)
     tf.nn.softmax(logits, name='probabilities')
     return argparse.Namespace(
         sampler=sampler, train_count=len(train_images), images=images, labels=labels,
@@ -405,7 +415,7 @@ def finish_run(args, run_dir, data_sets, history, test, train_seconds):
     print(table)
     write_file_atomically(os.path.join(run_dir, 'per_class.txt'), (table + '\n').encode())
     run_folders.write_json(os.path.join(run_dir, 'result.json'), {
-        'model': args.model, 'test_accuracy': test['accuracy'],
+        'model': args.model, 'test_accuracy': test['accuracy'], 'precision': args.precision,
         'steps': int(history['step'][-1]), 'batch_size': args.batch_size, 'seed': args.seed,
         'train_seconds': train_seconds})
     if not args.no_plots:
@@ -454,6 +464,7 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_re
 def main(args):
     begin_time = time.time()
     rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
+    args.precision = cli.precision(args.precision)
 
     # Load the data: pixels scaled to [0, 1], images as 32x32x3 arrays
     data_sets = data_helpers.load_data(args.data_dir, normalization='scale', layout='nhwc')
@@ -466,7 +477,7 @@ def main(args):
 
     # The graph (only defined here; nothing is computed yet)
     ops = build_graph(args, train_images, train_labels, max_steps)
-    print('Model {}: {:,} parameters'.format(args.model, count_parameters()))
+    print('Model {}: {:,} parameters, {}'.format(args.model, count_parameters(), args.precision))
 
     # Run it
     with tf.Session(config=towers.session_config(args.num_devices)) as sess:

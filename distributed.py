@@ -88,6 +88,7 @@ def parse_args(argv=None):
     parser.add_argument('--startup-timeout', type=cli.positive_float, default=300,
                         help='seconds to wait for the rest of the cluster, at least 30 '
                              '(TensorFlow looks every 30 s; default: 300)')
+    cli.add_precision_flag(parser, 'fp32')
     cli.add_common_flags(parser, train_dir='runs',
                          train_dir_help='folder for the chief\'s run folder (default: runs)')
     args = parser.parse_args(argv)
@@ -235,6 +236,7 @@ def train_worker(server, args):
     creates the run folder and writes checkpoints and summaries there."""
     num_workers, task = len(args.cluster['worker']), args.task_index
     is_chief = task == 0
+    args.precision = cli.precision(args.precision)
     worker_device = '/job:worker/task:%d' % task
     # TensorFlow's chief would wait for the parameter servers without a time
     # limit: wait for their ports first, within --startup-timeout

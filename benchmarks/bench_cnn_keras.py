@@ -1,5 +1,6 @@
-"""Training and inference speed of cnn.py's `batchnorm` model against the same
-model in tf.keras (`model.fit` / `model.predict`), in one process on this machine.
+"""Training and inference speed of cnn.py's `batchnorm` model, in float32 and in
+bfloat16, against the same model in tf.keras (`model.fit` / `model.predict`,
+float32), one script on this machine.
 
     python benchmarks/bench_cnn_keras.py [--steps 60] [--repeats 3]
 
@@ -57,7 +58,7 @@ def time_it(function, repeats):
     return statistics.median(times)
 
 
-def measure_graph(x, y, x_test, batch, steps, repeats):
+def measure_graph(x, y, x_test, batch, steps, repeats, precision):
     import tensorflow.compat.v1 as tf
 
     import cnn
@@ -66,7 +67,8 @@ def measure_graph(x, y, x_test, batch, steps, repeats):
     with tf.Graph().as_default():
         # cnn.py's own graph: the training tower and the inference tower
         args = argparse.Namespace(model='batchnorm', batch_size=batch, learning_rate=1e-3,
-                                  lr_schedule='constant', adam_epsilon=1e-7, num_devices=1)
+                                  lr_schedule='constant', adam_epsilon=1e-7, num_devices=1,
+                                  precision=precision)
         ops = cnn.build_graph(args, x, y, max_steps=10 ** 9)
         with tf.Session(config=run_folders.session_config()) as sess:
             sess.run(tf.global_variables_initializer())
@@ -99,32 +101,38 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--steps', type=int, default=60, help='training steps per timing')
     parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--only', choices=['graph', 'keras'],
+    parser.add_argument('--only', choices=['graph', 'graph-bf16', 'keras'],
                         help='(internal) measure one side in this process')
     args = parser.parse_args()
     if args.only is None:
         # Each side in a fresh process: cnn.py switches TensorFlow to graph
         # mode for its whole process, and Keras needs eager mode.
         results = {}
-        for side in ('graph', 'keras'):
+        for side in ('graph', 'graph-bf16', 'keras'):
             out = subprocess.run([sys.executable, __file__, '--only', side, '--steps',
                                   str(args.steps), '--repeats', str(args.repeats)],
                                  capture_output=True, text=True, check=True).stdout
             results[side] = json.loads(out.strip().splitlines()[-1])
         for name, (train, infer) in results.items():
-            print('%-6s training %6.0f images/s (%5.1f GFLOP/s, %2.0f%% of the ceiling)  '
+            print('%-10s training %6.0f images/s (%5.1f GFLOP/s, %2.0f%% of the fp32 ceiling)  '
                   'inference %6.0f images/s' % (
                       name, train, train * GFLOP_PER_TRAINING_IMAGE,
                       100 * train * GFLOP_PER_TRAINING_IMAGE / CEILING_GFLOPS, infer))
-        print('graph / keras: training %.2fx, inference %.2fx'
-              % (results['graph'][0] / results['keras'][0],
-                 results['graph'][1] / results['keras'][1]))
+        for side in ('graph', 'graph-bf16'):
+            print('%s / keras: training %.2fx, inference %.2fx'
+                  % (side, results[side][0] / results['keras'][0],
+                     results[side][1] / results['keras'][1]))
         return
     import data_helpers
     data = data_helpers.load_data(normalization='scale', layout='nhwc')
     x, y = data['images_train'][:40000], data['labels_train'][:40000]
-    measure = measure_graph if args.only == 'graph' else measure_keras
-    print(json.dumps(measure(x, y, data['images_test'], 128, args.steps, args.repeats)))
+    test = data['images_test']
+    if args.only == 'keras':
+        result = measure_keras(x, y, test, 128, args.steps, args.repeats)
+    else:
+        result = measure_graph(x, y, test, 128, args.steps, args.repeats,
+                               'bf16' if args.only == 'graph-bf16' else 'fp32')
+    print(json.dumps(result))
 
 
 if __name__ == '__main__':

@@ -15,12 +15,12 @@ import reporting
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
 
 
-def build(model):
+def build(model, precision='fp32'):
     """Both towers on one placeholder: (images, training logits, inference logits)."""
     images = tf.placeholder(tf.float32, [None, 32, 32, 3])
-    train_logits = cnn.inference(images, model, training=True)
+    train_logits = cnn.inference(images, model, training=True, precision=precision)
     with tf.variable_scope(tf.get_variable_scope(), reuse=True):
-        logits = cnn.inference(images, model, training=False)
+        logits = cnn.inference(images, model, training=False, precision=precision)
     return images, train_logits, logits
 
 
@@ -114,12 +114,32 @@ def test_dropout_only_in_training():
 
 
 @pytest.mark.parametrize('model', ['augmented', 'small', 'batchnorm'])
-def test_a_few_steps_lower_the_loss(fake_cifar10, model):
+def test_bf16_computes_what_fp32_does_with_float32_weights(model):
+    images_value = np.random.default_rng(1).random((4, 32, 32, 3)).astype(np.float32)
+    with tf.Graph().as_default():
+        tf.set_random_seed(0)
+        images, _, full = build(model)
+        with tf.variable_scope(tf.get_variable_scope(), reuse=True):
+            half = cnn.inference(images, model, training=False, precision='bf16')
+        assert half.dtype == tf.float32
+        assert {v.dtype.base_dtype for v in tf.global_variables()} == {tf.float32}
+        assert any(op.type == 'Conv2D' and op.get_attr('T') == tf.bfloat16
+                   for op in tf.get_default_graph().get_operations())
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            full_value, half_value = sess.run([full, half], {images: images_value})
+    assert np.allclose(full_value, half_value, atol=0.05 * np.abs(full_value).max())
+    assert not np.array_equal(full_value, half_value)       # bfloat16 did round
+
+
+@pytest.mark.parametrize('model, precision', [('augmented', 'fp32'), ('small', 'fp32'),
+                                              ('batchnorm', 'fp32'), ('batchnorm', 'bf16')])
+def test_a_few_steps_lower_the_loss(fake_cifar10, model, precision):
     data = data_helpers.load_data(fake_cifar10, normalization='scale', layout='nhwc')
     x, y = data['images_train'][:32], data['labels_train'][:32]
     with tf.Graph().as_default():
         tf.set_random_seed(0)
-        images, train_logits, _ = build(model)
+        images, train_logits, _ = build(model, precision)
         labels = tf.placeholder(tf.int64, [None])
         loss = cnn.loss(train_logits, labels)
         variables = tf.trainable_variables()
@@ -165,6 +185,18 @@ def test_run_writes_history_checkpoints_pictures_and_restores(fake_cifar10, tmp_
             str(run_dir))
 
 
+def test_a_bf16_run_says_so_and_restores(fake_cifar10, tmp_path, capsys):
+    accuracy, out = run(capsys, '--model', 'batchnorm', '--epochs', '1', '--batch-size', '16',
+                        '--precision', 'bf16', '--data-dir', fake_cifar10, '--train-dir',
+                        str(tmp_path / 'runs'), '--seed', '1', '--no-plots')
+    assert 'Model batchnorm: 1,517,450 parameters, bf16' in out
+    run_dir, = (tmp_path / 'runs').iterdir()
+    assert json.loads((run_dir / 'result.json').read_text())['precision'] == 'bf16'
+    restored, _ = run(capsys, '--model', 'batchnorm', '--precision', 'bf16', '--data-dir',
+                      fake_cifar10, '--restore', str(run_dir))
+    assert restored == pytest.approx(accuracy, abs=1e-9)
+
+
 def test_step_counted_runs_report_every_log_every(fake_cifar10, tmp_path, capsys):
     _, out = run(capsys, '--model', 'augmented', '--max-steps', '6', '--log-every', '3',
                  '--batch-size', '8', '--data-dir', fake_cifar10, '--train-dir',
@@ -184,7 +216,7 @@ def test_same_seed_same_run(fake_cifar10, tmp_path, capsys):
 
 @pytest.mark.parametrize('argv', [['--model', 'vgg'], ['--epochs', '0'],
                                   ['--epochs', '2', '--max-steps', '5'],
-                                  ['--learning-rate', '-1']])
+                                  ['--learning-rate', '-1'], ['--precision', 'fp16']])
 def test_bad_flags_are_refused(argv):
     with pytest.raises(SystemExit) as exit_info:
         cnn.parse_args(argv)

@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each kind of run: its script, its flags for a few steps on the fake data, and
 # the extra export flags. fast_cnn trains in float32 for the exact comparison;
-# the bfloat16 run is compared with a tolerance below.
+# the bfloat16 runs are compared with a tolerance below.
 KINDS = {
     'softmax': (softmax, ['--max-steps', '20'], []),
     'wolfib': (two_layer_mlp, ['--preset', 'wolfib', '--max-steps', '20', '--batch-size', '50'], []),
@@ -39,6 +39,8 @@ KINDS = {
                     '--no-plots'], []),
     'batchnorm': (cnn, ['--model', 'batchnorm', '--max-steps', '5', '--batch-size', '16',
                         '--no-plots'], []),
+    'batchnorm-bf16': (cnn, ['--model', 'batchnorm', '--max-steps', '5', '--batch-size', '16',
+                             '--no-plots', '--precision', 'bf16'], []),
     'augmented': (cnn, ['--model', 'augmented', '--max-steps', '5', '--batch-size', '16',
                         '--no-plots'], []),
     'fast': (fast_cnn, ['--epochs', '1', '--batch-size', '50', '--precision', 'fp32'], []),
@@ -120,7 +122,8 @@ def exported(tmp_path_factory):
     return root, exports, images, expected, results
 
 
-EXACT_KINDS = [kind for kind in KINDS if kind not in ('fast', 'fast-bf16')]
+BF16_KINDS = ['fast-bf16', 'batchnorm-bf16']
+EXACT_KINDS = [kind for kind in KINDS if kind != 'fast' and kind not in BF16_KINDS]
 
 
 @pytest.mark.parametrize('kind', EXACT_KINDS + ['fast'])
@@ -160,11 +163,12 @@ def test_tflite_predicts_the_same_top_class(exported, kind):
                                   results[kind + '/classes'])
 
 
-def test_bf16_run_is_exported_in_float32_close_to_its_training_graph(exported):
-    root, exports, _, _, results = exported
-    reference = plain_probabilities(exported, 'fast-bf16')
-    np.testing.assert_allclose(results['fast-bf16/probabilities'], reference, atol=2e-2)
-    graph_def = saved_graph(exports['fast-bf16']).graph_def
+@pytest.mark.parametrize('kind', BF16_KINDS)
+def test_bf16_run_is_exported_in_float32_close_to_its_training_graph(exported, kind):
+    root, exports, _, expected, results = exported
+    reference = plain_probabilities(exported, kind) if kind == 'fast-bf16' else expected[kind]
+    np.testing.assert_allclose(results[kind + '/probabilities'], reference, atol=2e-2)
+    graph_def = saved_graph(exports[kind]).graph_def
     assert 'DT_BFLOAT16' not in str(graph_def)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import cli
 import data_helpers
 import fast_cnn
 import predict
@@ -46,7 +47,7 @@ def test_output_shape_and_parameter_count():
             assert sess.run(logits, {images: np.zeros((3, 32, 32, 3))}).shape == (3, 10)
 
 
-@pytest.mark.skipif(not fast_cnn.cpu_has_bf16(), reason='this CPU has no native bfloat16 '
+@pytest.mark.skipif(not cli.cpu_has_bf16(), reason='this CPU has no native bfloat16 '
                     '(AVX-512 BF16 or AMX), where --precision auto never picks bf16')
 def test_bf16_network_is_close_to_fp32():
     images_value = np.random.default_rng(1).random((4, 32, 32, 3)).astype(np.float32)
@@ -400,10 +401,10 @@ def test_tta_of_a_mirror_symmetric_image_equals_the_plain_prediction():
 def test_auto_precision_reads_the_cpu_flags(tmp_path):
     info = tmp_path / 'cpuinfo'
     info.write_text('processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16\n')
-    assert fast_cnn.cpu_has_bf16(str(info))
+    assert cli.cpu_has_bf16(str(info))
     info.write_text('processor : 0\nflags : fpu sse2 avx2 avx512f\n')
-    assert not fast_cnn.cpu_has_bf16(str(info))
-    assert not fast_cnn.cpu_has_bf16(str(tmp_path / 'missing'))
+    assert not cli.cpu_has_bf16(str(info))
+    assert not cli.cpu_has_bf16(str(tmp_path / 'missing'))
 
 
 def run(folder, *flags):
