@@ -282,9 +282,21 @@ def save_checkpoint(saver, session, run_dir, step=None):
       DataError: the checkpoint cannot be written (a full disk, a folder gone).
     """
     try:
-        return saver.save(session, os.path.join(run_dir, 'model.ckpt'), global_step=step)
+        with quiet_deprecations():      # deleting the oldest checkpoint says 'deprecated'
+            return saver.save(session, os.path.join(run_dir, 'model.ckpt'), global_step=step)
     except (tf.errors.OpError, OSError, ValueError) as e:
         raise DataError('cannot save a checkpoint in %s (%s)' % (run_dir, error_line(e))) from None
+
+
+@contextlib.contextmanager
+def quiet_deprecations():
+    """TensorFlow's v1 APIs log 'deprecated' warnings; hide them inside the block."""
+    verbosity = tf.logging.get_verbosity()
+    tf.logging.set_verbosity(tf.logging.ERROR)
+    try:
+        yield
+    finally:
+        tf.logging.set_verbosity(verbosity)
 
 
 def error_line(error):
@@ -519,10 +531,8 @@ def load_exported_model(folder):
     """
     graph = tf.Graph()
     session = tf.Session(graph=graph)
-    verbosity = tf.logging.get_verbosity()
-    tf.logging.set_verbosity(tf.logging.ERROR)     # the v1 loader says it is deprecated
     try:
-        with graph.as_default():
+        with graph.as_default(), quiet_deprecations():      # the v1 loader's warning
             try:
                 meta_graph = tf.saved_model.loader.load(session, [tf.saved_model.SERVING], folder)
                 signature = meta_graph.signature_def[SIGNATURE]
@@ -549,8 +559,6 @@ def load_exported_model(folder):
     except DataError:
         session.close()
         raise
-    finally:
-        tf.logging.set_verbosity(verbosity)
     info = {'dataset': 'mnist' if channels == 1 else 'cifar10', 'image_size': size,
             'channels': channels, 'classes': classes, 'layout': 'nhwc',
             'normalization': 'none'}

@@ -243,3 +243,16 @@ def test_checkpoints_a_live_run_deleted_meanwhile_are_listed_again(tmp_path):
     prefix, result = run_folders._newest_that_loads(folder, load)
     assert (os.path.basename(prefix), result) == ('model.ckpt-3', 'restored')
     assert loaded == ['model.ckpt-2', 'model.ckpt-3']      # 1 was gone: never loaded
+
+
+def test_saving_hides_tensorflows_deprecation_warnings(tmp_path):
+    # Deleting the oldest checkpoint makes the v1 saver log 'deprecated'
+    class Saver:
+        def save(self, session, path, global_step=None):
+            seen.append(tf.logging.get_verbosity())
+            return path
+
+    seen, before = [], tf.logging.get_verbosity()
+    run_folders.save_checkpoint(Saver(), None, str(tmp_path), 3)
+    assert seen == [tf.logging.ERROR]
+    assert tf.logging.get_verbosity() == before
