@@ -104,3 +104,15 @@ def test_an_os_error_is_one_line(monkeypatch, tmp_path):
         cli.exit_on_error(writes_into_a_missing_folder, None)
     assert exit_info.value.code == ('tool.py: error: %s: No such file or directory'
                                     % (tmp_path / 'gone' / 'out.png'))
+
+
+def test_auto_precision_reads_the_cpu_flags(tmp_path):
+    info = tmp_path / 'cpuinfo'
+    info.write_text('processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16\n')
+    assert cli.cpu_has_bf16(str(info))
+    info.write_text('processor : 0\nflags : fpu sse2 avx2 avx512f\n')
+    assert not cli.cpu_has_bf16(str(info))
+    assert not cli.cpu_has_bf16(str(tmp_path / 'missing'))
+    # 'auto' is what the CPU can do; the others are taken as given
+    assert cli.precision('auto') == ('bf16' if cli.cpu_has_bf16() else 'fp32')
+    assert cli.precision('fp32') == 'fp32' and cli.precision('bf16') == 'bf16'

@@ -398,15 +398,6 @@ def test_tta_of_a_mirror_symmetric_image_equals_the_plain_prediction():
     assert not np.allclose(other[0], other[1], atol=1e-5)     # for others it differs
 
 
-def test_auto_precision_reads_the_cpu_flags(tmp_path):
-    info = tmp_path / 'cpuinfo'
-    info.write_text('processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16\n')
-    assert cli.cpu_has_bf16(str(info))
-    info.write_text('processor : 0\nflags : fpu sse2 avx2 avx512f\n')
-    assert not cli.cpu_has_bf16(str(info))
-    assert not cli.cpu_has_bf16(str(tmp_path / 'missing'))
-
-
 def run(folder, *flags):
     args = fast_cnn.parse_args(['--data-dir', folder, '--batch-size', '32',
                                 '--precision', 'fp32', '--train-dir', 'runs'] + list(flags))
