@@ -222,7 +222,8 @@ def conv(x, filters, name):
 def gelu(x):
     """GELU, exact (Hendrycks & Gimpel 2016): x * Phi(x), as PyTorch's nn.GELU.
     (tf.compat.v1.nn has none; TensorFlow 2's is this same formula.)"""
-    return 0.5 * x * (1 + tf.math.erf(x * (1 / math.sqrt(2))))
+    with tf.name_scope('gelu'):
+        return 0.5 * x * (1 + tf.math.erf(x * (1 / math.sqrt(2))))
 
 
 def batch_norm(x, training, name, momentum):
