@@ -63,7 +63,7 @@ tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 # oneDNN fuses ReLU into batch norm and a GELU step is 20-28% slower on a
 # CPU; and 12 epochs instead of 9.9, which buy back GELU's accuracy in less time.
 #
-# muon: airbench94_muon.py (same repository, 2024-10): the convolution
+# muon: airbench94_muon.py (same repository, as at f1c599c, 2025-03): the convolution
 # filters trained by Muon (momentum, then the update orthogonalised), the
 # biases and the head by Nesterov SGD, 8 epochs of batch 2000, the learning
 # rate falling linearly to 0, no weight averaging. Its SGD learning rates and
