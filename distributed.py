@@ -307,8 +307,8 @@ def train_worker(server, args):
             raise DataError('worker %d: the cluster was not ready within %g s '
                             '(--startup-timeout)' % (task, args.startup_timeout)) from None
         raise DataError('worker %d: no step finished in %g s (--step-timeout): a worker has '
-                        'probably stopped, and synchronous training cannot go on without it'
-                        % (task, args.step_timeout)) from None
+                        'probably stopped (or never started), and synchronous training cannot '
+                        'go on without it' % (task, args.step_timeout)) from None
     except tf.errors.OpError as e:
         raise DataError('worker %d: the cluster failed (%s)' % (task, run_folders.error_line(e)))
 

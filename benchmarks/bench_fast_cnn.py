@@ -116,7 +116,7 @@ def measure_model(args, hyp, data_dir, steps, repeats):
     train_images = data_helpers.to_nhwc(train_images)[:count]
     pad = hyp['translate']
     padded = np.pad(train_images, [(0, 0), (pad, pad), (pad, pad), (0, 0)], mode='reflect')
-    sample = fast_cnn.normalize(train_images[:2000].astype(np.float32) / 255)
+    sample = fast_cnn.normalize(train_images[:fast_cnn.WHITEN_SAMPLES].astype(np.float32) / 255)
     rng = np.random.default_rng(0)
     with tf.Graph().as_default() as graph:
         ops = fast_cnn.build_graph(args, hyp, padded, train_labels[:count],
@@ -156,7 +156,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--recipe', choices=sorted(fast_cnn.RECIPES),
                         default=fast_cnn.DEFAULT_RECIPE)
-    parser.add_argument('--precision', choices=['auto', 'fp32', 'bf16'], default='auto')
+    cli.add_precision_flag(parser, 'auto')
     parser.add_argument('--batch', type=cli.positive_int, default=500,
                         help='batch of the ceiling convolutions (default: 500)')
     parser.add_argument('--steps', type=cli.positive_int, default=5,

@@ -9,9 +9,11 @@ import sys
 import time
 
 import pytest
+import tensorflow.compat.v1 as tf
 
 import distributed
 import predict
+from downloads import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT = 150          # seconds any process of a test may live
@@ -113,6 +115,28 @@ def test_a_killed_worker_stops_the_others_in_bounded_time(cluster):
     assert c.wait('ps') == 1, c.everything()
     assert c.output('ps').strip().splitlines()[-1] == (
         'distributed.py: error: parameter server 0: worker 0, 1 did not finish'), c.everything()
+
+
+def test_a_worker_that_said_it_started_and_went_is_gone_in_10_s():
+    # The race the port checks alone lost: a worker starts, trains and dies
+    # between two looks at its port. Its word that it started is enough; the
+    # parameter server (in this process) need never see its port open.
+    ps, w0, w1 = distributed.local_addresses(3)
+    args = distributed.parse_args(['--ps-hosts', ps, '--worker-hosts', w0 + ',' + w1,
+                                   '--job-name', 'ps', '--task-index', '0',
+                                   '--startup-timeout', '60'])
+    server = tf.distribute.Server(tf.train.ClusterSpec(args.cluster), job_name='ps',
+                                  task_index=0, start=True)
+    config = tf.ConfigProto(device_filters=['/job:ps/task:0'])
+    with tf.Graph().as_default(), tf.Session(server.target, config=config) as session:
+        queue = distributed.news_queue(0)
+        for news in [(0, distributed.STARTED), (1, distributed.STARTED), (0, distributed.DONE)]:
+            session.run(queue.enqueue(news))
+    start = time.time()
+    with tf.Graph().as_default(), pytest.raises(
+            DataError, match='^parameter server 0: worker 1 did not finish$'):
+        distributed.serve_parameters(server, args)
+    assert 10 < time.time() - start < 30          # not the 60 s of --startup-timeout
 
 
 def test_cluster_from_tf_config_and_bad_flags(monkeypatch, capsys):

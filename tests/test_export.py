@@ -47,6 +47,8 @@ KINDS = {
     'fast-tta': (fast_cnn, ['--epochs', '1', '--batch-size', '50', '--precision', 'fp32'],
                  ['--tta']),
     'fast-bf16': (fast_cnn, ['--epochs', '1', '--batch-size', '50', '--precision', 'bf16'], []),
+    'fast-muon': (fast_cnn, ['--recipe', 'muon', '--epochs', '1', '--batch-size', '50',
+                             '--precision', 'fp32'], []),
 }
 
 # Run in a fresh process in eager mode, as a TensorFlow 2 or Keras 3 user would.
@@ -123,15 +125,16 @@ def exported(tmp_path_factory):
 
 
 BF16_KINDS = ['fast-bf16', 'batchnorm-bf16']
-EXACT_KINDS = [kind for kind in KINDS if kind != 'fast' and kind not in BF16_KINDS]
+PLAIN_KINDS = ['fast', 'fast-muon']     # exported without TTA: compared with the plain output
+EXACT_KINDS = [kind for kind in KINDS if kind not in PLAIN_KINDS + BF16_KINDS]
 
 
-@pytest.mark.parametrize('kind', EXACT_KINDS + ['fast'])
+@pytest.mark.parametrize('kind', EXACT_KINDS + PLAIN_KINDS)
 def test_tf2_signature_matches_the_training_graph(exported, kind):
     _, _, _, expected, results = exported
     # fast_cnn's graph `probabilities` are the TTA ones; without --tta the
     # export gives its plain output, which the run also reports
-    reference = plain_probabilities(exported, kind) if kind == 'fast' else expected[kind]
+    reference = plain_probabilities(exported, kind) if kind in PLAIN_KINDS else expected[kind]
     np.testing.assert_allclose(results[kind + '/probabilities'], reference, atol=1e-5)
     np.testing.assert_allclose(results[kind + '/batch1'], reference, atol=1e-5)
     np.testing.assert_array_equal(results[kind + '/classes'], reference.argmax(1))

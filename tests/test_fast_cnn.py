@@ -49,14 +49,16 @@ def test_output_shape_and_parameter_count():
 
 @pytest.mark.skipif(not cli.cpu_has_bf16(), reason='this CPU has no native bfloat16 '
                     '(AVX-512 BF16 or AMX), where --precision auto never picks bf16')
-def test_bf16_network_is_close_to_fp32():
+@pytest.mark.parametrize('recipe', ['airbench94', 'muon'])     # ReLU; GELU
+def test_bf16_network_is_close_to_fp32(recipe):
+    hyp = fast_cnn.RECIPES[recipe]
     images_value = np.random.default_rng(1).random((4, 32, 32, 3)).astype(np.float32)
     with tf.Graph().as_default():
         tf.set_random_seed(0)
         images = tf.placeholder(tf.float32, [None, 32, 32, 3])
         whitening = whitening_for_tests()
-        full = fast_cnn.inference(images, whitening, False, AIRBENCH94, 'fp32')
-        half = fast_cnn.inference(images, whitening, False, AIRBENCH94, 'bf16')   # same weights
+        full = fast_cnn.inference(images, whitening, False, hyp, 'fp32')
+        half = fast_cnn.inference(images, whitening, False, hyp, 'bf16')   # the same weights
         assert half.dtype == tf.float32
         assert len(tf.trainable_variables()) == 1 + 3 * 4 + 1     # shared, not doubled
         with tf.Session() as sess:
@@ -255,25 +257,30 @@ def test_orthogonalize_keeps_the_singular_vectors_and_brings_the_values_near_1(s
     assert np.ptp(np.diag(u[:, :k].T @ ten @ v[:, :k])) < 0.65
 
 
-def test_one_muon_step_by_hand():
-    # From zero momentum, Nesterov: direction = g + m * g; the kernel is
-    # rescaled to norm sqrt(filters), then moved by -lr * NS(direction) with
-    # the kernel seen as a [h * w * in, out] matrix
+def test_two_muon_steps_by_hand():
+    # Nesterov momentum: buffer = m * buffer + g, direction = g + m * buffer;
+    # each step rescales the kernel to norm sqrt(filters), then moves it by
+    # -lr * NS(direction), the kernel seen as a [h * w * in, out] matrix
     rng = np.random.default_rng(0)
     kernel_value = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
-    gradient_value = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
+    gradient_values = rng.normal(size=(2, 3, 3, 4, 6)).astype(np.float32)
     with tf.Graph().as_default():
         kernel = tf.Variable(kernel_value)
-        step = fast_cnn.muon([(tf.constant(gradient_value), kernel)], lr=0.1, momentum=0.6,
-                             steps=3)
+        gradient = tf.placeholder(tf.float32, [3, 3, 4, 6])
+        step = fast_cnn.muon([(gradient, kernel)], lr=0.1, momentum=0.6, steps=3)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
-            sess.run(step)
-            after = sess.run(kernel)
-    rescaled = kernel_value * np.sqrt(6) / np.linalg.norm(kernel_value)
-    update = newton_schulz_by_hand(1.6 * gradient_value.reshape(-1, 6).astype(np.float64), 3)
-    np.testing.assert_allclose(after, rescaled - 0.1 * update.reshape(3, 3, 4, 6),
-                               rtol=1e-4, atol=1e-5)
+            after = []
+            for value in gradient_values:
+                sess.run(step, {gradient: value})
+                after.append(sess.run(kernel))
+    w, buffer = kernel_value.astype(np.float64), np.zeros_like(kernel_value, np.float64)
+    for g, got in zip(gradient_values, after):
+        buffer = 0.6 * buffer + g
+        direction = (g + 0.6 * buffer).reshape(-1, 6)
+        w = w * np.sqrt(6) / np.linalg.norm(w) - 0.1 * newton_schulz_by_hand(
+            direction, 3).reshape(w.shape)
+        np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
 
 
 def test_muon_recipe_trains_filters_with_muon_and_the_rest_with_sgd():
@@ -291,11 +298,15 @@ def test_muon_recipe_trains_filters_with_muon_and_the_rest_with_sgd():
         loss = fast_cnn.loss(logits, tf.constant(labels_value), 0.2)
         variables = tf.trainable_variables()
         groups = fast_cnn.parameter_groups(variables)
-        train_step = fast_cnn.training(list(zip(tf.gradients(loss, variables), variables)),
+        gradients = tf.gradients(loss, variables)
+        train_step = fast_cnn.training(list(zip(gradients, variables)),
                                        MUON, 8, tf.constant(0.5), tf.constant(0.0))
+        group_lr_8, decay_8 = fast_cnn.learning_rates(MUON, 8)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             before = {v.op.name: value for v, value in zip(variables, sess.run(variables))}
+            gradient_values = {v.op.name: value
+                               for v, value in zip(variables, sess.run(gradients))}
             head_std = before['net/head/weights'].std()
             sess.run(train_step)
             after = {v.op.name: value for v, value in zip(variables, sess.run(variables))}
@@ -310,8 +321,15 @@ def test_muon_recipe_trains_filters_with_muon_and_the_rest_with_sgd():
                        / np.linalg.norm(before[var.op.name])).reshape(-1, w.shape[-1])
         singular = np.linalg.svd(step_matrix, compute_uv=False) / (0.5 * 0.24)
         assert 0.6 < singular.max() < 1.3, (var.op.name, singular)
+    # The first Nesterov SGD step from zero momentum, as for airbench94:
+    # -lr_scale * (1 + momentum) * (group_lr * g + decay * w)
     for var in groups['biases'] + groups['head']:
-        assert not np.array_equal(before[var.op.name], after[var.op.name])
+        name = 'head' if var in groups['head'] else 'biases'
+        w, g = before[var.op.name], gradient_values[var.op.name]
+        expected = -0.5 * 1.85 * (group_lr_8[name] * g + decay_8 * w)
+        np.testing.assert_allclose(after[var.op.name] - w, expected, rtol=1e-3,
+                                   atol=1e-6 * np.abs(expected).max() + 1e-12,
+                                   err_msg=var.op.name)
 
 
 def test_training_flops_per_image_as_counted_by_hand():
