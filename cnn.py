@@ -18,8 +18,11 @@ Each run writes to `--train-dir/<model>-<timestamp>/`: checkpoints every epoch
 article's accuracy and loss curves, sample predictions, misclassified images,
 a confusion matrix and a per-class precision / recall / F1 table.
 
-    python cnn.py --model small                # about 10 minutes on 2 cores
-    python cnn.py --model batchnorm
+    python cnn.py --model small                # 71.0%, 1.5 minutes on 2 cores
+    python cnn.py --model batchnorm            # 83.0%, about an hour
+    python cnn.py                              # augmented: 82.1%, about 1.5 hours
+    python cnn.py --max-steps 70000 --learning-rate 1e-3 --lr-schedule linear
+                                               # augmented in 38 minutes: 80.4%
     python cnn.py --restore runs/small-...     # evaluate a saved run
 """
 
