@@ -24,8 +24,9 @@ Where each idea comes from:
   epochs): the convolution filters trained by Muon, momentum whose update is
   orthogonalised by a few Newton-Schulz iterations (Keller Jordan et al.,
   "Muon: an optimizer for hidden layers", 2024), batch 2000, GELU, no
-  weight averaging. Not yet measured on CIFAR-10 here; the default stays
-  airbench94's recipe until it is.
+  weight averaging. Measured here: 94.05% (3 seeds) with a third less
+  compute, but slower on a CPU (9.0 against 6.9 min) because GELU is not
+  fused as ReLU is; the default stays airbench94's recipe until it is fast.
 
     python fast_cnn.py                      # the default recipe, 12 epochs
     python fast_cnn.py --epochs 6           # less accuracy, half the time
