@@ -2,6 +2,7 @@
 groups, Muon), lookahead, TTA, FLOP count, runs of both recipes."""
 
 import json
+import math
 import os
 import re
 
@@ -65,6 +66,25 @@ def test_bf16_network_is_close_to_fp32(recipe):
             sess.run(tf.global_variables_initializer())
             full_value, half_value = sess.run([full, half], {images: images_value})
     assert np.allclose(full_value, half_value, atol=0.05 * np.abs(full_value).max())
+
+
+def test_gelu_and_its_gradient_are_the_exact_formula_compiled_by_xla():
+    values = np.array([-3, -1, -0.5, 0, 0.25, 1, 2.5], np.float64)
+    phi = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in values])
+    density = np.exp(-values ** 2 / 2) / math.sqrt(2 * math.pi)
+    with tf.Graph().as_default():
+        x = tf.constant(values, tf.float32)
+        y = fast_cnn.gelu(x)
+        gradient = tf.gradients(y, x)[0]
+        compiled = [op for op in tf.get_default_graph().get_operations()
+                    if '_XlaCompile' in op.node_def.attr and op.get_attr('_XlaCompile')]
+        with tf.Session() as sess:
+            y, gradient = sess.run([y, gradient])
+    np.testing.assert_allclose(y, values * phi, atol=1e-6)
+    np.testing.assert_allclose(gradient, phi + values * density, atol=1e-6)
+    # Forward and backward marked for XLA (one cluster each)
+    assert {'Erf', 'Mul', 'AddV2'} <= {op.type for op in compiled}
+    assert {'Exp', 'Square'} <= {op.type for op in compiled if op.name.startswith('gradients/')}
 
 
 def test_whitening_filters_whiten_the_patch_covariance():
