@@ -228,9 +228,13 @@ def gelu(x):
     Its five elementwise ops, and the ten of its gradient, are compiled by
     XLA into one loop each: TensorFlow fuses only ReLU into batch norm on a
     CPU, and unfused GELU took 45% of a training step here (BENCHMARKS.md).
+    A bfloat16 x is computed in float32 inside that loop, as PyTorch's CPU
+    kernel does: the constants stay exact, so that the TFLite converter
+    still recognises GELU in an exported model (it has no Erf of its own).
     """
     with tf.name_scope('gelu'), tf.xla.experimental.jit_scope():
-        return 0.5 * x * (1 + tf.math.erf(x * (1 / math.sqrt(2))))
+        x32 = tf.cast(x, tf.float32)
+        return tf.cast(0.5 * x32 * (1 + tf.math.erf(x32 * (1 / math.sqrt(2)))), x.dtype)
 
 
 def batch_norm(x, training, name, momentum):

@@ -43,12 +43,16 @@ KINDS = {
                              '--no-plots', '--precision', 'bf16'], []),
     'augmented': (cnn, ['--model', 'augmented', '--max-steps', '5', '--batch-size', '16',
                         '--no-plots'], []),
-    'fast': (fast_cnn, ['--epochs', '1', '--batch-size', '50', '--precision', 'fp32'], []),
-    'fast-tta': (fast_cnn, ['--epochs', '1', '--batch-size', '50', '--precision', 'fp32'],
-                 ['--tta']),
-    'fast-bf16': (fast_cnn, ['--epochs', '1', '--batch-size', '50', '--precision', 'bf16'], []),
+    'fast': (fast_cnn, ['--recipe', 'airbench94', '--epochs', '1', '--batch-size', '50',
+                        '--precision', 'fp32'], []),
+    'fast-tta': (fast_cnn, ['--recipe', 'airbench94', '--epochs', '1', '--batch-size', '50',
+                            '--precision', 'fp32'], ['--tta']),
+    'fast-bf16': (fast_cnn, ['--recipe', 'airbench94', '--epochs', '1', '--batch-size', '50',
+                             '--precision', 'bf16'], []),
     'fast-muon': (fast_cnn, ['--recipe', 'muon', '--epochs', '1', '--batch-size', '50',
                              '--precision', 'fp32'], []),
+    'fast-muon-bf16': (fast_cnn, ['--recipe', 'muon', '--epochs', '1', '--batch-size', '50',
+                                  '--precision', 'bf16'], []),
 }
 
 # Run in a fresh process in eager mode, as a TensorFlow 2 or Keras 3 user would.
@@ -124,7 +128,7 @@ def exported(tmp_path_factory):
     return root, exports, images, expected, results
 
 
-BF16_KINDS = ['fast-bf16', 'batchnorm-bf16']
+BF16_KINDS = ['fast-bf16', 'fast-muon-bf16', 'batchnorm-bf16']
 PLAIN_KINDS = ['fast', 'fast-muon']     # exported without TTA: compared with the plain output
 EXACT_KINDS = [kind for kind in KINDS if kind not in PLAIN_KINDS + BF16_KINDS]
 
@@ -169,7 +173,7 @@ def test_tflite_predicts_the_same_top_class(exported, kind):
 @pytest.mark.parametrize('kind', BF16_KINDS)
 def test_bf16_run_is_exported_in_float32_close_to_its_training_graph(exported, kind):
     root, exports, _, expected, results = exported
-    reference = plain_probabilities(exported, kind) if kind == 'fast-bf16' else expected[kind]
+    reference = plain_probabilities(exported, kind) if kind.startswith('fast') else expected[kind]
     np.testing.assert_allclose(results[kind + '/probabilities'], reference, atol=2e-2)
     graph_def = saved_graph(exports[kind]).graph_def
     assert 'DT_BFLOAT16' not in str(graph_def)
