@@ -1,38 +1,36 @@
 """A GPU speed-run recipe for CIFAR-10 on a laptop-class CPU, in TensorFlow 1 graph mode.
 
 The articles stop at 78-83% after an hour. The GPU speed-runs show what a
-good recipe does with far less compute (airbench94: 94% in seconds on an
-A100); this file is that recipe, written out step by step so it can be read
-beside them. On 2 CPU cores it trains in 7-15 minutes, as fast or slow as
-the machine is that day, to 94.00% (mean of 3 seeds; BENCHMARKS.md).
-Where each idea comes from:
+good recipe does with far less compute (airbench94_muon: 94% in 2.6 seconds
+on an A100, 0.28 PFLOP); this file is that recipe, written out step by step
+so it can be read beside them. On 2 CPU cores it trains in 6.5 minutes on a
+fast day to 94.05% (mean of 3 seeds; BENCHMARKS.md). Where each idea comes
+from:
 
-* The network, its widths (64/256/256), the hyper-parameters, lookahead
-  weight averaging, alternating flips and multi-crop test-time augmentation:
-  Keller Jordan, airbench94 ("94% on CIFAR-10 in 3.29 seconds on a single
-  GPU", arXiv:2404.00498, 2024), which this file follows closely; the weight
-  averaging as airbench94 does it since its commit 74e145d (2024-03-26): from
-  the first step, copied back into the network once, at the end.
-* A first layer initialised from the whitening (ZCA-like) eigenvectors of
-  2x2 patches and then frozen: tysam-code's hlb-CIFAR10, after Coates & Ng
-  (2011).
-* Batch norm with frozen scales and a larger learning rate for its biases,
-  Nesterov SGD with a large batch, label smoothing (Szegedy et al. 2016),
-  weight decay decoupled from the learning rate, warm-up then linear decay,
-  random 2-pixel translations: David Page, "How to train your ResNet" (2018).
-* `--recipe muon`: airbench94_muon.py (the same repository, 94.01% in 8
-  epochs): the convolution filters trained by Muon, momentum whose update is
-  orthogonalised by a few Newton-Schulz iterations (Keller Jordan et al.,
-  "Muon: an optimizer for hidden layers", 2024), batch 2000, GELU, no
-  weight averaging. Measured here: 94.05% (3 seeds) with a third less
-  compute, in 6.5 min against 6.9 once GELU was compiled by XLA; it is not
-  the default yet because a bfloat16 run of it cannot yet be exported to
-  TFLite (the converter refuses its `Erf`; a float32 run's converts).
+* The default, `--recipe muon`: Keller Jordan's airbench94_muon.py
+  (KellerJordan/cifar10-airbench, 94.01% in 8 epochs): the convolution
+  filters trained by Muon, momentum whose update is orthogonalised by a few
+  Newton-Schulz iterations (Keller Jordan et al., "Muon: an optimizer for
+  hidden layers", 2024), the rest by Nesterov SGD, batch 2000, GELU, no
+  weight averaging.
+* `--recipe airbench94`, the previous default (12 epochs, 94.00%, 0.42
+  PFLOP, 6.9 min): airbench94 ("94% on CIFAR-10 in 3.29 seconds on a single
+  GPU", arXiv:2404.00498, 2024), with lookahead weight averaging as airbench94
+  does it since its commit 74e145d (2024-03-26): from the first step, copied
+  back into the network once, at the end.
+* Both: the network, its widths (64/256/256), alternating flips and
+  multi-crop test-time augmentation: airbench94. A first layer initialised
+  from the whitening (ZCA-like) eigenvectors of 2x2 patches and then frozen:
+  tysam-code's hlb-CIFAR10, after Coates & Ng (2011). Batch norm with frozen
+  scales and a larger learning rate for its biases, Nesterov SGD with a large
+  batch, label smoothing (Szegedy et al. 2016), weight decay decoupled from
+  the learning rate, warm-up then linear decay, random 2-pixel translations:
+  David Page, "How to train your ResNet" (2018).
 
-    python fast_cnn.py                      # the default recipe, 12 epochs
-    python fast_cnn.py --epochs 6           # less accuracy, half the time
+    python fast_cnn.py                      # the default recipe, muon, 8 epochs
+    python fast_cnn.py --epochs 6           # less accuracy, less time
     python fast_cnn.py --precision fp32     # float32 even where bfloat16 is fast
-    python fast_cnn.py --recipe muon        # Muon, 8 epochs of batch 2000
+    python fast_cnn.py --recipe airbench94  # the previous default, 12 epochs of 1024
 
 Each run writes `--train-dir/fast-<timestamp>/`: the final checkpoint,
 model.json (for predict.py), history.json and result.json.
@@ -120,7 +118,7 @@ RECIPES = {
         'tta_level': 2,
     },
 }
-DEFAULT_RECIPE = 'airbench94'
+DEFAULT_RECIPE = 'muon'
 # Per-channel mean and standard deviation of the official CIFAR-10 training
 # pixels (in [0, 1]), as airbench94 uses them; the JPEG copy's differ by < 0.002.
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
@@ -573,15 +571,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='A fast-training CNN for CIFAR-10 (airbench recipes, graph mode).')
     parser.add_argument('--recipe', choices=sorted(RECIPES), default=DEFAULT_RECIPE,
-                        help='airbench94: Nesterov SGD, 12 epochs of 1024, weight '
-                             'averaging; muon: airbench94_muon, Muon for the filters, '
-                             '8 epochs of 2000 (default: %(default)s)')
+                        help='muon: airbench94_muon, Muon for the filters, 8 epochs of '
+                             '2000; airbench94: the previous default, Nesterov SGD, 12 '
+                             'epochs of 1024, weight averaging (default: %(default)s)')
     parser.add_argument('--epochs', type=cli.positive_float,
                         help="passes over the training set, fractions allowed; fewer "
-                             "trade accuracy for time (default: the recipe's, 12 or 8)")
+                             "trade accuracy for time (default: the recipe's: 8 muon, 12 airbench94)")
     parser.add_argument('--batch-size', type=cli.positive_int,
                         help="images per step; the learning rates scale with it "
-                             "(default: the recipe's, 1024 or 2000)")
+                             "(default: the recipe's: 2000 muon, 1024 airbench94)")
     cli.add_precision_flag(parser, 'auto', note=' (1.45x here), no less accurate')
     parser.add_argument('--tta', type=int, choices=[0, 1, 2],
                         help='test-time augmentation: 0 none, 1 mirror, 2 mirror and '

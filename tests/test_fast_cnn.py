@@ -460,7 +460,8 @@ def run(folder, *flags):
 
 
 def test_a_few_epochs_lower_the_loss_and_save_a_usable_run(fake_cifar10, capsys):
-    accuracy, history, run_dir = run(fake_cifar10, '--epochs', '5', '--seed', '0', '--tta', '2')
+    accuracy, history, run_dir = run(fake_cifar10, '--recipe', 'airbench94', '--epochs', '5',
+                                     '--seed', '0', '--tta', '2')
     assert len(history['loss']) == 5
     assert history['loss'][-1] < 0.8 * history['loss'][0]
     with open(os.path.join(run_dir, 'result.json')) as f:
@@ -493,9 +494,10 @@ def test_the_muon_recipe_lowers_the_loss_and_prints_its_compute(fake_cifar10, ca
     assert predict.main(args) == 0
 
 
-def test_seed_reproduces_the_run(fake_cifar10):
-    first = run(fake_cifar10, '--epochs', '2', '--seed', '7', '--tta', '0')
-    second = run(fake_cifar10, '--epochs', '2', '--seed', '7', '--tta', '0')
+@pytest.mark.parametrize('recipe', ['airbench94', 'muon'])
+def test_seed_reproduces_the_run(fake_cifar10, recipe):
+    first = run(fake_cifar10, '--recipe', recipe, '--epochs', '2', '--seed', '7', '--tta', '0')
+    second = run(fake_cifar10, '--recipe', recipe, '--epochs', '2', '--seed', '7', '--tta', '0')
     assert first[1]['loss'] == second[1]['loss']
     assert first[0] == second[0]
 
