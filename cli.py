@@ -86,13 +86,14 @@ def check_num_devices(parser, args):
                      'equal parts' % (args.batch_size, args.num_devices))
 
 
-def add_precision_flag(parser, default, note=''):
+def add_precision_flag(parser, default, note='', default_help=None):
     """--precision: bf16 runs a network's arithmetic in bfloat16 (weights,
-    loss and batch-norm statistics stay float32)."""
+    loss and batch-norm statistics stay float32). A default of None leaves
+    the choice to the script, which `default_help` describes."""
     parser.add_argument('--precision', choices=['auto', 'fp32', 'bf16'], default=default,
                         help="bf16 runs the network in bfloat16: faster on CPUs with AVX-512 "
                              "BF16 or AMX{}; 'auto' picks bf16 on such CPUs and fp32 "
-                             "elsewhere (default: {})".format(note, default))
+                             "elsewhere (default: {})".format(note, default_help or default))
 
 
 def precision(choice):
