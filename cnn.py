@@ -46,14 +46,13 @@ import data_helpers  # noqa: E402
 import reporting  # noqa: E402
 import run_folders  # noqa: E402
 import towers  # noqa: E402
-from downloads import write_file_atomically  # noqa: E402
+from downloads import DataError, write_file_atomically  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
-# Each model with the schedule of its article; flags override.
-# Each model's defaults. `precision`: 'auto' (bfloat16 on CPUs with AVX-512
-# BF16 or AMX) where bf16 was measured as accurate as fp32 (BENCHMARKS.md),
-# fp32 where it was not measured.
+# Each model with the schedule of its article; flags override. `precision`:
+# 'auto' (bfloat16 on CPUs with AVX-512 BF16 or AMX) where bf16 was measured
+# as accurate as fp32 (BENCHMARKS.md), fp32 where it was not measured.
 MODELS = {
     'augmented': dict(batch_size=64, learning_rate=1e-4, adam_epsilon=1e-8,
                       epochs=None, max_steps=150_000, validation_split=0.0, precision='fp32'),
@@ -329,9 +328,11 @@ def parse_args(argv=None):
     defaults = MODELS[args.model]
     if args.epochs is None and args.max_steps is None:
         args.epochs, args.max_steps = defaults['epochs'], defaults['max_steps']
-    for key in ('batch_size', 'learning_rate', 'precision'):
+    for key in ('batch_size', 'learning_rate'):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
+    if args.precision is None and not args.restore:   # --restore: as the run trained (main)
+        args.precision = defaults['precision']
     args.adam_epsilon = defaults['adam_epsilon']
     args.validation_split = defaults['validation_split']
     cli.check_num_devices(parser, args)
@@ -406,6 +407,15 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
         saver=run_folders.saver(max_to_keep=3))
 
 
+def trained_precision(run_dir):
+    """The precision a run folder was trained in: its model.json says so
+    since cnn.py chose it per model; older runs are fp32."""
+    try:
+        return run_folders.read_model_info(run_dir).get('precision', 'fp32')
+    except DataError:      # the restore itself says what is wrong with the folder
+        return 'fp32'
+
+
 def restore_and_evaluate(sess, ops, args, evaluate_test):
     """Scores the latest checkpoint of --restore on the test set."""
     checkpoint = run_folders.restore(ops.saver, sess, args.restore, '--model ' + args.model)
@@ -477,7 +487,7 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_re
 def main(args):
     begin_time = time.time()
     rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
-    args.precision = cli.precision(args.precision)
+    args.precision = cli.precision(args.precision or trained_precision(args.restore))
 
     # Load the data: pixels scaled to [0, 1], images as 32x32x3 arrays
     data_sets = data_helpers.load_data(args.data_dir, normalization='scale', layout='nhwc')
@@ -508,7 +518,8 @@ def main(args):
         ops.sampler.initialize(sess)
         run_dir = run_folders.start_run_dir(args.train_dir, args.model + '-',
                                             data_sets['classes'], 'cifar10', 'nhwc',
-                                            script='cnn', model=args.model)
+                                            script='cnn', model=args.model,
+                                            precision=args.precision)
         print('Writing to {}'.format(run_dir))
         history, train_seconds = train(
             sess, ops, args, run_dir, max_steps, steps_per_epoch, rng,

@@ -88,7 +88,8 @@ def parse_args(argv=None):
     parser.add_argument('--startup-timeout', type=cli.positive_float, default=300,
                         help='seconds to wait for the rest of the cluster, at least 30 '
                              '(TensorFlow looks every 30 s; default: 300)')
-    cli.add_precision_flag(parser, 'fp32')
+    cli.add_precision_flag(parser, 'fp32', default_help='fp32, so that workers on different '
+                           'CPUs compute alike')
     cli.add_common_flags(parser, train_dir='runs',
                          train_dir_help='folder for the chief\'s run folder (default: runs)')
     args = parser.parse_args(argv)
@@ -247,7 +248,8 @@ def train_worker(server, args):
     run_dir = None
     if is_chief:
         run_dir = run_folders.start_run_dir(args.train_dir, args.model + '-', data_sets['classes'],
-                                            'cifar10', 'nhwc', script='cnn', model=args.model)
+                                            'cifar10', 'nhwc', script='cnn', model=args.model,
+                                            precision=args.precision)
         print('Writing to {}'.format(run_dir))
 
     # The graph: variables on the parameter servers, the rest on this worker;

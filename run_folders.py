@@ -144,7 +144,7 @@ def write_json(path, content):
 
 
 def write_model_info(run_dir, classes, dataset, layout, mean_image=None, script=None,
-                     model=None, output_without_tta=None):
+                     model=None, output_without_tta=None, precision=None):
     """Saves, beside the checkpoints, how the model wants its input (model.json).
 
     Args:
@@ -159,6 +159,8 @@ def write_model_info(run_dir, classes, dataset, layout, mean_image=None, script=
         (export.py refuses a run that does not say).
       output_without_tta: where `output` averages test-time augmentation, the
         output without it.
+      precision: 'fp32' or 'bf16', where a script rebuilds the graph to
+        restore the run (cnn.py --restore).
     """
     write_json(os.path.join(run_dir, MODEL_INFO), {
         'dataset': dataset,
@@ -174,6 +176,7 @@ def write_model_info(run_dir, classes, dataset, layout, mean_image=None, script=
         'script': script,
         'model': model,
         **({'output_without_tta': output_without_tta} if output_without_tta else {}),
+        **({'precision': precision} if precision else {}),
     })
 
 

@@ -30,7 +30,8 @@ def cnn_images_per_second(args, num_devices, work):
     out = subprocess.run(
         [sys.executable, 'cnn.py', '--model', args.model, '--batch-size', str(args.batch_size),
          '--max-steps', str(2 * args.steps), '--log-every', str(args.steps), '--seed', '0',
-         '--num-devices', str(num_devices), '--train-dir', work, '--no-plots'],
+         '--num-devices', str(num_devices), '--train-dir', work, '--no-plots',
+         '--precision', 'fp32'],           # as distributed.py's workers compute
         cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return float(re.findall(r'(\d+) images/s', out)[-1])
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import cli
 import cnn
 import data_helpers
 import reporting
@@ -223,6 +224,20 @@ def test_precision_defaults_to_each_models_measured_choice(capsys):
         cnn.parse_args(['--help'])
     assert "auto for small and batchnorm, fp32 for augmented" in ' '.join(
         capsys.readouterr().out.split())
+
+
+def test_restore_rebuilds_the_run_in_the_precision_it_trained_in(fake_cifar10, tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.setattr(cli, 'cpu_has_bf16', lambda: False)   # 'auto' would now mean fp32
+    run(capsys, '--model', 'small', '--max-steps', '2', '--batch-size', '16', '--precision',
+        'bf16', '--data-dir', fake_cifar10, '--train-dir', str(tmp_path / 'runs'), '--no-plots')
+    run_dir, = (tmp_path / 'runs').iterdir()
+    assert json.loads((run_dir / 'model.json').read_text())['precision'] == 'bf16'
+    _, out = run(capsys, '--model', 'small', '--restore', str(run_dir), '--data-dir', fake_cifar10)
+    assert 'Model small: 156,074 parameters, bf16' in out
+    _, out = run(capsys, '--model', 'small', '--restore', str(run_dir), '--data-dir', fake_cifar10,
+                 '--precision', 'fp32')                     # unless told otherwise
+    assert 'Model small: 156,074 parameters, fp32' in out
 
 
 @pytest.mark.parametrize('argv', [['--model', 'vgg'], ['--epochs', '0'],

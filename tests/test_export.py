@@ -42,7 +42,7 @@ KINDS = {
     'batchnorm-bf16': (cnn, ['--model', 'batchnorm', '--max-steps', '5', '--batch-size', '16',
                              '--no-plots', '--precision', 'bf16'], []),
     'augmented': (cnn, ['--model', 'augmented', '--max-steps', '5', '--batch-size', '16',
-                        '--no-plots'], []),
+                        '--no-plots', '--precision', 'fp32'], []),
     'fast': (fast_cnn, ['--recipe', 'airbench94', '--epochs', '1', '--batch-size', '50',
                         '--precision', 'fp32'], []),
     'fast-tta': (fast_cnn, ['--recipe', 'airbench94', '--epochs', '1', '--batch-size', '50',

@@ -507,6 +507,13 @@ def test_seed_reproduces_the_run(fake_cifar10, recipe):
     assert first[0] == second[0]
 
 
+def test_the_default_recipe_is_muon_with_its_schedule():
+    args = fast_cnn.parse_args([])
+    assert (args.recipe, args.epochs, args.batch_size, args.tta) == ('muon', 8, 2000, 2)
+    args = fast_cnn.parse_args(['--recipe', 'airbench94'])
+    assert (args.recipe, args.epochs, args.batch_size) == ('airbench94', 12, 1024)
+
+
 @pytest.mark.parametrize('flags', [['--epochs', '0'], ['--epochs', '1e12'], ['--precision', 'fp16'],
                                    ['--tta', '3'], ['--batch-size', '-1'], ['--recipe', 'adam']])
 def test_bad_flags_are_refused(flags, capsys):

@@ -94,10 +94,12 @@ def test_batch_that_does_not_split_is_refused(capsys):
     assert 'does not split into 3 equal parts' in capsys.readouterr().err
 
 
-def test_fast_cnn_trains_on_two_towers(fake_cifar10, tmp_path, capsys):
+@pytest.mark.parametrize('recipe', ['muon', 'airbench94'])    # airbench94: weight averaging
+def test_fast_cnn_trains_on_two_towers(fake_cifar10, tmp_path, capsys, recipe):
     import fast_cnn
     accuracy = fast_cnn.main(fast_cnn.parse_args([
-        '--num-devices', '2', '--epochs', '3', '--batch-size', '50', '--precision', 'fp32',
+        '--recipe', recipe, '--num-devices', '2', '--epochs', '3', '--batch-size', '50',
+        '--precision', 'fp32',
         '--seed', '0', '--data-dir', fake_cifar10, '--train-dir', str(tmp_path)]))
     out = capsys.readouterr().out
     losses = [float(line.split('loss ')[1].split()[0]) for line in out.splitlines()
