@@ -1,6 +1,6 @@
 """Where fast_cnn.py's training time goes, against what these cores can do, in one script.
 
-    CIFAR10_DIR=... python benchmarks/bench_fast_cnn.py [--recipe muon] [--precision bf16]
+    CIFAR10_DIR=... python benchmarks/bench_fast_cnn.py [--recipe airbench94] [--precision bf16]
 
 1. The ceiling: a 4096 x 4096 matmul and each of the network's 3x3
    convolutions at its own shape (forward, batch --batch), in the run's
