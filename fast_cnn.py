@@ -3,9 +3,9 @@
 The articles stop at 78-83% after an hour. The GPU speed-runs show what a
 good recipe does with far less compute (airbench94_muon: 94% in 2.6 seconds
 on an A100; 0.283 PFLOP of training as counted here); this file is that
-recipe, written out step by step so it can be read beside them. On 2 CPU cores it trains in 6.5 minutes on a
-fast day to 94.05% (mean of 3 seeds; BENCHMARKS.md). Where each idea comes
-from:
+recipe, written out step by step so it can be read beside them. On 2 CPU
+cores (with AMX) it trains in 6.7 minutes to 94.05% (median time, mean
+accuracy of 3 seeds; BENCHMARKS.md). Where each idea comes from:
 
 * The default, `--recipe muon`: Keller Jordan's airbench94_muon.py
   (KellerJordan/cifar10-airbench, 94.01% in 8 epochs): the convolution
