@@ -33,7 +33,9 @@ when no step finishes within --step-timeout (a worker died: synchronous
 training cannot go on without it) or when it cannot reach the cluster within
 --startup-timeout. Each worker's session sees only the parameter servers and
 itself (`device_filters`), so the chief does not hang in `close()` after
-another worker has gone.
+another worker has gone; should anything else hang once steps have stopped,
+a watchdog ends the worker with the same line --step-timeout + 30 s after
+its last step.
 """
 
 import argparse
@@ -283,6 +285,10 @@ def train_worker(server, args):
     rng = np.random.default_rng(None if args.seed is None else [args.seed, task])
     batches = data_helpers.epoch_indices(len(train_images), args.batch_size, 10 ** 12, rng)
     step_options = tf.RunOptions(timeout_in_ms=int(args.step_timeout * 1000))
+    lost = ('worker %d: no step finished in %g s (--step-timeout): a worker has probably '
+            'stopped (or never started), and synchronous training cannot go on without it'
+            % (task, args.step_timeout))
+    watchdog = Watchdog(args.step_timeout + 30, lost)
     global_step = tf.train.get_global_step()
     local_steps, step, session_ready = 0, 0, False
     try:
@@ -293,24 +299,25 @@ def train_worker(server, args):
                 config=config, max_wait_secs=args.startup_timeout,
                 stop_grace_period_secs=10) as session:
             session_ready = True
+            watchdog.step_finished()     # armed from here: the first step counts too
             while not session.should_stop():
                 _, loss, step = session.run([ops.train_step, ops.loss, global_step],
                                             {ops.sampler.indices: next(batches)},
                                             options=step_options)
                 local_steps += 1
+                watchdog.step_finished()
                 if local_steps == 1:     # the rate leaves the start-up out
                     start, first_step = time.time(), step
                 elif local_steps % args.log_every == 0:
                     print('Worker %d: global step %d - loss: %.4f - %.2f global steps/s'
                           % (task, step, loss, (step - first_step) / (time.time() - start)),
                           flush=True)
+            watchdog.disarm()      # done: the final checkpoint may take its time
     except tf.errors.DeadlineExceededError:
         if not session_ready:
             raise DataError('worker %d: the cluster was not ready within %g s '
                             '(--startup-timeout)' % (task, args.startup_timeout)) from None
-        raise DataError('worker %d: no step finished in %g s (--step-timeout): a worker has '
-                        'probably stopped (or never started), and synchronous training cannot '
-                        'go on without it' % (task, args.step_timeout)) from None
+        raise DataError(lost) from None
     except tf.errors.OpError as e:
         raise DataError('worker %d: the cluster failed (%s)' % (task, run_folders.error_line(e)))
 
@@ -326,6 +333,32 @@ def train_worker(server, args):
     print('Worker %d: done at global step %d%s' % (
         task, step, ('; evaluate with: python cnn.py --restore %s' % run_dir) if is_chief else ''))
     return run_dir
+
+
+class Watchdog:
+    """Ends the process with one line when no step has finished for `seconds`
+    while armed: the last guard, should closing the session hang after a
+    worker has gone (the step timeout itself raises well before)."""
+
+    def __init__(self, seconds, message):
+        self.seconds, self.message = seconds, message
+        self.last_step, self.armed = time.time(), False
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def step_finished(self):
+        self.last_step, self.armed = time.time(), True
+
+    def disarm(self):
+        self.armed = False
+
+    def _watch(self):
+        while True:
+            time.sleep(1)
+            if self.armed and time.time() - self.last_step > self.seconds:
+                sys.stdout.flush()
+                print('%s: error: %s' % (os.path.basename(sys.argv[0]), self.message),
+                      file=sys.stderr, flush=True)
+                os._exit(1)
 
 
 def wait_for(addresses, timeout, what):

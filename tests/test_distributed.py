@@ -117,6 +117,22 @@ def test_a_killed_worker_stops_the_others_in_bounded_time(cluster):
         'distributed.py: error: parameter server 0: worker 0, 1 did not finish'), c.everything()
 
 
+def test_the_watchdog_ends_a_stuck_process_with_one_line_unless_disarmed():
+    code = ('import sys, time, distributed\n'
+            'dog = distributed.Watchdog(1, "worker 0: stuck")\n'
+            'dog.step_finished()\n'
+            'if sys.argv[1] == "disarm": dog.disarm()\n'
+            'time.sleep(4)\n'
+            'print("still here")\n')
+    stuck = subprocess.run([sys.executable, '-c', code, 'stuck'], cwd=ROOT, capture_output=True,
+                           text=True, timeout=LIMIT)
+    assert stuck.returncode == 1 and 'still here' not in stuck.stdout
+    assert stuck.stderr.strip().splitlines()[-1] == '-c: error: worker 0: stuck'
+    disarmed = subprocess.run([sys.executable, '-c', code, 'disarm'], cwd=ROOT,
+                              capture_output=True, text=True, timeout=LIMIT)
+    assert disarmed.returncode == 0 and 'still here' in disarmed.stdout
+
+
 def test_a_worker_that_said_it_started_and_went_is_gone_in_10_s():
     # The race the port checks alone lost: a worker starts, trains and dies
     # between two looks at its port. Its word that it started is enough; the
