@@ -1,0 +1,636 @@
+"""Your own pictures: a folder of class folders, read into arrays for training.
+
+    flowers/                      flowers/
+      daisy/*.jpg                   train/daisy/*.jpg, train/rose/...
+      rose/*.jpg          or        test/daisy/*.jpg,  test/rose/...
+      tulip/**/*.png
+
+The layout Keras' `image_dataset_from_directory` and torchvision's
+`ImageFolder` read: one folder per class, pictures anywhere below it, the class
+names the folder names, sorted. With `train/` and `test/` those are the splits;
+otherwise `test_split` of each class is held out at random (by `seed`).
+
+* `prepare_picture()`: one picture file -> uint8 [size, size, 3 (or 1)], the
+  one preparation training, predict.py and the export share: decoded by
+  Pillow (JPEG, PNG, GIF's first frame, BMP, WebP), turned upright by its EXIF
+  orientation, made RGB (grayscale repeated, alpha dropped, palette, CMYK and
+  16-bit converted), optionally cut to its central square, then resized with
+  antialiasing to size x size; a picture already that size keeps its pixels.
+* `load_folder()`: the whole folder, decoded on every core with progress on a
+  terminal, cached (a second run reads it in seconds), checked: bad files are
+  named and skipped, a folder that cannot train stops with one line.
+* `find_pictures()`: the listing and its rules (hidden files, symlink loops).
+
+This module imports no TensorFlow: the decoding workers are plain Python
+processes (`python image_folders.py --decode-worker`) that start in a tenth
+of a second.
+"""
+
+import collections
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+# The decoders of FORMATS (Image.open loads only some of them by itself)
+from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin,  # noqa: F401
+                 PngImagePlugin, WebPImagePlugin)
+
+from downloads import DataError, cache_dir, remove_stale
+
+EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
+FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'WEBP')   # JPEG includes cameras' multi-picture MPO
+MAX_PICTURE_BYTES = 64 << 20          # a larger file is refused, not read
+MAX_PICTURE_PIXELS = 20000 * 20000    # more is a decompression bomb (1.2 GB as RGB)
+MAX_FAILED_FRACTION = 0.01            # more pictures than this failing stops the run
+BYTES_PER_PIXEL_TO_TRAIN = 9          # uint8 pixels + cnn.py's float32 copy + the graph's
+CACHE_VERSION = 1                     # bump when prepare_picture() changes its pixels
+
+Image.MAX_IMAGE_PIXELS = None         # checked here, with a message that says why
+
+
+# -----------------------------------------------------------------------------
+# One picture
+# -----------------------------------------------------------------------------
+
+def read_bytes(path):
+    """A picture file's bytes, refusing what is not a regular file of at most
+    MAX_PICTURE_BYTES (a FIFO or a device would hang the read).
+
+    Raises:
+      DataError: one line naming the file and the reason.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+        with os.fdopen(fd, 'rb') as f:
+            info = os.fstat(f.fileno())
+            if not (info.st_mode & 0o170000 == 0o100000):      # S_ISREG
+                raise DataError('%s: not a regular file' % path)
+            if info.st_size > MAX_PICTURE_BYTES:
+                raise DataError('%s: %.1f MB, more than the %g MB a picture may have'
+                                % (path, info.st_size / 2 ** 20, MAX_PICTURE_BYTES / 2 ** 20))
+            return f.read(MAX_PICTURE_BYTES + 1)
+    except OSError as e:
+        raise DataError('%s: cannot read (%s)' % (path, e.strerror or e)) from None
+
+
+def prepare_picture(data, size, crop='none', channels=3, name='picture'):
+    """Decodes a picture's bytes into what a model of `size` takes.
+
+    Args:
+      data: the file's bytes.
+      size: the side of the square result, in pixels.
+      crop: 'center' cuts the largest central square first (the aspect ratio
+        is kept); 'none' squeezes the whole picture into the square.
+      channels: 3 (RGB) or 1 (grayscale, for the MNIST models).
+      name: the file's name, for the error message.
+
+    Returns:
+      uint8 [size, size, channels].
+
+    Raises:
+      DataError: not a readable picture in a supported format, or too many pixels.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # Pillow's warnings on odd but readable files
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+                width, height = image.size
+                if width * height > MAX_PICTURE_PIXELS:
+                    raise DataError('%s: %dx%d pixels, more than the %d million a picture '
+                                    'may have (a decompression bomb?)'
+                                    % (name, width, height, MAX_PICTURE_PIXELS // 10 ** 6))
+                # A JPEG decodes straight to 1/2, 1/4 or 1/8 of its size where
+                # that is still at least `size`: a 12-megapixel photo in a
+                # fraction of the time, the same for training and prediction.
+                image.draft('RGB', (size, size))
+                image = _upright(image)
+                image = _rgb(image)
+                width, height = image.size
+                box = (0, 0, width, height)
+                if crop == 'center':
+                    side = min(width, height)
+                    left, top = (width - side) // 2, (height - side) // 2
+                    box = (left, top, left + side, top + side)
+                if box != (0, 0, size, size):
+                    # Pillow's resampling widens its filter when shrinking,
+                    # so every source pixel counts (antialiasing).
+                    image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+                if channels == 1:
+                    image = image.convert('L')
+                pixels = np.asarray(image, np.uint8)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DataError('%s: %s' % (name, e)) from None
+    except Exception as e:     # whatever a damaged or hostile file makes a decoder raise
+        reason = str(e).split('\n')[0][:120] or type(e).__name__
+        if isinstance(e, Image.UnidentifiedImageError):
+            reason = 'not a JPEG, PNG, GIF, BMP or WebP picture'
+        raise DataError('%s: cannot decode (%s)' % (name, reason)) from None
+    return pixels.reshape(size, size, channels)
+
+
+def _upright(image):
+    """The picture as it should be seen: phones store a portrait photo lying
+    on its side with an EXIF orientation tag saying how to turn it."""
+    try:
+        if image.getexif().get(0x0112, 1) in (None, 1):     # 1: stored upright
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception:       # a damaged EXIF block: keep the pixels as stored
+        return image
+
+
+def _rgb(image):
+    """Any mode as 8-bit RGB: grayscale repeated, alpha dropped, palette and
+    CMYK converted, 16- and 32-bit grayscale scaled to 0..255."""
+    if image.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
+        values = np.asarray(image, np.float64)
+        top = 65535.0 if image.mode.startswith('I;16') or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
+    if image.mode == 'P' and 'transparency' in image.info:
+        image = image.convert('RGBA')     # then RGB below, as any picture with alpha
+    return image if image.mode == 'RGB' else image.convert('RGB')
+
+
+def read_picture(path, size, crop='none', channels=3):
+    """`prepare_picture` of a file: uint8 [size, size, channels].
+
+    Raises:
+      DataError: the file cannot be read or decoded; one line naming it.
+    """
+    return prepare_picture(read_bytes(path), size, crop, channels, name=path)
+
+
+# -----------------------------------------------------------------------------
+# The folder: listing
+# -----------------------------------------------------------------------------
+
+def is_hidden(name):
+    """Hidden files and folders (.DS_Store, .ipynb_checkpoints, ._resource
+    forks) and macOS archives' __MACOSX are never pictures or classes."""
+    return name.startswith('.') or name == '__MACOSX'
+
+
+def find_pictures(folder, notes):
+    """The picture files below `folder`, sorted, following symbolic links but
+    reading every real folder once (a link back up is a loop, skipped).
+
+    Args:
+      folder: a class folder.
+      notes: a Counter that gets 'hidden', 'not a picture (.ext)' and
+        'folder read before (a symlink loop?)' counts.
+
+    Returns:
+      Paths of the files whose extension is a picture's, sorted.
+
+    Raises:
+      DataError: a folder below cannot be listed (its permissions).
+    """
+    pictures, seen, pending = [], set(), [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            status = os.stat(current)
+            if (status.st_dev, status.st_ino) in seen:
+                notes['folder read before (a symlink loop?)'] += 1
+                continue
+            seen.add((status.st_dev, status.st_ino))
+            entries = list(os.scandir(current))
+        except OSError as e:
+            raise DataError('cannot list %s (%s)' % (current, e.strerror or e)) from None
+        for entry in entries:
+            if is_hidden(entry.name):
+                notes['hidden'] += 1
+            elif entry.is_dir():
+                pending.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in EXTENSIONS:
+                pictures.append(entry.path)
+            else:
+                notes['not a picture (%s)' % (os.path.splitext(entry.name)[1].lower()
+                                              or 'no extension')] += 1
+    return sorted(pictures)
+
+
+def class_folders(folder):
+    """The class folders of `folder`: {name: path}, sorted by name.
+
+    Raises:
+      DataError: two names that differ only in case (one folder on Windows
+        and macOS), or a name with a line break (class_names.txt has one per line).
+    """
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder)
+                       if entry.is_dir() and not is_hidden(entry.name))
+    except OSError as e:
+        raise DataError('cannot list %s (%s)' % (folder, e.strerror or e)) from None
+    by_case = collections.defaultdict(list)
+    for name in names:
+        by_case[name.lower()].append(name)
+        if '\n' in name or '\r' in name:
+            raise DataError('%s: a class folder name with a line break (%r); rename it'
+                            % (folder, name))
+    clashes = [group for group in by_case.values() if len(group) > 1]
+    if clashes:
+        raise DataError('%s: class folders %s differ only in case, which Windows and macOS '
+                        'take for one folder; merge or rename them'
+                        % (folder, ' and '.join(clashes[0])))
+    return {name: os.path.join(folder, name) for name in names}
+
+
+def list_folder(root):
+    """Which files train and which test, before anything is decoded.
+
+    Returns:
+      (classes, {'train': [(path, label)], 'test': [(path, label)] or None
+      when the folder has no train/ and test/}, notes Counter).
+
+    Raises:
+      DataError: not a folder of class folders, fewer than two classes, an
+        empty class, a test/ class that train/ lacks.
+    """
+    if not os.path.isdir(root):
+        raise DataError('%s is not a folder' % root)
+    notes = collections.Counter()
+    top = class_folders(root)
+    try:
+        notes['outside the class folders'] = sum(
+            1 for entry in os.scandir(root) if entry.is_file() and not is_hidden(entry.name))
+    except OSError:
+        pass
+    split = {'train', 'test'} <= set(top) and class_folders(top['train'])
+    parts = {'train': top['train'], 'test': top['test']} if split else {'train': root}
+    listed, classes = {}, None
+    for part, folder in parts.items():
+        folders = class_folders(folder)
+        if classes is None:
+            classes = list(folders)
+            if len(classes) < 2:
+                raise DataError('%s holds %s: a classifier needs at least two class folders, '
+                                'each holding the pictures of one class'
+                                % (folder, 'one class folder (%s)' % classes[0] if classes
+                                   else 'no class folders'))
+        else:
+            unknown = sorted(set(folders) - set(classes))
+            if unknown:
+                raise DataError('%s has class folders that %s lacks: %s; the model cannot '
+                                'learn a class it never sees' % (folder, parts['train'],
+                                                                 ', '.join(unknown)))
+        entries = []
+        for name, path in folders.items():
+            files = find_pictures(path, notes)
+            if not files and part == 'train':
+                raise DataError('class folder %s holds no pictures (%s); add some or remove '
+                                'it' % (path, ', '.join(EXTENSIONS)))
+            entries += [(file, classes.index(name)) for file in files]
+        listed[part] = entries
+    listed.setdefault('test', None)
+    return classes, listed, notes
+
+
+# -----------------------------------------------------------------------------
+# The folder: decoding on every core, with a cache
+# -----------------------------------------------------------------------------
+
+def _file_key(path):
+    """What identifies a file's content for the cache: its path, size and
+    modification time (a changed file gets a new key and is decoded again)."""
+    status = os.stat(path)
+    return '%s\0%d\0%d' % (os.path.abspath(path), status.st_size, status.st_mtime_ns)
+
+
+def _cache_path(root, size, crop):
+    name = hashlib.sha256(json.dumps([os.path.abspath(root), size, crop, CACHE_VERSION])
+                          .encode()).hexdigest()[:24]
+    return os.path.join(cache_dir(), 'pictures', '%s-%dpx.npz' % (name, size))
+
+
+def _read_cache(path):
+    """{file key: (pixels row or None, digest, error)} from an earlier run, or {}."""
+    try:
+        with np.load(path, allow_pickle=False) as cache:
+            keys, digests, errors = (cache[name].tolist() for name in ('keys', 'digests',
+                                                                       'errors'))
+            images, rows = cache['images'], cache['rows'].tolist()
+    except (OSError, ValueError, KeyError, EOFError):    # none yet, or damaged: decode
+        return {}
+    return {key: (images[row] if row >= 0 else None, digest, error)
+            for key, row, digest, error in zip(keys, rows, digests, errors)}
+
+
+def _write_cache(path, keys, results):
+    """Saves the decoded pictures through a temporary name: a run killed
+    while writing leaves the old cache, or none, never half of one."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    good = [i for i, key in enumerate(keys) if results[key][0] is not None]
+    rows = np.full(len(keys), -1, np.int64)
+    rows[good] = np.arange(len(good))
+    fd, temporary = tempfile.mkstemp(prefix='.decoding-', suffix='.npz',
+                                     dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            first = results[keys[good[0]]][0] if good else np.zeros((0, 1, 1, 3), np.uint8)
+            images = np.empty((len(good),) + first.shape, np.uint8)
+            for row, i in enumerate(good):
+                images[row] = results[keys[i]][0]
+            np.savez(f, keys=np.array(keys), rows=rows, images=images,
+                     digests=np.array([results[k][1] for k in keys]),
+                     errors=np.array([results[k][2] for k in keys]))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _decode_one(path, size, crop):
+    """(pixels or None, digest of the file's bytes, error line or '')."""
+    try:
+        data = read_bytes(path)
+        digest = hashlib.blake2b(data, digest_size=12).hexdigest()
+        return prepare_picture(data, size, crop, name=path), digest, ''
+    except DataError as e:
+        return None, '', str(e)
+
+
+def decode_worker():
+    """A decoding process: reads {size, crop, output, jobs: [[row, path]]} as
+    JSON on stdin, writes each picture into row `row` of the .npy file
+    `output`, and prints 'row<TAB>digest<TAB>error' per picture."""
+    request = json.load(sys.stdin)
+    output = np.load(request['output'], mmap_mode='r+')
+    for row, path in request['jobs']:
+        pixels, digest, error = _decode_one(path, request['size'], request['crop'])
+        if pixels is not None:
+            output[row] = pixels
+        sys.stdout.write('%d\t%s\t%s\n' % (row, digest, error.replace('\n', ' ')))
+        sys.stdout.flush()
+    output.flush()
+
+
+def _decode_in_workers(paths, size, crop, workers, report):
+    """Decodes `paths` in `workers` processes; report(row, pixels, digest,
+    error) is called in the calling thread as each picture is done."""
+    scratch = tempfile.mkdtemp(prefix='.decoding-', dir=os.path.join(cache_dir(), 'pictures'))
+    processes, pixels = [], None
+    try:
+        output = os.path.join(scratch, 'pixels.npy')
+        np.lib.format.open_memmap(output, 'w+', np.uint8, (len(paths), size, size, 3)).flush()
+        done = collections.deque()      # (row, digest, error) from the reading threads
+        for index in range(workers):
+            jobs = [[row, paths[row]] for row in range(index, len(paths), workers)]
+            process = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), '--decode-worker'],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                env=dict(os.environ, PYTHONDONTWRITEBYTECODE='1'))
+            process.stdin.write(json.dumps({'size': size, 'crop': crop, 'output': output,
+                                            'jobs': jobs}))
+            process.stdin.close()
+            reader = threading.Thread(target=lambda p=process: done.extend(
+                line.rstrip('\n').split('\t', 2) for line in p.stdout), daemon=True)
+            reader.start()
+            processes.append((process, reader, jobs))
+        pixels = np.load(output, mmap_mode='r')
+        reported = set()
+        while True:
+            while done:
+                row, digest, error = done.popleft()
+                row = int(row)
+                reported.add(row)
+                report(row, None if error else np.array(pixels[row]), digest, error)
+            if all(not reader.is_alive() for _, reader, _ in processes) and not done:
+                break
+            time.sleep(0.05)
+        for process, _, jobs in processes:
+            if process.wait() != 0:
+                crashed = next((path for row, path in jobs if row not in reported), '?')
+                raise DataError('the decoder crashed (exit status %d) on %s; move that file '
+                                'out of the folder' % (process.returncode, crashed))
+    finally:
+        for process, _, _ in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        del pixels       # the memory map, before its file goes
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _Progress:
+    """'Reading pictures: 12,345/60,000, 2,100/s, 22 s left' on a terminal."""
+
+    def __init__(self, total, stream=sys.stderr):
+        self.total, self.done, self.stream = total, 0, stream
+        self.start = self.shown = time.time()
+        self.live = total and getattr(stream, 'isatty', lambda: False)()
+
+    def step(self):
+        self.done += 1
+        now = time.time()
+        if self.live and (now - self.shown > 0.25 or self.done == self.total):
+            rate = self.done / max(now - self.start, 1e-9)
+            self.stream.write('\rReading pictures: %s/%s, %s/s, %d s left   ' % (
+                format(self.done, ','), format(self.total, ','), format(int(rate), ','),
+                (self.total - self.done) / max(rate, 1e-9)))
+            self.stream.flush()
+            self.shown = now
+
+    def close(self):
+        if self.live and self.done:
+            self.stream.write('\n')
+
+
+def decode_all(paths, size, crop, root, workers=None, log=print):
+    """Every picture of `paths` prepared at `size`, from the cache where the
+    file is unchanged, else decoded in `workers` processes (default: one per
+    core); the cache is written anew when anything was decoded.
+
+    Returns:
+      (pixels uint8 [len(paths), size, size, 3] (zeros where a picture
+      failed), digests, {row: error line} of the pictures that failed).
+
+    Raises:
+      DataError: more than MAX_FAILED_FRACTION of the pictures fail (stopped
+        as soon as that is certain).
+    """
+    cache_file = _cache_path(root, size, crop)
+    cached = _read_cache(cache_file)
+    keys = [_file_key(path) for path in paths]
+    results = {key: cached[key] for key in keys if key in cached}
+    missing = [row for row, key in enumerate(keys) if key not in results]
+    allowed = max(1, int(MAX_FAILED_FRACTION * len(paths)))
+    failed = sum(1 for key in results if results[key][0] is None)
+    progress = _Progress(len(missing))
+
+    def report(index, pixels, digest, error):
+        nonlocal failed
+        results[keys[missing[index]]] = (pixels, digest, error)
+        progress.step()
+        if error:
+            failed += 1
+            if failed > allowed:
+                progress.close()
+                raise DataError('more than %d of the %d pictures cannot be read (%s; the '
+                                'first: %s)' % (allowed, len(paths), 'at most %g%% may fail'
+                                                % (100 * MAX_FAILED_FRACTION), error))
+
+    if missing:
+        workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                              else os.cpu_count() or 1)
+        workers = min(workers, max(1, len(missing) // 50))   # a few pictures: no processes
+        try:
+            if workers > 1:
+                os.makedirs(os.path.join(cache_dir(), 'pictures'), exist_ok=True)
+                remove_stale(os.path.join(cache_dir(), 'pictures'), '.decoding-*')
+                _decode_in_workers([paths[row] for row in missing], size, crop, workers, report)
+            else:
+                for index, row in enumerate(missing):
+                    report(index, *_decode_one(paths[row], size, crop))
+        finally:
+            progress.close()
+        try:
+            _write_cache(cache_file, keys, results)
+        except OSError as e:      # a read-only or full cache: train all the same
+            log('Could not cache the decoded pictures in %s (%s)' % (cache_file,
+                                                                    e.strerror or e))
+    pixels = np.zeros((len(paths), size, size, 3), np.uint8)
+    errors = {}
+    for row, key in enumerate(keys):
+        picture, _, error = results[key]
+        if picture is None:
+            errors[row] = error
+        else:
+            pixels[row] = picture
+    if failed > allowed:
+        raise DataError('more than %d of the %d pictures cannot be read (the first: %s)'
+                        % (allowed, len(paths), next(iter(errors.values()))))
+    return pixels, [results[key][1] for key in keys], errors
+
+
+# -----------------------------------------------------------------------------
+# The folder, whole
+# -----------------------------------------------------------------------------
+
+def available_memory():
+    """Bytes of memory free for use, or None where it cannot be told."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(count, size, root):
+    """Refuses, before decoding, a folder whose pictures would not fit in memory
+    for training: count x size x size x 3 bytes as uint8, and about
+    BYTES_PER_PIXEL_TO_TRAIN bytes per pixel value while training."""
+    needed = count * size * size * 3 * BYTES_PER_PIXEL_TO_TRAIN
+    available = available_memory()
+    if available is not None and needed > available:
+        raise DataError('%s: %s pictures at %dx%d need about %.1f GB to train, and %.1f GB '
+                        'of memory is free; use a smaller --image-size or fewer pictures'
+                        % (root, format(count, ','), size, size, needed / 1e9,
+                           available / 1e9))
+
+
+def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, workers=None,
+                log=print):
+    """A folder of class folders as training and test arrays.
+
+    Args:
+      root: the folder (see the module docstring for its layout).
+      image_size: the side, in pixels, every picture is resized to.
+      crop: 'center' or 'none' (see `prepare_picture`).
+      test_split: where there is no test/, the fraction of each class held
+        out for testing (at least one picture of a class of two or more).
+      seed: draws that split and the order of the training pictures; None
+        draws at random (the split is returned, for the run folder).
+      workers: decoding processes (default: one per core).
+      log: prints the one-line notes (skipped files, duplicates, warnings).
+
+    Returns:
+      A dict: images_train uint8 [N, size, size, 3], labels_train int64 [N]
+      (in an order shuffled by seed), images_test, labels_test, classes (the
+      folder names), files_train and files_test (the paths, relative to
+      root, in the arrays' order), split ('train/test folders' or
+      'drawn, test_split X').
+
+    Raises:
+      DataError: the folder cannot be used (one line naming the problem).
+    """
+    classes, listed, notes = list_folder(root)
+    entries = listed['train'] + (listed['test'] or [])
+    paths = [path for path, _ in entries]
+    check_memory(len(paths), image_size, root)
+    start = time.time()
+    pixels, digests, errors = decode_all(paths, image_size, crop, root, workers, log)
+    for row, error in list(errors.items())[:10]:
+        log('Skipped %s' % error)
+    if len(errors) > 10:
+        log('Skipped %d more pictures that cannot be read' % (len(errors) - 10))
+    for note, count in sorted(notes.items()):
+        if count:
+                log('Ignored %s file%s or folder%s: %s' % (format(count, ','), 's' * (count > 1),
+                                                       's' * (count > 1), note))
+
+    rng = np.random.default_rng(seed)
+    labels = np.array([label for _, label in entries], np.int64)
+    good = np.array([row not in errors for row in range(len(entries))], bool)
+    train_count = len(listed['train'])
+    if listed['test'] is not None:
+        is_test = np.arange(len(entries)) >= train_count
+        split = 'train/ and test/ folders'
+    else:
+        is_test = np.zeros(len(entries), bool)
+        for label in range(len(classes)):
+            rows = np.flatnonzero((labels == label) & good)
+            held = int(round(len(rows) * test_split))
+            if len(rows) >= 2:
+                held = min(max(held, 1), len(rows) - 1)
+            is_test[rng.permutation(rows)[:held]] = True
+        split = 'drawn: test_split %g of each class, seed %s' % (test_split, seed)
+    train_rows = rng.permutation(np.flatnonzero(good & ~is_test))
+    test_rows = np.flatnonzero(good & is_test)
+    for label, name in enumerate(classes):
+        if not np.any(labels[train_rows] == label):
+            raise DataError('class %s has no readable training picture' % name)
+    if not len(test_rows):
+        raise DataError('%s: no test pictures (test/ is empty, or too few pictures to hold '
+                        'any out); add some' % root)
+    absent = [name for label, name in enumerate(classes)
+              if not np.any(labels[test_rows] == label)]
+    if absent:
+        log('Warning: no test pictures of %s: their accuracy is not measured' % ', '.join(absent))
+    seen = {digests[row] for row in train_rows}
+    repeated = [row for row in test_rows if digests[row] in seen]
+    if repeated:
+        log('Warning: %d test picture%s also in the training set, byte for byte (for example '
+            '%s): the test accuracy will flatter the model' % (
+                len(repeated), 's are' if len(repeated) > 1 else ' is',
+                os.path.relpath(paths[repeated[0]], root)))
+    log('Read %s pictures of %d classes from %s (%s training, %s test; %s) in %.1f s' % (
+        format(int(good.sum()), ','), len(classes), root, format(len(train_rows), ','),
+        format(len(test_rows), ','), split, time.time() - start))
+    return {
+        'images_train': pixels[train_rows], 'labels_train': labels[train_rows],
+        'images_test': pixels[test_rows], 'labels_test': labels[test_rows],
+        'classes': classes,
+        'files_train': [os.path.relpath(paths[row], root) for row in train_rows],
+        'files_test': [os.path.relpath(paths[row], root) for row in test_rows],
+        'split': split,
+    }
+
+
+if __name__ == '__main__' and sys.argv[1:] == ['--decode-worker']:
+    decode_worker()
