@@ -3,6 +3,8 @@
 * `positive_int`, `positive_float`, `nonnegative_float`, `seed`: argparse
   types that refuse what would fail later (0, negatives, nan, inf).
 * `add_common_flags()`: --seed, --data-dir and --train-dir, declared once.
+* `add_picture_flags()`: --image-size, --crop and --test-split, for a
+  folder of your own pictures given as --data-dir (image_folders.py).
 * `check_batch_size()`: a batch larger than the training set is one clear line.
 * `add_precision_flag()`, `precision()`: --precision auto|bf16|fp32, and
   what 'auto' means on this CPU (`cpu_has_bf16()`).
@@ -50,6 +52,11 @@ def nonnegative_float(text):
     return _number(text, float, lambda v: 0 <= v < math.inf, 'a finite number >= 0')
 
 
+def fraction(text):
+    """argparse type: a number strictly between 0 and 1."""
+    return _number(text, float, lambda v: 0 < v < 1, 'between 0 and 1')
+
+
 def seed(text):
     """argparse type: a seed for numpy and TensorFlow, 0 <= seed < 2**32."""
     return _number(text, int, lambda v: 0 <= v < 2 ** 32, 'in 0..4294967295')
@@ -69,6 +76,30 @@ def add_common_flags(parser, train_dir, train_dir_help=None, mnist=False):
     parser.add_argument('--train-dir', default=train_dir,
                         help=train_dir_help or 'folder for run folders (checkpoints, '
                         'model.json for predict.py, history) (default: %(default)s)')
+
+
+MAX_IMAGE_SIZE = 512
+
+
+def add_picture_flags(parser):
+    """--image-size, --crop, --test-split: how the scripts that train on a
+    folder of your own pictures (a --data-dir of class folders) prepare it."""
+    parser.add_argument('--image-size', type=_image_size, default=32, metavar='PIXELS',
+                        help='with a --data-dir of your own pictures: the side every '
+                             'picture is resized to (default: 32, as CIFAR-10; 64 and 96 '
+                             'show more detail and cost more)')
+    parser.add_argument('--crop', choices=['center', 'none'], default='center',
+                        help="with a --data-dir of your own pictures: 'center' cuts each "
+                             "to its central square before resizing, keeping the aspect "
+                             "ratio; 'none' squeezes the whole picture (default: center)")
+    parser.add_argument('--test-split', type=fraction, default=0.2, metavar='FRACTION',
+                        help='with a --data-dir of your own pictures that has no test/ '
+                             'folder: the fraction of each class held out for testing, '
+                             'drawn by --seed (default: 0.2)')
+
+
+def _image_size(text):
+    return _number(text, int, lambda v: 8 <= v <= MAX_IMAGE_SIZE, 'in 8..%d' % MAX_IMAGE_SIZE)
 
 
 def add_num_devices_flag(parser):

@@ -61,7 +61,7 @@ MODELS = {
     'batchnorm': dict(batch_size=128, learning_rate=1e-3, adam_epsilon=1e-7,
                       epochs=20, max_steps=None, validation_split=0.2, precision='auto'),
 }
-IMAGE_SIZE, CROP_SIZE, CHANNELS, CLASSES = 32, 24, 3, 10
+IMAGE_SIZE, CROP_SIZE, CHANNELS, CLASSES = 32, 24, 3, 10   # CIFAR-10's; a folder's may differ
 
 
 # -----------------------------------------------------------------------------
@@ -76,29 +76,31 @@ def _per_image(batch, minval, maxval):
 def augment(images, colour_jitter=True):
     """Hvass-Labs' training distortions, each drawn per image.
 
-    Random 24x24 crop, random left-right flip, then hue (max delta 0.05),
+    Random 24x24 crop (3/4 of the side for other sizes), random left-right
+    flip, then hue (max delta 0.05),
     contrast (0.3-1.0), brightness (max delta 0.2) and saturation (0.0-2.0),
     clipped to [0, 1]. The tutorial applied tf.image.random_* to one image at
     a time through tf.map_fn; here every operation works on the whole batch
     with one random value per image, which is the same distribution.
 
     Args:
-      images: [batch, 32, 32, 3] float32 in [0, 1].
+      images: [batch, 32, 32, 3] float32 in [0, 1] (or another square size).
       colour_jitter: False stops after the crop and flip (for tests).
 
     Returns:
       [batch, 24, 24, 3] float32 in [0, 1].
     """
+    size, crop = crop_sizes(images)
     with tf.name_scope('augment'):
         batch = tf.shape(images)[0]
         # Random crop: crop_and_resize with boxes on whole pixels copies the
         # pixels exactly (no interpolation happens).
-        offsets = tf.cast(tf.random.uniform([batch, 2], 0, IMAGE_SIZE - CROP_SIZE + 1,
+        offsets = tf.cast(tf.random.uniform([batch, 2], 0, size - crop + 1,
                                             dtype=tf.int32), tf.float32)
-        scale = 1.0 / (IMAGE_SIZE - 1)
-        boxes = tf.concat([offsets * scale, (offsets + CROP_SIZE - 1) * scale], axis=1)
+        scale = 1.0 / (size - 1)
+        boxes = tf.concat([offsets * scale, (offsets + crop - 1) * scale], axis=1)
         images = tf.image.crop_and_resize(images, boxes, box_indices=tf.range(batch),
-                                          crop_size=[CROP_SIZE, CROP_SIZE], method='nearest')
+                                          crop_size=[crop, crop], method='nearest')
         # Random left-right flip.
         flip = _per_image(batch, 0.0, 1.0) < 0.5
         images = tf.where(tf.broadcast_to(flip, tf.shape(images)),
@@ -124,8 +126,16 @@ def augment(images, colour_jitter=True):
 
 def centre_crop(images):
     """The test-time pre-processing: the central 24x24 pixels."""
-    start = (IMAGE_SIZE - CROP_SIZE) // 2
-    return images[:, start:start + CROP_SIZE, start:start + CROP_SIZE, :]
+    size, crop = crop_sizes(images)
+    start = (size - crop) // 2
+    return images[:, start:start + crop, start:start + crop, :]
+
+
+def crop_sizes(images):
+    """(side of the images, side of the crop): 32 and 24 for CIFAR-10, the
+    same 3/4 for other sizes."""
+    size = int(images.shape[1])
+    return size, CROP_SIZE if size == IMAGE_SIZE else size * 3 // 4
 
 
 # -----------------------------------------------------------------------------
@@ -207,11 +217,11 @@ def dropout(x, rate, training):
 # The three models: inference()
 # -----------------------------------------------------------------------------
 
-def inference(images, model, training, precision='fp32'):
+def inference(images, model, training, precision='fp32', num_classes=CLASSES):
     """Builds a model up to its logits.
 
     Args:
-      images: [batch, 32, 32, 3] float32 in [0, 1].
+      images: [batch, 32, 32, 3] float32 in [0, 1] (or another square size).
       model: 'augmented', 'small' or 'batchnorm'.
       training: True builds the training tower (augmentation, batch
         statistics, dropout), False the inference tower. Build the training
@@ -220,9 +230,10 @@ def inference(images, model, training, precision='fp32'):
       precision: 'fp32', or 'bf16' to compute the layers in bfloat16 (the
         augmentation, the weights, batch-norm statistics and the logits stay
         float32).
+      num_classes: the logits' width.
 
     Returns:
-      logits: [batch, 10] float32.
+      logits: [batch, num_classes] float32.
     """
     dtype = tf.bfloat16 if precision == 'bf16' else tf.float32
     if model == 'augmented':
@@ -248,7 +259,7 @@ def inference(images, model, training, precision='fp32'):
         x = dropout(x, 0.5, training)
     else:
         raise ValueError('unknown model %r' % model)
-    return tf.identity(tf.cast(dense(x, CLASSES, 'logits', activation=None), tf.float32),
+    return tf.identity(tf.cast(dense(x, num_classes, 'logits', activation=None), tf.float32),
                        name='logits')
 
 
@@ -319,6 +330,7 @@ def parse_args(argv=None):
     cli.add_precision_flag(parser, None, default_help="the model's: auto for small and "
                            "batchnorm, fp32 for augmented")
     cli.add_common_flags(parser, train_dir='runs')
+    cli.add_picture_flags(parser)
     cli.add_num_devices_flag(parser)
     parser.add_argument('--restore', metavar='RUN_DIR',
                         help='only evaluate the latest checkpoint of RUN_DIR on the test set')
@@ -359,9 +371,10 @@ def split_validation(data_sets, validation_split):
 
 
 def build_graph(args, train_images, train_labels, max_steps, sampler_device=None,
-                wrap_optimizer=None):
+                wrap_optimizer=None, num_classes=CLASSES):
     """The model's graph, fed from the training set held in it.
 
+    The images' size and num_classes come from the data (CIFAR-10: 32, 10).
     sampler_device (where the training set lives) and wrap_optimizer (see
     `training()`) are for distributed.py.
 
@@ -379,7 +392,8 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
                                           device=sampler_device)
 
     def training_tower(images, labels):
-        logits = inference(images, args.model, training=True, precision=args.precision)
+        logits = inference(images, args.model, training=True, precision=args.precision,
+                           num_classes=num_classes)
         return loss(logits, labels), evaluation(logits, labels)
 
     train_loss, gradients, tower_accuracies = towers.tower_gradients(
@@ -393,10 +407,11 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
     # The inference tower, sharing the weights: images fed as they are (a
     # centre crop for `augmented`), the moving averages of batch norm, no
     # dropout; its probabilities under the name predict.py looks for.
-    images = tf.placeholder(tf.float32, [None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS], name='images')
+    images = tf.placeholder(tf.float32, [None] + list(train_images.shape[1:]), name='images')
     labels = tf.placeholder(tf.int64, [None], name='labels')
     with tf.variable_scope(tf.get_variable_scope(), reuse=True), tf.name_scope('inference'):
-        logits = inference(images, args.model, training=False, precision=args.precision)
+        logits = inference(images, args.model, training=False, precision=args.precision,
+                           num_classes=num_classes)
     tf.nn.softmax(logits, name='probabilities')
     return argparse.Namespace(
         sampler=sampler, train_count=len(train_images), images=images, labels=labels,
@@ -489,8 +504,12 @@ def main(args):
     rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
     args.precision = cli.precision(args.precision or trained_precision(args.restore))
 
-    # Load the data: pixels scaled to [0, 1], images as 32x32x3 arrays
-    data_sets = data_helpers.load_data(args.data_dir, normalization='scale', layout='nhwc')
+    # Load the data (CIFAR-10, or a folder of your own pictures): pixels
+    # scaled to [0, 1], images as 32x32x3 arrays
+    data_sets = data_helpers.load_images(args.data_dir, args.image_size, args.crop,
+                                         args.test_split, args.seed)
+    for name in ('images_train', 'images_test'):
+        data_sets[name] = data_helpers.to_float32(data_sets[name])
     train_images, train_labels, report_images, report_labels, report_name = \
         split_validation(data_sets, args.validation_split)
     if not args.restore:
@@ -499,7 +518,8 @@ def main(args):
     max_steps = args.max_steps or args.epochs * steps_per_epoch
 
     # The graph (only defined here; nothing is computed yet)
-    ops = build_graph(args, train_images, train_labels, max_steps)
+    ops = build_graph(args, train_images, train_labels, max_steps,
+                      num_classes=len(data_sets['classes']))
     print('Model {}: {:,} parameters, {}'.format(args.model, count_parameters(), args.precision))
 
     # Run it
@@ -517,9 +537,11 @@ def main(args):
         sess.run(tf.global_variables_initializer())
         ops.sampler.initialize(sess)
         run_dir = run_folders.start_run_dir(args.train_dir, args.model + '-',
-                                            data_sets['classes'], 'cifar10', 'nhwc',
+                                            data_sets['classes'], data_sets['dataset'], 'nhwc',
+                                            split=data_helpers.split_record(data_sets),
                                             script='cnn', model=args.model,
-                                            precision=args.precision)
+                                            precision=args.precision,
+                                            **data_helpers.picture_info(data_sets))
         print('Writing to {}'.format(run_dir))
         history, train_seconds = train(
             sess, ops, args, run_dir, max_steps, steps_per_epoch, rng,

@@ -5,6 +5,8 @@ test batch with `pickle`, turned them into float64 and subtracted the mean
 training image. `load_data()` below does the same (in float32, which halves
 the memory); the rest is what a tool needs around it:
 
+* `load_images()`: uint8 images for the convolutional scripts, from CIFAR-10
+  or from a folder of your own pictures (image_folders.py reads those);
 * `load_data()`: the article's function; `load_raw()` and `load_test_batch()`
   give the uint8 pixels as stored, `load_CIFAR10_batch()` one file;
 * `find_cifar10()`: an explicit `data_dir`, else `$CIFAR10_DIR`, else
@@ -31,6 +33,7 @@ import zlib
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+import image_folders
 from downloads import DataError, cache_dir, download_and_extract, download_from_mirrors
 
 CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
@@ -85,23 +88,88 @@ def load_data(data_dir=None, normalization='mean', layout='flat'):
         images_train, images_test = to_nhwc(images_train), to_nhwc(images_test)
         offset = to_nhwc(offset) if np.ndim(offset) else offset
 
-    def normalize(images):
-        # One pass from uint8 into a new float32 array: no float64 copy.
-        result = aligned_empty(images.shape)
-        np.subtract(images, offset, out=result, dtype=np.float32)
-        if scale != 1:
-            result *= scale
-        return result
-
     return {
-        'images_train': normalize(images_train),
+        'images_train': to_float32(images_train, offset, scale),
         'labels_train': labels_train,
-        'images_test': normalize(images_test),
+        'images_test': to_float32(images_test, offset, scale),
         'labels_test': labels_test,
         'classes': list(CLASSES),
         # What was subtracted (None when scaled), for predicting on new images.
         'mean_image': offset if normalization == 'mean' else None,
     }
+
+
+def to_float32(images, offset=np.float32(0), scale=np.float32(1 / 255)):
+    """(images - offset) * scale in one pass from uint8 into a new aligned
+    float32 array (no float64 copy); by default pixels scaled to [0, 1]."""
+    result = aligned_empty(images.shape)
+    np.subtract(images, offset, out=result, dtype=np.float32)
+    if scale != 1:
+        result *= scale
+    return result
+
+
+# -----------------------------------------------------------------------------
+# The convolutional scripts' data: CIFAR-10, or a folder of your own pictures
+# -----------------------------------------------------------------------------
+
+def is_picture_folder(data_dir):
+    """Whether --data-dir names a folder of class folders rather than CIFAR-10."""
+    if not data_dir or not os.path.isdir(data_dir) or _batches_folder(data_dir):
+        return False
+    return any(entry.is_dir() and not image_folders.is_hidden(entry.name)
+               and entry.name != CIFAR10_FOLDER for entry in os.scandir(data_dir))
+
+
+def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, seed=None):
+    """The training and test images of cnn.py and fast_cnn.py, as uint8 pixels.
+
+    Args:
+      data_dir: CIFAR-10 (see `find_cifar10`), or a folder of class folders
+        (image_folders.py: one sub-folder of pictures per class, or train/
+        and test/ each holding them).
+      image_size, crop, test_split, seed: how a folder's pictures are
+        prepared and split (`image_folders.load_folder`); CIFAR-10 is 32x32.
+
+    Returns:
+      A dict: images_train uint8 [N, size, size, 3], labels_train int64,
+      images_test, labels_test, classes, dataset ('cifar10' or 'folder');
+      for a folder also root, image_size, crop, files_train, files_test and
+      split (which picture went where: `split_record`).
+
+    Raises:
+      DataError: the data is missing or unusable, or --image-size is not 32
+        for CIFAR-10.
+    """
+    if is_picture_folder(data_dir):
+        return dict(image_folders.load_folder(data_dir, image_size, crop, test_split, seed),
+                    dataset='folder', root=os.path.abspath(data_dir), image_size=image_size,
+                    crop=crop)
+    if image_size != 32:
+        raise DataError('--image-size %d: CIFAR-10 is 32x32; other sizes are for folders of '
+                        'your own pictures (--data-dir)' % image_size)
+    images_train, labels_train, images_test, labels_test = load_raw(data_dir)
+    return {'images_train': to_nhwc(images_train), 'labels_train': labels_train,
+            'images_test': to_nhwc(images_test), 'labels_test': labels_test,
+            'classes': list(CLASSES), 'dataset': 'cifar10'}
+
+
+def split_record(data_sets):
+    """For a folder's run: which pictures trained and which tested, and how
+    they were drawn (the run folder's split.json); None for CIFAR-10."""
+    if data_sets['dataset'] != 'folder':
+        return None
+    return {'root': data_sets['root'], 'split': data_sets['split'],
+            'classes': data_sets['classes'], 'train': data_sets['files_train'],
+            'test': data_sets['files_test']}
+
+
+def picture_info(data_sets):
+    """What model.json records of how a folder's pictures were prepared
+    (image_size, crop), so predict.py prepares new ones the same way."""
+    if data_sets['dataset'] != 'folder':
+        return {}
+    return {'image_size': data_sets['image_size'], 'crop': data_sets['crop']}
 
 
 # -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ run folders (the newest is used). What is written (OUT, default RUN_DIR/export):
 
     OUT/1/saved_model.pb          tag 'serve', signature 'serving_default'
     OUT/1/assets/class_names.txt  one class name per line, in output order
+    OUT/1/assets/crop.txt         'center' or 'none': how the run cut pictures
     OUT/model.tflite              with --tflite (float; --quantize: int8 weights)
 
 The signature takes `image`: uint8 [batch, height, width, channels], raw pixels
@@ -157,15 +158,20 @@ def export_graph(frozen, info, input_name, output_name):
 # Writing: the SavedModel, TFLite, all under a temporary name
 # -----------------------------------------------------------------------------
 
-def write_saved_model(graph_def, input_name, outputs, classes, folder):
-    """A SavedModel (tag serve, signature serving_default) with the class names as an asset."""
+def write_saved_model(graph_def, input_name, outputs, info, folder):
+    """A SavedModel (tag serve, signature serving_default) with the class
+    names as an asset, and how its pictures were cut to a square (crop.txt)."""
     with tf.Graph().as_default() as graph:
         tf.import_graph_def(graph_def, name='')
         with tempfile.TemporaryDirectory() as scratch:
-            names_file = os.path.join(scratch, run_folders.CLASS_NAMES)
-            with open(names_file, 'w', encoding='utf-8') as f:
-                f.write(''.join(name + '\n' for name in classes))
-            asset = tf.constant(names_file, name='class_names_file')
+            assets = []
+            for name, text in (
+                    (run_folders.CLASS_NAMES, ''.join(c + '\n' for c in info['classes'])),
+                    (run_folders.CROP, info.get('crop', 'none') + '\n')):
+                with open(os.path.join(scratch, name), 'w', encoding='utf-8') as f:
+                    f.write(text)
+                assets.append(tf.constant(os.path.join(scratch, name),
+                                          name=name.replace('.', '_')))
             signature = tf.saved_model.signature_def_utils.predict_signature_def(
                 inputs={'image': graph.get_tensor_by_name(input_name)},
                 outputs={key: graph.get_tensor_by_name(name) for key, name in outputs.items()})
@@ -174,7 +180,7 @@ def write_saved_model(graph_def, input_name, outputs, classes, folder):
                 builder.add_meta_graph_and_variables(
                     session, [tf.saved_model.SERVING],
                     signature_def_map={run_folders.SIGNATURE: signature},
-                    assets_collection=[asset], strip_default_attrs=True)
+                    assets_collection=assets, strip_default_attrs=True)
                 builder.save()
 
 
@@ -216,8 +222,7 @@ def export(args):
         raise DataError('cannot create %s (%s)' % (out, e.strerror or e)) from None
     try:
         graph_def, image, outputs = export_graph(frozen, info, input_name, output_name)
-        write_saved_model(graph_def, image, outputs, info['classes'],
-                          os.path.join(work, VERSION))
+        write_saved_model(graph_def, image, outputs, info, os.path.join(work, VERSION))
         if args.tflite:
             write_tflite(graph_def, image, outputs, os.path.join(work, TFLITE), args.quantize)
         os.chmod(work, 0o777 & ~current_umask())      # mkdtemp's 0700 is for secrets

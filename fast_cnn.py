@@ -122,9 +122,10 @@ RECIPES = {
 DEFAULT_RECIPE = 'muon'
 # Per-channel mean and standard deviation of the official CIFAR-10 training
 # pixels (in [0, 1]), as airbench94 uses them; the JPEG copy's differ by < 0.002.
+# A folder of your own pictures gets its own, from its training pictures.
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
-IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10
+IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10       # CIFAR-10's; a folder's may differ
 WHITEN_PATCH, WHITEN_SAMPLES = 2, 5000
 PROGRESS_IMAGES = 2000      # test images scored after each epoch, for progress only
 MAX_EPOCHS = 1000
@@ -132,12 +133,28 @@ MAX_STEPS = 10_000_000
 
 
 # -----------------------------------------------------------------------------
-# Data: CIFAR-10 as uint8, normalised per channel inside the graph
+# Data: CIFAR-10 (or your pictures) as uint8, normalised per channel in the graph
 # -----------------------------------------------------------------------------
 
-def normalize(images):
-    """[0, 1] pixels -> zero mean, unit variance per channel."""
-    return (images - CIFAR_MEAN) / CIFAR_STD
+def normalize(images, stats=(CIFAR_MEAN, CIFAR_STD)):
+    """[0, 1] pixels -> zero mean, unit variance per channel, given the
+    training set's (mean, std) per channel."""
+    mean, std = stats
+    return (images - mean) / std
+
+
+def channel_stats(images):
+    """(mean, std) per channel of uint8 images [N, H, W, 3], as pixels in
+    [0, 1], float32 (summed in float64, in chunks)."""
+    total, squares, count = np.zeros(CHANNELS), np.zeros(CHANNELS), 0
+    for start in range(0, len(images), 1000):
+        chunk = images[start:start + 1000].reshape(-1, CHANNELS).astype(np.float64) / 255
+        total += chunk.sum(0)
+        squares += (chunk ** 2).sum(0)
+        count += len(chunk)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0))
+    return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
 
 
 def whitening_filters(images, eps=5e-4):
@@ -173,23 +190,24 @@ def whitening_filters(images, eps=5e-4):
     return filters.reshape(k, k, channels, 2 * k * k * channels).astype(np.float32)
 
 
-def augment(padded_images, flip):
+def augment(padded_images, flip, size=IMAGE_SIZE):
     """Training augmentation, per image, over the whole batch.
 
     Args:
       padded_images: [B, 32 + 2t, 32 + 2t, 3], reflect-padded by t pixels.
       flip: [B] bool, which images to mirror (alternating flips: see main()).
+      size: the images' side without the padding (32 for CIFAR-10).
 
     Returns:
       [B, 32, 32, 3]: each image mirrored as asked and shifted by a random
       -t..t pixels in each direction.
     """
     batch = tf.shape(padded_images)[0]
-    room = padded_images.shape[1] - IMAGE_SIZE
+    room = padded_images.shape[1] - size
     images = tf.where(flip, tf.reverse(padded_images, [2]), padded_images)
     if room:
         offsets = tf.random.uniform([batch, 2], 0, room + 1, dtype=tf.int32)
-        window = tf.range(IMAGE_SIZE)
+        window = tf.range(size)
         rows = offsets[:, :1] + window                          # [B, 32]
         columns = offsets[:, 1:] + window
         images = tf.gather(images, rows, axis=1, batch_dims=1)
@@ -263,26 +281,30 @@ def batch_norm(x, training, name, momentum):
     return y
 
 
-def inference(images, whitening, training, hyp, precision='fp32'):
+def inference(images, whitening, training, hyp, precision='fp32',
+              stats=(CIFAR_MEAN, CIFAR_STD), num_classes=CLASSES):
     """Builds the network up to its logits; call again to share the weights.
 
     Args:
-      images: [batch, 32, 32, 3] float32 pixels in [0, 1].
+      images: [batch, 32, 32, 3] float32 pixels in [0, 1] (or another square
+        size: the last pooling takes the maximum over whatever is left).
       whitening: [2, 2, 3, 24] first-layer filters from whitening_filters().
       training: Python bool: batch statistics (and their moving-average
         updates) in training, moving averages in inference.
       hyp: a recipe of RECIPES (widths, activation, head).
       precision: 'fp32', or 'bf16' to run convolutions, batch norm and
         activations in bfloat16 (the weights stay float32).
+      stats: the training set's (mean, std) per channel (`normalize`).
+      num_classes: the logits' width.
 
     Returns:
-      logits: [batch, 10] float32.
+      logits: [batch, num_classes] float32.
     """
     dtype = tf.bfloat16 if precision == 'bf16' else tf.float32
     activation = {'relu': tf.nn.relu, 'gelu': gelu}[hyp['activation']]
     momentum = hyp['batchnorm_momentum']
     with tf.variable_scope('net', reuse=tf.AUTO_REUSE):
-        x = tf.cast(normalize(images), dtype)
+        x = tf.cast(normalize(images, stats), dtype)
 
         # The whitening layer: fixed 2x2 filters, a learnt bias (for a while)
         with tf.variable_scope('whiten'):
@@ -309,7 +331,7 @@ def inference(images, whitening, training, hyp, precision='fp32'):
             x = tf.reduce_max(x, axis=[1, 2])
             std = hyp['head_init_std']
             bound = 1 / math.sqrt(x.shape[-1]) if std is None else std * math.sqrt(3)
-            weights = tf.get_variable('head/weights', [x.shape[-1], CLASSES],
+            weights = tf.get_variable('head/weights', [x.shape[-1], num_classes],
                                       initializer=tf.random_uniform_initializer(-bound, bound))
             logits = tf.matmul(x, tf.cast(weights, dtype))
             return tf.cast(logits, tf.float32) * hyp['scaling_factor']
@@ -336,7 +358,8 @@ def tta_logits(images, network, level):
     if level == 1:
         return mirrored(images)
     padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode='REFLECT')
-    shifted = [padded[:, :IMAGE_SIZE, :IMAGE_SIZE], padded[:, 2:, 2:]]
+    size = images.shape[1]
+    shifted = [padded[:, :size, :size], padded[:, 2:, 2:]]
     return 0.5 * mirrored(images) + 0.25 * mirrored(shifted[0]) + 0.25 * mirrored(shifted[1])
 
 
@@ -588,6 +611,7 @@ def parse_args(argv=None):
                         help='test-time augmentation: 0 none, 1 mirror, 2 mirror and '
                              "translations (default: the recipe's, 2)")
     cli.add_common_flags(parser, train_dir='runs')
+    cli.add_picture_flags(parser)
     cli.add_num_devices_flag(parser)
     args = parser.parse_args(argv)
     hyp = RECIPES[args.recipe]
@@ -611,16 +635,17 @@ def count_steps(args, train_count):
     return steps_per_epoch, total_steps
 
 
-def training_flops_per_image(widths):
+def training_flops_per_image(widths, size=IMAGE_SIZE, classes=CLASSES):
     """Floating-point operations to train on one image (2 per multiply-add).
 
     Forward: the whitening layer, the six 3x3 convolutions at their output
-    sizes (31, 15; 15, 7; 7, 3 pixels square) and the head. Backward: twice
+    sizes (for 32x32 images: 31, 15; 15, 7; 7, 3 pixels square) and the
+    head. Backward: twice
     the forward (input and weight gradients), less the whitening layer,
     which needs neither. Batch norm, pooling and activations are left out.
     """
     channels = 2 * CHANNELS * WHITEN_PATCH ** 2
-    side = IMAGE_SIZE - WHITEN_PATCH + 1
+    side = size - WHITEN_PATCH + 1
     whiten = 2 * side * side * WHITEN_PATCH ** 2 * CHANNELS * channels
     convolutions = 0
     for width in widths:
@@ -628,30 +653,43 @@ def training_flops_per_image(widths):
         side //= 2
         convolutions += 2 * side * side * 9 * width * width         # conv2
         channels = width
-    forward = whiten + convolutions + 2 * widths[-1] * CLASSES
+    forward = whiten + convolutions + 2 * widths[-1] * classes
     return forward + 2 * (forward - whiten)
 
 
-def load_cifar10(data_dir, translate):
-    """CIFAR-10 as this recipe wants it.
+def load_data(args, translate):
+    """CIFAR-10, or a folder of your own pictures, as this recipe wants it.
 
     Returns:
-      (padded_train: uint8 [50000, 36, 36, 3], the training images (4x
-      smaller than float) reflect-padded once for the random translations;
-      train_labels; test_images: float32 [10000, 32, 32, 3] in [0, 1];
-      test_labels; the whitening filters, from the first 5000 training images).
+      A namespace: padded_train uint8 [50000, 36, 36, 3], the training
+      images (4x smaller than float) reflect-padded once for the random
+      translations; train_labels; test_images float32 [10000, 32, 32, 3] in
+      [0, 1]; test_labels; stats, the (mean, std) per channel (CIFAR-10's
+      published ones, or the folder's training pictures'); whitening, the
+      first layer's filters from the first 5000 training images; data_sets,
+      what data_helpers.load_images returned (classes, and a folder's split).
     """
-    train_images, train_labels, test_images, test_labels = data_helpers.load_raw(data_dir)
-    train_images = data_helpers.to_nhwc(train_images)
-    test_images = data_helpers.to_nhwc(test_images).astype(np.float32) / 255
+    data_sets = data_helpers.load_images(args.data_dir, args.image_size, args.crop,
+                                         args.test_split, args.seed)
+    train_images = data_sets['images_train']
+    stats = ((CIFAR_MEAN, CIFAR_STD) if data_sets['dataset'] == 'cifar10'
+             else channel_stats(train_images))
     padded_train = np.pad(train_images, [(0, 0), (translate, translate),
                                          (translate, translate), (0, 0)], mode='reflect')
-    sample = normalize(train_images[:WHITEN_SAMPLES].astype(np.float32) / 255)
-    return padded_train, train_labels, test_images, test_labels, whitening_filters(sample)
+    sample = normalize(train_images[:WHITEN_SAMPLES].astype(np.float32) / 255, stats)
+    return argparse.Namespace(
+        padded_train=padded_train, train_labels=data_sets['labels_train'],
+        test_images=data_sets['images_test'].astype(np.float32) / 255,
+        test_labels=data_sets['labels_test'], stats=stats,
+        whitening=whitening_filters(sample), data_sets=data_sets)
 
 
-def build_graph(args, hyp, padded_train, train_labels, whitening):
+def build_graph(args, hyp, padded_train, train_labels, whitening,
+                stats=(CIFAR_MEAN, CIFAR_STD), num_classes=CLASSES):
     """The training graph and, sharing its weights, the evaluation graph.
+
+    The images' size comes from padded_train; stats and num_classes are the
+    data's (`load_data`; CIFAR-10's by default).
 
     Returns:
       A namespace of what the loop runs: sampler, flip, lr_scale,
@@ -667,12 +705,13 @@ def build_graph(args, hyp, padded_train, train_labels, whitening):
     flip = tf.placeholder(tf.bool, [None], name='flip')
     lr_scale = tf.placeholder(tf.float32, [], name='lr_scale')
     whiten_lr_scale = tf.placeholder(tf.float32, [], name='whiten_lr_scale')
+    size = padded_train.shape[1] - 2 * hyp['translate']
 
     # The training network, once per device with --num-devices (towers.py),
     # each on its slice of the batch: augmentation, the network, the loss
     def training_tower(images, labels, tower_flip):
-        logits = inference(augment(tf.cast(images, tf.float32) / 255, tower_flip), whitening,
-                           True, hyp, args.precision)
+        logits = inference(augment(tf.cast(images, tf.float32) / 255, tower_flip, size),
+                           whitening, True, hyp, args.precision, stats, num_classes)
         return (loss(logits, labels, hyp['label_smoothing']),
                 evaluation(logits, labels))
 
@@ -687,11 +726,11 @@ def build_graph(args, hyp, padded_train, train_labels, whitening):
 
     # Evaluation: images in [0, 1] fed in batches; the moving averages of
     # batch norm; test-time augmentation for the final score.
-    images = tf.placeholder(tf.float32, [None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS], name='images')
+    images = tf.placeholder(tf.float32, [None, size, size, CHANNELS], name='images')
     labels = tf.placeholder(tf.int64, [None], name='labels')
 
     def network(x):
-        return inference(x, whitening, False, hyp, args.precision)
+        return inference(x, whitening, False, hyp, args.precision, stats, num_classes)
 
     plain_logits = network(images)
     plain_predictions = tf.argmax(plain_logits, 1)
@@ -766,21 +805,27 @@ def main(args):
     rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
     hyp = RECIPES[args.recipe]
 
-    # Load the data, and compute the whitening filters from it
-    padded_train, train_labels, test_images, test_labels, whitening = load_cifar10(
-        args.data_dir, hyp['translate'])
-    train_count = len(train_labels)
+    # Load the data (CIFAR-10, or a folder of your own pictures), and compute
+    # the whitening filters from it
+    data = load_data(args, hyp['translate'])
+    test_images, test_labels = data.test_images, data.test_labels
+    train_count = len(data.train_labels)
+    size, classes = test_images.shape[1], data.data_sets['classes']
     cli.check_batch_size(args.batch_size, train_count)
     steps_per_epoch, total_steps = count_steps(args, train_count)
 
     # The run folder, created before training so a bad --train-dir costs nothing
-    run_dir = run_folders.start_run_dir(args.train_dir, 'fast-', data_helpers.CLASSES,
-                                        'cifar10', 'nhwc', script='fast_cnn',
-                                        output_without_tta='plain_probabilities:0')
+    run_dir = run_folders.start_run_dir(
+        args.train_dir, 'fast-', classes, data.data_sets['dataset'], 'nhwc',
+        split=data_helpers.split_record(data.data_sets), script='fast_cnn',
+        output_without_tta='plain_probabilities:0', channel_stats=data.stats,
+        **data_helpers.picture_info(data.data_sets))
 
     # The graph (only defined here; nothing is computed yet)
-    ops = build_graph(args, hyp, padded_train, train_labels, whitening)
-    training_pflop = total_steps * args.batch_size * training_flops_per_image(hyp['widths']) / 1e15
+    ops = build_graph(args, hyp, data.padded_train, data.train_labels, data.whitening,
+                      data.stats, len(classes))
+    training_pflop = (total_steps * args.batch_size
+                      * training_flops_per_image(hyp['widths'], size, len(classes)) / 1e15)
     print('fast_cnn: recipe {}, {} steps of {} ({} epochs, {:.3f} PFLOP), {}, {:,} '
           'parameters'.format(args.recipe, total_steps, args.batch_size, args.epochs,
                               training_pflop, args.precision,

@@ -264,8 +264,11 @@ def list_folder(root):
     notes = collections.Counter()
     top = class_folders(root)
     try:
-        notes['outside the class folders'] = sum(
-            1 for entry in os.scandir(root) if entry.is_file() and not is_hidden(entry.name))
+        for entry in os.scandir(root):
+            if is_hidden(entry.name):
+                notes['hidden'] += 1
+            elif entry.is_file():
+                notes['outside the class folders'] += 1
     except OSError:
         pass
     split = {'train', 'test'} <= set(top) and class_folders(top['train'])

@@ -13,18 +13,20 @@ model is not rebuilt: its graph comes from the checkpoint's meta graph
 RUN_DIR may also be a folder export.py wrote (or its version folder): the
 SavedModel then takes the pixels as they are and does its own pre-processing.
 
-Pictures in JPEG, PNG, GIF (first frame) or BMP of any size are decoded by
-TensorFlow, made RGB (or grayscale for MNIST models), resized to the model's
-input with antialiasing (`--crop center` first cuts the largest central
-square, keeping the aspect ratio), then normalised as in training. For MNIST
-models a dark digit on a light background (a photo of paper) is inverted to
-the light-on-dark of the training images.
+Pictures are prepared as training prepared a folder of pictures, by the same
+function (`image_folders.prepare_picture`): JPEG, PNG, GIF (first frame), BMP
+or WebP of any size decoded by Pillow, turned upright by their EXIF
+orientation (a phone's portrait photo), made RGB (or grayscale for MNIST
+models), cut to their central square when the run was trained so (`--crop`,
+default: the run's), resized to the model's input with antialiasing, then
+normalised as in training. For MNIST models a dark digit on a light
+background (a photo of paper) is inverted to the light-on-dark of the
+training images.
 """
 
 import argparse
 import json
 import os
-import stat
 import sys
 
 import numpy as np
@@ -34,13 +36,11 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 import cli  # noqa: E402
 import data_helpers  # noqa: E402
+import image_folders  # noqa: E402
 import run_folders  # noqa: E402
 from downloads import DataError  # noqa: E402
 
 tf.disable_eager_execution()
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
-MAX_PICTURE_BYTES = 64 << 20
 
 
 def parse_args(argv=None):
@@ -52,10 +52,11 @@ def parse_args(argv=None):
                         help='picture files, or folders of them')
     parser.add_argument('--top-k', type=cli.positive_int, default=3,
                         help='how many classes to show per picture (default: 3)')
-    parser.add_argument('--crop', choices=['none', 'center'], default='none',
+    parser.add_argument('--crop', choices=['none', 'center'], default=None,
                         help="'center': cut the largest central square before "
-                             "resizing, keeping the aspect ratio (default: none, "
-                             "squeeze the whole picture)")
+                             "resizing, keeping the aspect ratio; 'none': squeeze the "
+                             "whole picture (default: as the run was trained on its "
+                             "pictures; none for CIFAR-10 and MNIST runs)")
     parser.add_argument('--json', action='store_true', help='print one JSON list')
     parser.add_argument('--plot', metavar='PNG', help='also draw the pictures with '
                         'their predicted labels into this PNG file')
@@ -120,33 +121,12 @@ def model_tensors(graph, info, checkpoint):
 
 
 class ImageReader:
-    """Decodes any picture file into the model's input size, as whole-number
-    pixels 0..255 (in float32): what a picture of that size would hold."""
+    """Reads picture files as the model's input size, prepared as training
+    prepared its pictures (image_folders.prepare_picture), as float32 pixels
+    0..255."""
 
     def __init__(self, size, channels, crop):
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            self.contents = tf.placeholder(tf.string, [])
-            # Decode as RGB (grayscale is repeated, alpha dropped), then make
-            # it gray for the MNIST models.
-            image = tf.io.decode_image(self.contents, channels=3, expand_animations=False)
-            if channels == 1:
-                image = tf.image.rgb_to_grayscale(image)
-            if crop == 'center':
-                height, width = tf.shape(image)[0], tf.shape(image)[1]
-                side = tf.minimum(height, width)
-                image = tf.image.crop_to_bounding_box(
-                    image, (height - side) // 2, (width - side) // 2, side, side)
-            # Already the model's size: take the pixels as they are. Else
-            # resize the uint8 pixels (a float copy of a large photo would
-            # take 4 bytes a pixel); tf.compat.v1's resize has no
-            # antialiasing, the v2 op does.
-            self.image = tf.cond(
-                tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size])),
-                lambda: tf.cast(image, tf.float32),
-                lambda: tf.round(tf.clip_by_value(
-                    tf.compat.v2.image.resize(image, [size, size], antialias=True), 0, 255)))
-            self.session = tf.Session(graph=self.graph)
+        self.size, self.channels, self.crop = size, channels, crop
 
     def read(self, path):
         """Returns [size, size, channels] float32 in 0..255.
@@ -154,29 +134,8 @@ class ImageReader:
         Raises:
           DataError: the file cannot be read or is not a supported picture.
         """
-        try:
-            # Opened without blocking, then checked: a FIFO or a device would
-            # hang a read, or never end it
-            fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
-            with os.fdopen(fd, 'rb') as f:
-                info = os.fstat(f.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise DataError('%s: not a regular file' % path)
-                if info.st_size > MAX_PICTURE_BYTES:
-                    raise DataError('%s: %.1f MB, more than the %g MB a picture may have'
-                                    % (path, info.st_size / 2 ** 20,
-                                       MAX_PICTURE_BYTES / 2 ** 20))
-                contents = f.read(MAX_PICTURE_BYTES + 1)
-        except OSError as e:
-            raise DataError('%s: cannot read (%s)' % (path, e.strerror or e)) from None
-        try:
-            return self.session.run(self.image, {self.contents: contents})
-        except tf.errors.ResourceExhaustedError:
-            raise DataError('%s: too large to decode in the memory there is' % path) from None
-        except tf.errors.InvalidArgumentError as e:
-            reason = run_folders.error_line(e)
-            raise DataError('%s: not a readable JPEG, PNG, GIF or BMP picture '
-                                         '(%s)' % (path, reason)) from None
+        return image_folders.read_picture(path, self.size, self.crop,
+                                          self.channels).astype(np.float32)
 
 
 def model_inputs(pixels, info):
@@ -200,7 +159,7 @@ def expand(paths):
     for path in paths:
         if os.path.isdir(path):
             for name in sorted(os.listdir(path)):
-                if name.lower().endswith(IMAGE_EXTENSIONS):
+                if name.lower().endswith(image_folders.EXTENSIONS):
                     yield os.path.join(path, name)
         else:
             yield path
@@ -253,7 +212,8 @@ def print_results(results, as_json):
 
 def main(args):
     session, info, input_tensor, output_tensor = load_model(args.run_dir)
-    reader = ImageReader(info['image_size'], info['channels'], args.crop)
+    reader = ImageReader(info['image_size'], info['channels'],
+                         args.crop or info.get('crop', 'none'))
     try:
         items, failures = read_pictures(args, info, reader)
         results = []
@@ -266,7 +226,6 @@ def main(args):
                     {'class': info['classes'][i], 'probability': float(row[i])} for i in top]})
     finally:
         session.close()
-        reader.session.close()
 
     print_results(results, args.json)
     if args.plot and results:

@@ -32,6 +32,7 @@ import tensorflow.compat.v1 as tf
 from downloads import DataError, current_umask, write_file_atomically
 
 MODEL_INFO = 'model.json'
+SPLIT = 'split.json'    # a folder of pictures: which files trained, which tested
 EVAL_BATCH_SIZE = 500   # images per session.run: bounded memory for any set
 
 
@@ -96,7 +97,8 @@ def evaluate(sess, predictions, images_placeholder, labels_placeholder, images, 
 # What a run leaves behind
 # -----------------------------------------------------------------------------
 
-def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None, **trained_by):
+def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None, split=None,
+                  **trained_by):
     """Creates train_dir/<prefix><timestamp>/ holding its model.json, before training.
 
     The folder appears whole or not at all: it is written under a temporary
@@ -108,6 +110,8 @@ def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None, 
       prefix: the start of the folder's name ('small-', 'fast-', or '').
       classes, dataset, layout, mean_image, trained_by: what model.json
         records (see `write_model_info`).
+      split: for a folder of pictures, which files trained and which
+        tested ({'train': [...], 'test': [...], ...}), saved as split.json.
 
     Returns:
       The path of the new run folder (unique if two runs start in one second).
@@ -121,6 +125,8 @@ def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None, 
         work = tempfile.mkdtemp(prefix='.' + stamp + '.', dir=train_dir)
         try:
             write_model_info(work, classes, dataset, layout, mean_image, **trained_by)
+            if split:
+                write_json(os.path.join(work, SPLIT), split)
             os.chmod(work, 0o777 & ~current_umask())          # mkdtemp's 0700 is for secrets
             path, suffix = os.path.join(train_dir, stamp), 1
             while True:
@@ -144,13 +150,14 @@ def write_json(path, content):
 
 
 def write_model_info(run_dir, classes, dataset, layout, mean_image=None, script=None,
-                     model=None, output_without_tta=None, precision=None):
+                     model=None, output_without_tta=None, precision=None, image_size=None,
+                     crop=None, channel_stats=None):
     """Saves, beside the checkpoints, how the model wants its input (model.json).
 
     Args:
       run_dir: the run folder.
       classes: the class names, in the order of the model's outputs.
-      dataset: 'cifar10' or 'mnist'.
+      dataset: 'cifar10', 'mnist' or 'folder' (your own pictures).
       layout: 'flat' ([N, pixels] rows; CIFAR-10's as R, G, B planes) or
         'nhwc' ([N, height, width, channels]).
       mean_image: the mean image subtracted in training, or None when the
@@ -161,10 +168,16 @@ def write_model_info(run_dir, classes, dataset, layout, mean_image=None, script=
         output without it.
       precision: 'fp32' or 'bf16', where a script rebuilds the graph to
         restore the run (cnn.py --restore).
+      image_size: the side of the model's input (default: 28 for MNIST,
+        32 for CIFAR-10).
+      crop: how pictures were cut to a square ('center' or 'none',
+        image_folders.prepare_picture), which predict.py then uses too.
+      channel_stats: (mean, std) per channel the model normalises with
+        inside its graph, recorded for reference.
     """
     write_json(os.path.join(run_dir, MODEL_INFO), {
         'dataset': dataset,
-        'image_size': 28 if dataset == 'mnist' else 32,
+        'image_size': image_size or (28 if dataset == 'mnist' else 32),
         'channels': 1 if dataset == 'mnist' else 3,
         'layout': layout,
         'normalization': 'scale' if mean_image is None else 'mean',
@@ -177,6 +190,10 @@ def write_model_info(run_dir, classes, dataset, layout, mean_image=None, script=
         'model': model,
         **({'output_without_tta': output_without_tta} if output_without_tta else {}),
         **({'precision': precision} if precision else {}),
+        **({'crop': crop} if crop else {}),
+        **({'channel_mean': [float(v) for v in channel_stats[0]],
+            'channel_std': [float(v) for v in channel_stats[1]]} if channel_stats is not None
+           else {}),
     })
 
 
@@ -232,7 +249,8 @@ def read_model_info(run_dir):
         if not ok:
             raise DataError('%s: %r is %.60r, expected %s' % (path, key, info[key], expected))
 
-    check('dataset', lambda v: v in ('cifar10', 'mnist'), "'cifar10' or 'mnist'")
+    check('dataset', lambda v: v in ('cifar10', 'mnist', 'folder'),
+          "'cifar10', 'mnist' or 'folder'")
     check('image_size', lambda v: type(v) is int and 0 < v <= 1024, 'a size in pixels')
     check('channels', lambda v: type(v) is int and v in (1, 3), '1 or 3')
     check('layout', lambda v: v in ('flat', 'nhwc'), "'flat' or 'nhwc'")
@@ -244,6 +262,8 @@ def read_model_info(run_dir):
             'a list of %d numbers' % pixels)
     check('classes', lambda v: len(v) >= 2 and all(isinstance(c, str) for c in v),
           'a list of class names')
+    if 'crop' in info:
+        check('crop', lambda v: v in ('center', 'none'), "'center' or 'none'")
     for key in ('input', 'output') + (('output_without_tta',) if 'output_without_tta' in info
                                       else ()):
         check(key, lambda v: isinstance(v, str) and v.endswith(':0'), 'a tensor name')
@@ -508,6 +528,7 @@ def load_trained_model(run_dir):
 
 SIGNATURE = 'serving_default'
 CLASS_NAMES = 'class_names.txt'     # in the SavedModel's assets, one name per line
+CROP = 'crop.txt'                   # ... and how pictures were cut to a square
 
 
 def exported_model_dir(path):
@@ -562,7 +583,12 @@ def load_exported_model(folder):
     except DataError:
         session.close()
         raise
+    try:      # exports written before crop.txt: pictures were squeezed
+        with open(os.path.join(folder, 'assets', CROP), encoding='utf-8') as f:
+            crop = f.read().strip()
+    except OSError:
+        crop = 'none'
     info = {'dataset': 'mnist' if channels == 1 else 'cifar10', 'image_size': size,
             'channels': channels, 'classes': classes, 'layout': 'nhwc',
-            'normalization': 'none'}
+            'normalization': 'none', 'crop': crop if crop in ('center', 'none') else 'none'}
     return session, image, probabilities, info

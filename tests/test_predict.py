@@ -13,6 +13,7 @@ import tensorflow.compat.v1 as tf
 
 import cnn
 import data_helpers
+import image_folders
 import predict
 import softmax
 import two_layer_mlp
@@ -143,7 +144,8 @@ def test_corrupt_file_is_reported_and_the_others_still_classified(runs, pictures
     assert len(out.strip().splitlines()) == 5            # the five good pictures
     lines = err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith('predict.py: error: ') for line in lines)
-    assert any('broken.jpg: not a readable' in line for line in lines)
+    assert any('broken.jpg: cannot decode (not a JPEG, PNG, GIF, BMP or WebP picture)' in line
+               for line in lines)
     assert any('missing.png: cannot read' in line for line in lines)
 
 
@@ -323,7 +325,7 @@ def test_a_fifo_or_device_is_refused_and_the_others_classified(runs, pictures, c
 
 
 def test_a_picture_over_the_size_limit_is_refused(runs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(predict, 'MAX_PICTURE_BYTES', 2 ** 20)
+    monkeypatch.setattr(image_folders, 'MAX_PICTURE_BYTES', 2 ** 20)
     big = tmp_path / 'big.png'
     big.write_bytes(encode(np.zeros((64, 64, 3), np.uint8) + 7, 'png') + b'\0' * 1_500_000)
     status, _, err = predict_main(capsys, runs['cnn'], big)

@@ -1,0 +1,437 @@
+"""image_folders.py and the scripts on a folder of class folders: the pixels
+and labels (against CIFAR-10's pickles), every kind of picture, the split, the
+cache, the workers, and each kind of bad input with its one line."""
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnn
+import data_helpers
+import export
+import fast_cnn
+import image_folders
+import predict
+import run_folders
+from conftest import write_fake_cifar10
+from downloads import DataError
+
+NAMES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+         'truck']
+
+
+def save(path, array, **options):
+    """Writes a uint8 array as a picture file (the format from the extension)."""
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    Image.fromarray(np.asarray(array, np.uint8)).save(str(path), **options)
+    return str(path)
+
+
+def cifar_as_folders(tmp_path, per_batch=30):
+    """A fake CIFAR-10 (conftest) and the same images as train/ and test/
+    PNG trees named by their index; returns (pickle folder, picture folder)."""
+    pickles = write_fake_cifar10(str(tmp_path / 'cifar-10-batches-py'), per_batch=per_batch)
+    images_train, labels_train, images_test, labels_test = data_helpers.load_raw(pickles)
+    root = tmp_path / 'pictures'
+    for split, images, labels in (('train', images_train, labels_train),
+                                  ('test', images_test, labels_test)):
+        for index, (image, label) in enumerate(zip(data_helpers.to_nhwc(images), labels)):
+            save(root / split / NAMES[label] / ('%05d.png' % index), image)
+    return pickles, str(root)
+
+
+def class_tree(root, counts, size=(12, 10), seed=0):
+    """root/<class>/<i>.png with random pictures: counts {class: how many}."""
+    rng = np.random.default_rng(seed)
+    for name, count in counts.items():
+        for i in range(count):
+            save(os.path.join(str(root), name, '%03d.png' % i),
+                 rng.integers(0, 256, (size[1], size[0], 3)))
+    return str(root)
+
+
+def load(root, lines=None, **options):
+    return image_folders.load_folder(str(root), log=(lines.append if lines is not None
+                                                     else lambda line: None), **options)
+
+
+# -----------------------------------------------------------------------------
+# The folder path loses nothing
+# -----------------------------------------------------------------------------
+
+def test_cifar10_as_folders_loads_the_pickles_pixels_and_labels(tmp_path):
+    pickles, root = cifar_as_folders(tmp_path)
+    images_train, labels_train, images_test, labels_test = data_helpers.load_raw(pickles)
+    data = data_helpers.load_images(root, seed=3)
+    assert data['dataset'] == 'folder' and data['classes'] == NAMES
+    for split, images, labels in (('train', images_train, labels_train),
+                                  ('test', images_test, labels_test)):
+        order = [int(os.path.basename(name)[:5]) for name in data['files_' + split]]
+        assert sorted(order) == list(range(len(labels)))        # every picture, once
+        np.testing.assert_array_equal(data['images_' + split],
+                                      data_helpers.to_nhwc(images)[order])
+        np.testing.assert_array_equal(data['labels_' + split], labels[order])
+    # The training pictures are shuffled (cnn.py holds out the last 20%)
+    train_order = [int(os.path.basename(n)[:5]) for n in data['files_train']]
+    assert train_order != sorted(train_order)
+
+
+def test_cifar10_pickles_still_load_and_refuse_another_size(tmp_path):
+    pickles = write_fake_cifar10(str(tmp_path / 'cifar-10-batches-py'))
+    data = data_helpers.load_images(pickles)
+    assert data['dataset'] == 'cifar10' and data['images_train'].shape == (150, 32, 32, 3)
+    with pytest.raises(DataError, match='--image-size 64: CIFAR-10 is 32x32'):
+        data_helpers.load_images(pickles, image_size=64)
+
+
+def test_decoding_in_worker_processes_gives_the_same_arrays(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'a': 70, 'b': 60})
+    one = load(root, workers=1, seed=0)
+    os.environ['XDG_CACHE_HOME'] = str(tmp_path / 'other-cache')     # decode again
+    two = load(root, workers=2, seed=0)
+    for key in ('images_train', 'labels_train', 'images_test', 'labels_test'):
+        np.testing.assert_array_equal(one[key], two[key])
+    assert one['files_test'] == two['files_test']
+
+
+# -----------------------------------------------------------------------------
+# One picture: formats, modes, orientation, crop, size
+# -----------------------------------------------------------------------------
+
+def encoded(image, format, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def test_every_format_and_mode_becomes_rgb(tmp_path):
+    colour = (200, 40, 90)
+    rgb = Image.new('RGB', (8, 8), colour)
+    cases = {
+        'png': encoded(rgb, 'PNG'),
+        'bmp': encoded(rgb, 'BMP'),
+        'webp': encoded(rgb, 'WEBP', lossless=True),
+        'gif': encoded(rgb.convert('P', palette=Image.Palette.ADAPTIVE), 'GIF'),
+        'rgba': encoded(Image.new('RGBA', (8, 8), colour + (0,)), 'PNG'),   # alpha dropped
+        'palette-transparent': encoded(rgb.convert('P', palette=Image.Palette.ADAPTIVE), 'PNG', transparency=0),
+    }
+    for name, data in cases.items():
+        pixels = image_folders.prepare_picture(data, 8, name=name)
+        assert pixels.shape == (8, 8, 3) and pixels.dtype == np.uint8, name
+        np.testing.assert_allclose(pixels[0, 0], colour, atol=2, err_msg=name)
+    gray = image_folders.prepare_picture(encoded(Image.new('L', (8, 8), 77), 'PNG'), 8)
+    np.testing.assert_array_equal(gray[0, 0], [77, 77, 77])          # repeated into RGB
+    # 16-bit grayscale: 0..65535 scaled to 0..255 (51400 / 257 = 200)
+    sixteen = Image.fromarray(np.full((8, 8), 51400, np.uint16))
+    np.testing.assert_array_equal(image_folders.prepare_picture(
+        encoded(sixteen, 'PNG'), 8)[0, 0], [200, 200, 200])
+    # CMYK JPEG: no cyan, full magenta -> red and blue, no green
+    cmyk = image_folders.prepare_picture(
+        encoded(Image.new('CMYK', (8, 8), (0, 255, 0, 0)), 'JPEG', quality=95), 8)
+    np.testing.assert_allclose(cmyk[4, 4], [255, 0, 255], atol=6)
+    # grayscale for the MNIST models
+    assert image_folders.prepare_picture(encoded(rgb, 'PNG'), 8, channels=1).shape == (8, 8, 1)
+
+
+def test_exif_orientation_turns_a_phone_photo_upright(tmp_path):
+    # Stored lying on its side: left half red, right half blue, 4 wide, 2 high;
+    # orientation 6 says "turn 90 degrees clockwise to view": red on top.
+    stored = np.zeros((2, 4, 3), np.uint8)
+    stored[:, :2] = (255, 0, 0)
+    stored[:, 2:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encoded(Image.fromarray(stored), 'PNG', exif=exif.tobytes())
+    upright = image_folders.prepare_picture(data, 4, crop='none')
+    assert tuple(upright[0, 0]) == (255, 0, 0) and tuple(upright[3, 0]) == (0, 0, 255)
+    # predict.py reads it the same way
+    path = tmp_path / 'portrait.png'
+    path.write_bytes(data)
+    np.testing.assert_array_equal(predict.ImageReader(4, 3, 'none').read(str(path)), upright)
+    # without the tag the picture stays as stored
+    plain = image_folders.prepare_picture(encoded(Image.fromarray(stored), 'PNG'), 4)
+    assert tuple(plain[0, 0]) == tuple(plain[3, 0]) == (255, 0, 0)
+
+
+def test_center_crop_keeps_the_middle_and_a_picture_of_the_size_keeps_its_pixels():
+    wide = np.zeros((10, 30, 3), np.uint8)
+    wide[:, 10:20] = 255                          # a white square in the middle
+    cropped = image_folders.prepare_picture(encoded(Image.fromarray(wide), 'PNG'), 10, 'center')
+    assert cropped.min() == 255
+    squeezed = image_folders.prepare_picture(encoded(Image.fromarray(wide), 'PNG'), 10, 'none')
+    assert squeezed.min() < 50
+    exact = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(image_folders.prepare_picture(
+        encoded(Image.fromarray(exact), 'PNG'), 16), exact)
+
+
+def png_header_only(width, height):
+    """A PNG that claims width x height pixels and holds almost none."""
+    def chunk(kind, body):
+        return struct.pack('>I', len(body)) + kind + body + struct.pack(
+            '>I', zlib.crc32(kind + body) & 0xffffffff)
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height,
+                                                            8, 2, 0, 0, 0))
+            + chunk(b'IDAT', zlib.compress(b'\0' * 10)) + chunk(b'IEND', b''))
+
+
+def test_a_decompression_bomb_is_refused_before_decoding():
+    with pytest.raises(DataError, match=r'bomb.png: 30000x30000 pixels, more than the 400 '
+                                        r'million a picture may have \(a decompression bomb'):
+        image_folders.prepare_picture(png_header_only(30000, 30000), 32, name='bomb.png')
+
+
+# -----------------------------------------------------------------------------
+# The split
+# -----------------------------------------------------------------------------
+
+def test_a_drawn_split_is_stratified_and_follows_the_seed(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'cats': 10, 'dogs': 20, 'owls': 5})
+    first, again, other = (load(root, seed=1), load(root, seed=1), load(root, seed=2))
+    held = {name: sum(os.path.dirname(f) == name for f in first['files_test'])
+            for name in first['classes']}
+    assert held == {'cats': 2, 'dogs': 4, 'owls': 1}                  # 20% of each
+    assert first['files_test'] == again['files_test']
+    assert first['files_test'] != other['files_test']
+    assert not set(first['files_train']) & set(first['files_test'])
+    assert len(first['files_train']) + len(first['files_test']) == 35
+    assert load(root, seed=1, test_split=0.5)['labels_test'].tolist().count(0) == 5
+
+
+def test_the_split_is_written_into_the_run_folder(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'cats': 10, 'dogs': 10})
+    run_dir = str(tmp_path / 'runs')
+    cnn.main(cnn.parse_args(['--model', 'small', '--data-dir', root, '--max-steps', '2',
+                             '--batch-size', '4', '--no-plots', '--train-dir', run_dir,
+                             '--seed', '5', '--precision', 'fp32']))
+    folder = run_folders.checkpoint_folder(run_dir)
+    with open(os.path.join(folder, 'split.json')) as f:
+        import json
+        split = json.load(f)
+    assert sorted(split['train'] + split['test']) == sorted(
+        os.path.join(c, '%03d.png' % i) for c in ('cats', 'dogs') for i in range(10))
+    assert split['test'] == load(root, seed=5)['files_test']
+    info = run_folders.read_model_info(folder)
+    assert info['dataset'] == 'folder' and info['classes'] == ['cats', 'dogs']
+    assert info['crop'] == 'center' and info['image_size'] == 32
+
+
+# -----------------------------------------------------------------------------
+# Bad input: one clear line
+# -----------------------------------------------------------------------------
+
+def test_files_that_are_not_pictures_and_hidden_ones_are_skipped_and_counted(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'cats': 5, 'dogs': 5})
+    (tmp_path / 'pictures' / 'cats' / 'notes.txt').write_text('not a picture')
+    (tmp_path / 'pictures' / 'cats' / '.DS_Store').write_bytes(b'\0\0\0\1Bud1')
+    class_tree(tmp_path / 'pictures' / '.ipynb_checkpoints', {'x': 3})   # not a class
+    lines = []
+    data = load(root, lines, seed=0)
+    assert data['classes'] == ['cats', 'dogs']
+    assert len(data['files_train']) + len(data['files_test']) == 10
+    assert 'Ignored 1 file or folder: not a picture (.txt)' in lines
+    assert 'Ignored 2 files or folders: hidden' in lines
+
+
+def test_a_broken_picture_is_named_skipped_and_counted_and_too_many_stop(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'cats': 60, 'dogs': 60})
+    (tmp_path / 'pictures' / 'cats' / 'broken.jpg').write_bytes(b'\xff\xd8\xff not a jpeg')
+    lines = []
+    data = load(root, lines, seed=0, workers=1)
+    assert len(data['files_train']) + len(data['files_test']) == 120
+    assert any(line.startswith('Skipped ') and 'broken.jpg: cannot decode' in line
+               for line in lines)
+    (tmp_path / 'pictures' / 'dogs' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n')
+    with pytest.raises(DataError, match=r'more than 1 of the 122 pictures cannot be read'):
+        load(root, seed=0, workers=1)
+
+
+def test_an_empty_class_one_class_and_case_twins_are_refused(tmp_path):
+    root = class_tree(tmp_path / 'a', {'cats': 3, 'dogs': 3})
+    os.makedirs(os.path.join(root, 'owls'))
+    with pytest.raises(DataError, match=r"class folder .*owls holds no pictures"):
+        load(root)
+    with pytest.raises(DataError, match='at least two class folders'):
+        load(class_tree(tmp_path / 'b', {'cats': 3}))
+    twins = class_tree(tmp_path / 'c', {'Cats': 3, 'cats': 3})
+    with pytest.raises(DataError, match='class folders Cats and cats differ only in case'):
+        load(twins)
+
+
+def test_train_and_test_folders_classes_missing_and_duplicated(tmp_path):
+    root = tmp_path / 'pictures'
+    class_tree(root / 'train', {'cats': 4, 'dogs': 4, 'owls': 4})
+    class_tree(root / 'test', {'cats': 2, 'dogs': 2})          # the same pictures as train's
+    lines = []
+    data = load(root, lines)
+    assert data['split'] == 'train/ and test/ folders' and len(data['files_test']) == 4
+    assert 'Warning: no test pictures of owls: their accuracy is not measured' in lines
+    assert any(line.startswith('Warning: 4 test pictures are also in the training set')
+               for line in lines)
+    class_tree(root / 'test', {'bats': 1})
+    with pytest.raises(DataError, match='has class folders that .* lacks: bats'):
+        load(root)
+
+
+def test_a_symlink_loop_ends(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'cats': 3, 'dogs': 3})
+    os.symlink(os.path.join(root, 'cats'), os.path.join(root, 'cats', 'again'))
+    lines = []
+    data = load(root, lines)
+    assert len(data['files_train']) + len(data['files_test']) == 6
+    assert 'Ignored 1 file or folder: folder read before (a symlink loop?)' in lines
+
+
+def test_a_file_too_large_and_an_unreadable_one_are_skipped(tmp_path, monkeypatch):
+    root = class_tree(tmp_path / 'pictures', {'cats': 3, 'dogs': 3})
+    monkeypatch.setattr(image_folders, 'MAX_PICTURE_BYTES', 1000)
+    save(tmp_path / 'pictures' / 'cats' / 'big.png',
+         np.random.default_rng(0).integers(0, 256, (40, 40, 3)))
+    lines = []
+    data = load(root, lines)
+    assert len(data['files_train']) + len(data['files_test']) == 6
+    assert any(line.startswith('Skipped ') and 'big.png: 0.0 MB, more than the' in line
+               for line in lines)
+
+
+@pytest.mark.skipif(hasattr(os, 'geteuid') and os.geteuid() == 0,
+                    reason='root reads a file whatever its permissions')
+def test_an_unreadable_picture_is_named(tmp_path):
+    path = save(tmp_path / 'locked.png', np.zeros((4, 4, 3)))
+    os.chmod(path, 0)
+    with pytest.raises(DataError, match='locked.png: cannot read'):
+        image_folders.read_picture(path, 4)
+
+
+def test_a_folder_too_large_for_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    root = class_tree(tmp_path / 'pictures', {'cats': 3, 'dogs': 3})
+    monkeypatch.setattr(image_folders, 'available_memory', lambda: 10 ** 6)
+    monkeypatch.setattr(image_folders, 'decode_all', None)     # never reached
+    with pytest.raises(DataError, match=r'6 pictures at 96x96 need about 0.0 GB to train, and '
+                                        r'0.0 GB of memory is free'):
+        load(root, image_size=96)
+
+
+# -----------------------------------------------------------------------------
+# The cache
+# -----------------------------------------------------------------------------
+
+def test_a_second_run_reads_the_cache_and_a_changed_file_is_decoded_again(tmp_path,
+                                                                          monkeypatch):
+    root = class_tree(tmp_path / 'pictures', {'cats': 4, 'dogs': 4})
+    first = load(root, seed=0)
+    decoded = []
+    real = image_folders._decode_one
+    monkeypatch.setattr(image_folders, '_decode_one',
+                        lambda path, *rest: decoded.append(path) or real(path, *rest))
+    again = load(root, seed=0)
+    assert decoded == []
+    np.testing.assert_array_equal(first['images_train'], again['images_train'])
+    changed = os.path.join(root, 'cats', '000.png')
+    save(changed, np.full((10, 12, 3), 9))
+    os.utime(changed, ns=(1, 10 ** 18))
+    third = load(root, seed=0)
+    assert decoded == [changed]
+    row = (third['files_train'] + third['files_test']).index(os.path.join('cats', '000.png'))
+    images = np.concatenate([third['images_train'], third['images_test']])
+    assert images[row].max() == images[row].min() == 9
+
+
+def test_a_run_killed_while_caching_leaves_no_half_cache(tmp_path, monkeypatch):
+    root = class_tree(tmp_path / 'pictures', {'cats': 4, 'dogs': 4})
+
+    def killed(file, **arrays):
+        file.write(b'PK\3\4 half')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(np, 'savez', killed)
+    with pytest.raises(KeyboardInterrupt):
+        load(root)
+    folder = os.path.join(str(tmp_path / 'cache'), 'tf-image-recognition', 'pictures')
+    assert os.listdir(folder) == []
+
+
+def test_progress_is_shown_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    stream = Terminal()
+    progress = image_folders._Progress(3, stream)
+    for _ in range(3):
+        progress.step()
+    progress.close()
+    assert 'Reading pictures: 3/3' in stream.getvalue() and stream.getvalue().endswith('\n')
+    quiet = io.StringIO()
+    progress = image_folders._Progress(3, quiet)
+    progress.step()
+    progress.close()
+    assert quiet.getvalue() == ''
+
+
+# -----------------------------------------------------------------------------
+# Train, predict and export on a folder
+# -----------------------------------------------------------------------------
+
+def test_fast_cnn_trains_on_a_folder_at_64_pixels_with_its_own_statistics(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'cats': 12, 'dogs': 12, 'owls': 12},
+                      size=(80, 60))
+    run_dir = str(tmp_path / 'runs')
+    fast_cnn.main(fast_cnn.parse_args(['--data-dir', root, '--image-size', '64', '--epochs',
+                                       '1', '--batch-size', '8', '--train-dir', run_dir,
+                                       '--precision', 'fp32', '--seed', '0']))
+    folder = run_folders.checkpoint_folder(run_dir)
+    info = run_folders.read_model_info(folder)
+    assert info['image_size'] == 64 and info['classes'] == ['cats', 'dogs', 'owls']
+    train = load(root, image_size=64, seed=0)['images_train']
+    mean, std = fast_cnn.channel_stats(train)
+    np.testing.assert_allclose(info['channel_mean'], mean, rtol=1e-6)
+    np.testing.assert_allclose(info['channel_mean'],
+                               train.reshape(-1, 3).mean(0) / 255, rtol=1e-5)
+    np.testing.assert_allclose(info['channel_std'], train.reshape(-1, 3).std(0) / 255,
+                               rtol=1e-4)
+
+
+def test_a_folder_run_predicts_and_exports_with_its_folder_names(tmp_path, capsys):
+    root = class_tree(tmp_path / 'pictures', {'cats': 8, 'dogs': 8}, size=(40, 30))
+    run_dir = str(tmp_path / 'runs')
+    cnn.main(cnn.parse_args(['--model', 'small', '--data-dir', root, '--max-steps', '3',
+                             '--batch-size', '4', '--no-plots', '--train-dir', run_dir,
+                             '--precision', 'fp32', '--image-size', '48']))
+    out = str(tmp_path / 'export')
+    export.export(export.parse_args([run_dir, '--out', out, '--tflite']))
+    photos = [os.path.join(root, 'cats', '000.png'), os.path.join(root, 'dogs', '001.png')]
+    capsys.readouterr()
+
+    def predicted(model_dir):
+        assert predict.main(predict.parse_args([model_dir] + photos + ['--json'])) == 0
+        import json
+        return json.loads(capsys.readouterr().out)
+
+    trained, exported = predicted(run_dir), predicted(out)
+    for mine, theirs in zip(trained, exported):
+        assert [e['class'] for e in mine['top']] == [e['class'] for e in theirs['top']]
+        assert {e['class'] for e in mine['top']} == {'cats', 'dogs'}
+        np.testing.assert_allclose([e['probability'] for e in mine['top']],
+                                   [e['probability'] for e in theirs['top']], atol=1e-5)
+    # TFLite on the same prepared pixels
+    import tensorflow as tf2
+    pixels = np.stack([image_folders.read_picture(p, 48, 'center') for p in photos])
+    interpreter = tf2.lite.Interpreter(model_path=os.path.join(out, 'model.tflite'))
+    entry = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(entry['index'], list(pixels.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(entry['index'], pixels)
+    interpreter.invoke()
+    outputs = {d['name']: interpreter.get_tensor(d['index'])
+               for d in interpreter.get_output_details()}
+    probabilities = outputs['probabilities']
+    for row, mine in zip(probabilities, trained):
+        by_name = dict(zip(['cats', 'dogs'], row))
+        for entry in mine['top']:
+            assert abs(by_name[entry['class']] - entry['probability']) < 1e-4
+    with open(os.path.join(out, '1', 'assets', 'class_names.txt')) as f:
+        assert f.read().split() == ['cats', 'dogs']
