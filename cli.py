@@ -3,8 +3,8 @@
 * `positive_int`, `positive_float`, `nonnegative_float`, `seed`: argparse
   types that refuse what would fail later (0, negatives, nan, inf).
 * `add_common_flags()`: --seed, --data-dir and --train-dir, declared once.
-* `add_picture_flags()`: --image-size, --crop and --test-split, for a
-  folder of your own pictures given as --data-dir (image_folders.py).
+* `add_dataset_flags()`: --dataset and --labels (CIFAR-100), --image-size,
+  --crop and --test-split (a folder of your own pictures as --data-dir).
 * `check_batch_size()`: a batch larger than the training set is one clear line.
 * `add_precision_flag()`, `precision()`: --precision auto|bf16|fp32, and
   what 'auto' means on this CPU (`cpu_has_bf16()`).
@@ -81,9 +81,17 @@ def add_common_flags(parser, train_dir, train_dir_help=None, mnist=False):
 MAX_IMAGE_SIZE = 512
 
 
-def add_picture_flags(parser):
-    """--image-size, --crop, --test-split: how the scripts that train on a
-    folder of your own pictures (a --data-dir of class folders) prepare it."""
+def add_dataset_flags(parser):
+    """--dataset and --labels (CIFAR-100); --image-size, --crop, --test-split:
+    how the scripts that train on a folder of your own pictures (a --data-dir
+    of class folders) prepare it."""
+    parser.add_argument('--dataset', choices=['cifar10', 'cifar100'], default='cifar10',
+                        help='which data set to find or download when --data-dir does not '
+                             'name one (default: cifar10); a --data-dir of CIFAR-100 or of '
+                             'your own pictures is recognised by itself')
+    parser.add_argument('--labels', choices=['fine', 'coarse'], default='fine',
+                        help="CIFAR-100's 100 fine classes or 20 coarse superclasses "
+                             "(default: fine)")
     parser.add_argument('--image-size', type=_image_size, default=32, metavar='PIXELS',
                         help='with a --data-dir of your own pictures: the side every '
                              'picture is resized to (default: 32, as CIFAR-10; 64 and 96 '

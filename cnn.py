@@ -330,7 +330,7 @@ def parse_args(argv=None):
     cli.add_precision_flag(parser, None, default_help="the model's: auto for small and "
                            "batchnorm, fp32 for augmented")
     cli.add_common_flags(parser, train_dir='runs')
-    cli.add_picture_flags(parser)
+    cli.add_dataset_flags(parser)
     cli.add_num_devices_flag(parser)
     parser.add_argument('--restore', metavar='RUN_DIR',
                         help='only evaluate the latest checkpoint of RUN_DIR on the test set')
@@ -507,7 +507,7 @@ def main(args):
     # Load the data (CIFAR-10, or a folder of your own pictures): pixels
     # scaled to [0, 1], images as 32x32x3 arrays
     data_sets = data_helpers.load_images(args.data_dir, args.image_size, args.crop,
-                                         args.test_split, args.seed)
+                                         args.test_split, args.seed, args.dataset, args.labels)
     for name in ('images_train', 'images_test'):
         data_sets[name] = data_helpers.to_float32(data_sets[name])
     train_images, train_labels, report_images, report_labels, report_name = \

@@ -5,8 +5,9 @@ test batch with `pickle`, turned them into float64 and subtracted the mean
 training image. `load_data()` below does the same (in float32, which halves
 the memory); the rest is what a tool needs around it:
 
-* `load_images()`: uint8 images for the convolutional scripts, from CIFAR-10
-  or from a folder of your own pictures (image_folders.py reads those);
+* `load_images()`: uint8 images for the convolutional scripts, from CIFAR-10,
+  CIFAR-100 (`load_cifar100()`) or a folder of your own pictures
+  (image_folders.py reads those);
 * `load_data()`: the article's function; `load_raw()` and `load_test_batch()`
   give the uint8 pixels as stored, `load_CIFAR10_batch()` one file;
 * `find_cifar10()`: an explicit `data_dir`, else `$CIFAR10_DIR`, else
@@ -39,6 +40,10 @@ from downloads import DataError, cache_dir, download_and_extract, download_from_
 CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 CIFAR10_MD5 = 'c58f30108f718f92721af3b95e74349a'
 CIFAR10_FOLDER = 'cifar-10-batches-py'
+CIFAR100_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz'
+CIFAR100_MD5 = 'eb9058c3a382ffc7106e4002c42a8d85'
+CIFAR100_FOLDER = 'cifar-100-python'
+CIFAR100_FILES = ['train', 'test', 'meta']
 TRAIN_BATCHES = ['data_batch_%d' % i for i in range(1, 6)]
 TEST_BATCH = 'test_batch'
 # The article's short class names (batches.meta has 'airplane', 'automobile').
@@ -114,26 +119,33 @@ def to_float32(images, offset=np.float32(0), scale=np.float32(1 / 255)):
 # -----------------------------------------------------------------------------
 
 def is_picture_folder(data_dir):
-    """Whether --data-dir names a folder of class folders rather than CIFAR-10."""
-    if not data_dir or not os.path.isdir(data_dir) or _batches_folder(data_dir):
+    """Whether --data-dir names a folder of class folders rather than CIFAR."""
+    if (not data_dir or not os.path.isdir(data_dir) or _batches_folder(data_dir)
+            or _batches_folder(data_dir, 'cifar100')):
         return False
     return any(entry.is_dir() and not image_folders.is_hidden(entry.name)
-               and entry.name != CIFAR10_FOLDER for entry in os.scandir(data_dir))
+               and entry.name not in (CIFAR10_FOLDER, CIFAR100_FOLDER)
+               for entry in os.scandir(data_dir))
 
 
-def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, seed=None):
+def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, seed=None,
+                dataset='cifar10', labels='fine'):
     """The training and test images of cnn.py and fast_cnn.py, as uint8 pixels.
 
     Args:
-      data_dir: CIFAR-10 (see `find_cifar10`), or a folder of class folders
-        (image_folders.py: one sub-folder of pictures per class, or train/
-        and test/ each holding them).
+      data_dir: CIFAR-10 (see `find_cifar10`), CIFAR-100's python version,
+        or a folder of class folders (image_folders.py: one sub-folder of
+        pictures per class, or train/ and test/ each holding them).
       image_size, crop, test_split, seed: how a folder's pictures are
-        prepared and split (`image_folders.load_folder`); CIFAR-10 is 32x32.
+        prepared and split (`image_folders.load_folder`); CIFAR is 32x32.
+      dataset: 'cifar100' finds (or downloads) CIFAR-100 where no data_dir
+        says otherwise; a data_dir holding CIFAR-100 is read as such anyway.
+      labels: CIFAR-100's 'fine' (100) or 'coarse' (20) classes.
 
     Returns:
       A dict: images_train uint8 [N, size, size, 3], labels_train int64,
-      images_test, labels_test, classes, dataset ('cifar10' or 'folder');
+      images_test, labels_test, classes, dataset ('cifar10', 'cifar100' or
+      'folder');
       for a folder also root, image_size, crop, files_train, files_test and
       split (which picture went where: `split_record`).
 
@@ -141,17 +153,23 @@ def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, see
       DataError: the data is missing or unusable, or --image-size is not 32
         for CIFAR-10.
     """
-    if is_picture_folder(data_dir):
+    cifar100 = _batches_folder(data_dir, 'cifar100') if data_dir else dataset == 'cifar100'
+    if not cifar100 and is_picture_folder(data_dir):
         return dict(image_folders.load_folder(data_dir, image_size, crop, test_split, seed),
                     dataset='folder', root=os.path.abspath(data_dir), image_size=image_size,
                     crop=crop)
     if image_size != 32:
-        raise DataError('--image-size %d: CIFAR-10 is 32x32; other sizes are for folders of '
+        raise DataError('--image-size %d: CIFAR is 32x32; other sizes are for folders of '
                         'your own pictures (--data-dir)' % image_size)
-    images_train, labels_train, images_test, labels_test = load_raw(data_dir)
+    if cifar100:
+        images_train, labels_train, images_test, labels_test, classes = load_cifar100(
+            data_dir, labels)
+    else:
+        images_train, labels_train, images_test, labels_test = load_raw(data_dir)
+        classes = CLASSES
     return {'images_train': to_nhwc(images_train), 'labels_train': labels_train,
             'images_test': to_nhwc(images_test), 'labels_test': labels_test,
-            'classes': list(CLASSES), 'dataset': 'cifar10'}
+            'classes': list(classes), 'dataset': 'cifar100' if cifar100 else 'cifar10'}
 
 
 def split_record(data_sets):
@@ -220,29 +238,41 @@ def load_CIFAR10_batch(filename, expected_count=None):
     if missing:
         raise DataError('%s is not a CIFAR-10 batch: it has no %s'
                         % (filename, ' or '.join(repr(k) for k in missing)))
-    images = batch['data']
+    images, labels = _checked_batch(filename, batch['data'], batch['labels'], 10)
+    if expected_count is not None and images.shape[0] != expected_count:
+        raise DataError('%s holds %d images, expected %d: the file is truncated'
+                        % (filename, images.shape[0], expected_count))
+    return images, labels
+
+
+def _checked_batch(filename, images, labels, num_classes):
+    """A batch's data and labels, checked: uint8 images [N, 3072], N integer
+    labels in 0..num_classes-1 (10: a CIFAR-10 batch, else CIFAR-100's).
+
+    Returns:
+      [images, labels as int64].
+    """
+    kind = 'a CIFAR-10 batch' if num_classes == 10 else 'a CIFAR-100 file'
     try:
-        labels = np.asarray(batch['labels'])
+        labels = np.asarray(labels)
     except ValueError:          # a ragged list
         labels = np.zeros(0, np.float64)
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8
             and images.ndim == 2 and images.shape[1] == IMAGE_PIXELS):
         found = ('%s %s' % (images.dtype, images.shape) if isinstance(images, np.ndarray)
                  else type(images).__name__)
-        raise DataError('%s is not a CIFAR-10 batch: data is %s, expected uint8 '
-                        '(N, 3072)' % (filename, found))
+        raise DataError('%s is not %s: data is %s, expected uint8 '
+                        '(N, 3072)' % (filename, kind, found))
     if not len(images):
         raise DataError('%s holds no images: the file is truncated' % filename)
     if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError('%s is not a CIFAR-10 batch: %d images need %d integer labels, '
-                        'not %s of shape %s' % (filename, len(images), len(images),
+        raise DataError('%s is not %s: %d images need %d integer labels, '
+                        'not %s of shape %s' % (filename, kind, len(images), len(images),
                                                 labels.dtype, labels.shape))
-    if labels.min() < 0 or labels.max() > 9:
-        raise DataError('%s is not a CIFAR-10 batch: labels outside 0..9' % filename)
-    if expected_count is not None and images.shape[0] != expected_count:
-        raise DataError('%s holds %d images, expected %d: the file is truncated'
-                        % (filename, images.shape[0], expected_count))
-    return images, labels.astype(np.int64)
+    if labels.min() < 0 or labels.max() > num_classes - 1:
+        raise DataError('%s is not %s: labels outside 0..%d' % (filename, kind,
+                                                               num_classes - 1))
+    return [images, labels.astype(np.int64)]
 
 
 def _images_per_batch(folder):
@@ -281,26 +311,27 @@ class _ForbiddenGlobal(Exception):
     pass
 
 
-def _unpickle(filename):
-    """Loads one Python-2 pickle with str keys, whatever the encoding gave."""
+def _unpickle(filename, kind='a CIFAR-10 batch'):
+    """Loads one Python-2 pickle with str keys, whatever the encoding gave;
+    `kind` names what the file should be in the error messages."""
     try:
         with open(filename, 'rb') as f:
             # latin1 turns the Python-2 str keys into str and leaves numpy's
             # uint8 buffers as they were; bytes keys are turned into str below.
             content = _BatchUnpickler(f, encoding='latin1').load()
     except _ForbiddenGlobal as e:
-        raise DataError('%s is not a CIFAR-10 batch: it asks to call %s, which the '
+        raise DataError('%s is not %s: it asks to call %s, which the '
                         'official files never do; refusing to load it (delete it and '
-                        'download or place it again)' % (filename, e)) from None
+                        'download or place it again)' % (filename, kind, e)) from None
     except OSError as e:
         raise DataError('cannot read %s (%s)' % (filename, e.strerror or e)) from None
     except Exception as e:     # whatever a damaged pickle makes the unpickler raise
-        raise DataError('%s is truncated or not a CIFAR-10 batch (%s: %s); '
+        raise DataError('%s is truncated or not %s (%s: %s); '
                         'delete it and download or place it again'
-                        % (filename, type(e).__name__, e)) from None
+                        % (filename, kind, type(e).__name__, e)) from None
     if not isinstance(content, dict):
-        raise DataError('%s is not a CIFAR-10 batch (it holds a %s, not a dict)'
-                        % (filename, type(content).__name__))
+        raise DataError('%s is not %s (it holds a %s, not a dict)'
+                        % (filename, kind, type(content).__name__))
     return {k.decode('latin1') if isinstance(k, bytes) else k: v
             for k, v in content.items()}
 
@@ -327,27 +358,38 @@ def to_nhwc(images):
 # Where the data is
 # -----------------------------------------------------------------------------
 
-def _holds_cifar10(folder):
-    return all(os.path.isfile(os.path.join(folder, name))
-               for name in TRAIN_BATCHES + [TEST_BATCH])
+def _spec(dataset):
+    """What finding `dataset` ('cifar10' or 'cifar100') needs, read when
+    called (tests point the URLs at a local server)."""
+    if dataset == 'cifar100':
+        return dict(title='CIFAR-100', folder=CIFAR100_FOLDER, files=CIFAR100_FILES,
+                    what='files (train, test, meta)', holds='train, test and meta',
+                    env='CIFAR100_DIR', url=CIFAR100_URL, md5=CIFAR100_MD5)
+    return dict(title='CIFAR-10', folder=CIFAR10_FOLDER, files=TRAIN_BATCHES + [TEST_BATCH],
+                what='batches (data_batch_1..5, test_batch)',
+                holds='data_batch_1..5 and test_batch', env='CIFAR10_DIR', url=CIFAR10_URL,
+                md5=CIFAR10_MD5)
 
 
-def _batches_folder(folder):
-    """`folder` itself if it holds the batches, else its cifar-10-batches-py."""
-    for candidate in (folder, os.path.join(folder, CIFAR10_FOLDER)):
-        if _holds_cifar10(candidate):
+def _batches_folder(folder, dataset='cifar10'):
+    """`folder` itself if it holds the data set's files, else its
+    cifar-10-batches-py (cifar-100-python) if that does."""
+    spec = _spec(dataset)
+    for candidate in (folder, os.path.join(folder, spec['folder'])):
+        if all(os.path.isfile(os.path.join(candidate, name)) for name in spec['files']):
             return candidate
     return None
 
 
-def _place_by_hand(folder):
+def _place_by_hand(folder, dataset='cifar10'):
+    spec = _spec(dataset)
     return ('download %s by hand, check its md5 (%s), extract it so that %s '
-            'holds data_batch_1..5 and test_batch, or point $CIFAR10_DIR or '
-            '--data-dir at an existing copy'
-            % (CIFAR10_URL, CIFAR10_MD5, os.path.join(folder, CIFAR10_FOLDER)))
+            'holds %s, or point $%s or --data-dir at an existing copy'
+            % (spec['url'], spec['md5'], os.path.join(folder, spec['folder']), spec['holds'],
+               spec['env']))
 
 
-def find_cifar10(data_dir=None, download=True):
+def find_cifar10(data_dir=None, download=True, dataset='cifar10'):
     """Returns the folder that holds the CIFAR-10 batches, downloading if needed.
 
     Args:
@@ -355,6 +397,8 @@ def find_cifar10(data_dir=None, download=True):
         given (or when $CIFAR10_DIR is set) it must hold the data: nothing is
         downloaded into a folder the user named.
       download: whether to download into the per-user cache when no copy is found.
+      dataset: 'cifar100' finds CIFAR-100 instead, the same way
+        (`cifar-100-python`, $CIFAR100_DIR, its official URL and md5).
 
     Returns:
       The path of the folder holding data_batch_1..5 and test_batch.
@@ -362,32 +406,75 @@ def find_cifar10(data_dir=None, download=True):
     Raises:
       DataError: the data is not where it was said to be, or cannot be fetched.
     """
-    named = data_dir or os.environ.get('CIFAR10_DIR')
+    spec = _spec(dataset)
+    named = data_dir or os.environ.get(spec['env'])
     if named:
-        found = _batches_folder(named)
+        found = _batches_folder(named, dataset)
         if found is None:
-            source = '--data-dir' if data_dir else '$CIFAR10_DIR'
-            raise DataError('%s %s holds no CIFAR-10 batches (data_batch_1..5, '
-                            'test_batch); fix the path, or unset it to use '
-                            'the download in %s' % (source, named, cache_dir()))
+            source = '--data-dir' if data_dir else '$' + spec['env']
+            raise DataError('%s %s holds no %s %s; fix the path, or unset it to use '
+                            'the download in %s' % (source, named, spec['title'], spec['what'],
+                                                    cache_dir()))
         return found
     for folder in (os.getcwd(), cache_dir()):
-        found = _batches_folder(folder)
+        found = _batches_folder(folder, dataset)
         if found is not None:
             return found
-        partial = os.path.join(folder, CIFAR10_FOLDER)
+        partial = os.path.join(folder, spec['folder'])
         if os.path.isdir(partial):     # say why it is not used, rather than download
-            missing = [name for name in TRAIN_BATCHES + [TEST_BATCH]
+            missing = [name for name in spec['files']
                        if not os.path.isfile(os.path.join(partial, name))]
-            raise DataError('%s lacks %s: complete it, or remove it to download CIFAR-10 '
-                            'again' % (partial, ', '.join(missing)))
+            raise DataError('%s lacks %s: complete it, or remove it to download %s '
+                            'again' % (partial, ', '.join(missing), spec['title']))
     if not download:
-        raise DataError('CIFAR-10 not found in ./%s or %s; %s'
-                        % (CIFAR10_FOLDER, cache_dir(), _place_by_hand(cache_dir())))
-    return download_and_extract(CIFAR10_URL, CIFAR10_MD5, cache_dir(), CIFAR10_FOLDER,
-                                _place_by_hand(cache_dir()))
+        raise DataError('%s not found in ./%s or %s; %s'
+                        % (spec['title'], spec['folder'], cache_dir(),
+                           _place_by_hand(cache_dir(), dataset)))
+    return download_and_extract(spec['url'], spec['md5'], cache_dir(), spec['folder'],
+                                _place_by_hand(cache_dir(), dataset))
 
 
+# -----------------------------------------------------------------------------
+# CIFAR-100: one training and one test file, fine and coarse labels
+# -----------------------------------------------------------------------------
+
+def load_cifar100(data_dir=None, labels='fine'):
+    """Reads CIFAR-100's python version as stored, through the same
+    restricted unpickler as CIFAR-10's batches.
+
+    Args:
+      data_dir: a `cifar-100-python` folder or one holding it (see
+        `find_cifar10` with dataset='cifar100'); None searches, then downloads.
+      labels: 'fine' (100 classes) or 'coarse' (20 superclasses).
+
+    Returns:
+      (images_train uint8 [50000, 3072], labels_train int64, images_test
+      uint8 [10000, 3072], labels_test int64, class names from meta).
+
+    Raises:
+      DataError: a file is missing, damaged or not CIFAR-100's.
+    """
+    folder = find_cifar10(data_dir, dataset='cifar100')
+    meta_file = os.path.join(folder, 'meta')
+    names = _unpickle(meta_file, 'CIFAR-100 metadata').get(labels + '_label_names')
+    if not (isinstance(names, list) and len(names) >= 2
+            and all(isinstance(name, (str, bytes)) for name in names)):
+        raise DataError('%s is not CIFAR-100 metadata: no list %s_label_names'
+                        % (meta_file, labels))
+    names = [name.decode('latin1') if isinstance(name, bytes) else name for name in names]
+    arrays = []
+    for split in ('train', 'test'):
+        filename = os.path.join(folder, split)
+        batch = _unpickle(filename, 'a CIFAR-100 file')
+        key = labels + '_labels'
+        if 'data' not in batch or key not in batch:
+            raise DataError('%s is not a CIFAR-100 file: it has no %r or no %r'
+                            % (filename, 'data', key))
+        arrays += _checked_batch(filename, batch['data'], batch[key], len(names))
+    return (*arrays, names)
+
+
+# -----------------------------------------------------------------------------
 # -----------------------------------------------------------------------------
 # MNIST: the four official IDX files
 # -----------------------------------------------------------------------------

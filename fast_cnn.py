@@ -611,7 +611,7 @@ def parse_args(argv=None):
                         help='test-time augmentation: 0 none, 1 mirror, 2 mirror and '
                              "translations (default: the recipe's, 2)")
     cli.add_common_flags(parser, train_dir='runs')
-    cli.add_picture_flags(parser)
+    cli.add_dataset_flags(parser)
     cli.add_num_devices_flag(parser)
     args = parser.parse_args(argv)
     hyp = RECIPES[args.recipe]
@@ -670,7 +670,7 @@ def load_data(args, translate):
       what data_helpers.load_images returned (classes, and a folder's split).
     """
     data_sets = data_helpers.load_images(args.data_dir, args.image_size, args.crop,
-                                         args.test_split, args.seed)
+                                         args.test_split, args.seed, args.dataset, args.labels)
     train_images = data_sets['images_train']
     stats = ((CIFAR_MEAN, CIFAR_STD) if data_sets['dataset'] == 'cifar10'
              else channel_stats(train_images))

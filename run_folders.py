@@ -157,7 +157,7 @@ def write_model_info(run_dir, classes, dataset, layout, mean_image=None, script=
     Args:
       run_dir: the run folder.
       classes: the class names, in the order of the model's outputs.
-      dataset: 'cifar10', 'mnist' or 'folder' (your own pictures).
+      dataset: 'cifar10', 'cifar100', 'mnist' or 'folder' (your own pictures).
       layout: 'flat' ([N, pixels] rows; CIFAR-10's as R, G, B planes) or
         'nhwc' ([N, height, width, channels]).
       mean_image: the mean image subtracted in training, or None when the
@@ -249,8 +249,8 @@ def read_model_info(run_dir):
         if not ok:
             raise DataError('%s: %r is %.60r, expected %s' % (path, key, info[key], expected))
 
-    check('dataset', lambda v: v in ('cifar10', 'mnist', 'folder'),
-          "'cifar10', 'mnist' or 'folder'")
+    check('dataset', lambda v: v in ('cifar10', 'cifar100', 'mnist', 'folder'),
+          "'cifar10', 'cifar100', 'mnist' or 'folder'")
     check('image_size', lambda v: type(v) is int and 0 < v <= 1024, 'a size in pixels')
     check('channels', lambda v: type(v) is int and v in (1, 3), '1 or 3')
     check('layout', lambda v: v in ('flat', 'nhwc'), "'flat' or 'nhwc'")

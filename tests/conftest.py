@@ -152,3 +152,26 @@ def make_tarball(path, source_folder, arcname):
     with tarfile.open(path, 'w:gz') as tar:
         tar.add(source_folder, arcname=arcname)
     return path
+
+
+def write_fake_cifar100(folder, train=40, test=20, seed=0):
+    """train, test and meta as CIFAR-100's python version holds them (protocol-2
+    pickles, str keys): data uint8 [N, 3072], fine_labels 0..99 and
+    coarse_labels 0..19 (coarse = fine // 5 here), filenames, batch_label;
+    meta: fine_label_names, coarse_label_names. Pixel 0 holds the fine label."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for name, count in (('train', train), ('test', test)):
+        fine = [int(x) for x in rng.integers(0, 100, count)]
+        data = rng.integers(0, 256, (count, 3072)).astype(np.uint8)
+        data[:, 0] = fine
+        batch = {'filenames': ['img_%d.png' % i for i in range(count)],
+                 'batch_label': '%s batch 1 of 1' % name, 'fine_labels': fine,
+                 'coarse_labels': [label // 5 for label in fine], 'data': data}
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump(batch, f, protocol=2)
+    meta = {'fine_label_names': ['fine%02d' % i for i in range(100)],
+            'coarse_label_names': ['coarse%02d' % i for i in range(20)]}
+    with open(os.path.join(folder, 'meta'), 'wb') as f:
+        pickle.dump(meta, f, protocol=2)
+    return folder
