@@ -1,0 +1,79 @@
+"""How fast a folder of pictures is read: CIFAR-10 written out as 60,000 PNG files.
+
+1. One core's rate: `image_folders._decode_one` (read, digest, decode,
+   prepare) on SAMPLE files, one after the other, in this process.
+2. The first start: `image_folders.load_folder` with an empty cache, one
+   worker process per core (listing, decoding, writing the cache, the split);
+   its decode rate against (one core's rate x cores).
+3. The cached start: `load_folder` again; its time against the first's.
+
+Each measured --repeats times (a fresh cache folder each first start); medians.
+
+    python benchmarks/write_cifar10_folders.py /tmp/cifar10-png   # once, ~1 minute
+    python benchmarks/bench_image_folders.py /tmp/cifar10-png
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import image_folders  # noqa: E402
+
+
+def one_core_rate(paths, size):
+    start = time.perf_counter()
+    for path in paths:
+        image_folders._decode_one(path, size, 'center')
+    return len(paths) / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('folder', help='CIFAR-10 as train/ and test/ PNG trees')
+    parser.add_argument('--image-size', type=int, default=32)
+    parser.add_argument('--sample', type=int, default=6000,
+                        help='files decoded on one core (default: 6000)')
+    parser.add_argument('--repeats', type=int, default=3)
+    args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+    _, listed, _ = image_folders.list_folder(args.folder)
+    paths = [path for path, _ in listed['train'] + (listed['test'] or [])]
+    stride = max(1, len(paths) // args.sample)
+    sample = paths[::stride][:args.sample]
+    one_core_rate(sample[:200], args.image_size)        # warm the file cache and imports
+
+    singles, firsts, cached = [], [], []
+    for repeat in range(args.repeats):
+        singles.append(one_core_rate(sample, args.image_size))
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ['XDG_CACHE_HOME'] = cache
+            start = time.perf_counter()
+            data = image_folders.load_folder(args.folder, args.image_size, log=lambda _: None)
+            firsts.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            image_folders.load_folder(args.folder, args.image_size, log=lambda _: None)
+            cached.append(time.perf_counter() - start)
+        count = len(data['files_train']) + len(data['files_test'])
+        print('repeat %d: one core %.0f pictures/s; first start %.1f s (%.0f pictures/s); '
+              'cached start %.2f s' % (repeat + 1, singles[-1], firsts[-1],
+                                       count / firsts[-1], cached[-1]), flush=True)
+
+    single, first, again = (statistics.median(v) for v in (singles, firsts, cached))
+    rate = count / first
+    print('%d pictures at %dx%d, %d cores (medians of %d):' % (count, args.image_size,
+                                                               args.image_size, cores,
+                                                               args.repeats))
+    print('  one core: %.0f pictures/s; x %d cores = %.0f' % (single, cores, single * cores))
+    print('  first start: %.1f s = %.0f pictures/s = %.0f%% of one core x cores '
+          '(listing, decoding, caching, splitting all counted)'
+          % (first, rate, 100 * rate / (single * cores)))
+    print('  cached start: %.2f s = %.1f%% of the first' % (again, 100 * again / first))
+
+
+if __name__ == '__main__':
+    main()
