@@ -191,16 +191,16 @@ def test_a_decompression_bomb_is_refused_before_decoding():
 # -----------------------------------------------------------------------------
 
 def test_a_drawn_split_is_stratified_and_follows_the_seed(tmp_path):
-    root = class_tree(tmp_path / 'pictures', {'cats': 10, 'dogs': 20, 'owls': 5})
+    root = class_tree(tmp_path / 'pictures', {'cats': 10, 'dogs': 20, 'owls': 5, 'bats': 2})
     first, again, other = (load(root, seed=1), load(root, seed=1), load(root, seed=2))
     held = {name: sum(os.path.dirname(f) == name for f in first['files_test'])
             for name in first['classes']}
-    assert held == {'cats': 2, 'dogs': 4, 'owls': 1}                  # 20% of each
+    assert held == {'cats': 2, 'dogs': 4, 'owls': 1, 'bats': 1}     # 20%, at least one
     assert first['files_test'] == again['files_test']
     assert first['files_test'] != other['files_test']
     assert not set(first['files_train']) & set(first['files_test'])
-    assert len(first['files_train']) + len(first['files_test']) == 35
-    assert load(root, seed=1, test_split=0.5)['labels_test'].tolist().count(0) == 5
+    assert len(first['files_train']) + len(first['files_test']) == 37
+    assert load(root, seed=1, test_split=0.5)['labels_test'].tolist().count(1) == 5   # cats
 
 
 def test_the_split_is_written_into_the_run_folder(tmp_path):
@@ -435,3 +435,29 @@ def test_a_folder_run_predicts_and_exports_with_its_folder_names(tmp_path, capsy
             assert abs(by_name[entry['class']] - entry['probability']) < 1e-4
     with open(os.path.join(out, '1', 'assets', 'class_names.txt')) as f:
         assert f.read().split() == ['cats', 'dogs']
+
+
+REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
+
+
+@pytest.mark.skipif(not REAL_CIFAR10, reason='needs the real CIFAR-10: set $CIFAR10_DIR '
+                                             '(../shared/README.md says how to build it)')
+def test_real_cifar10_written_as_png_files_reads_back_exactly(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('write_cifar10_folders', os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
+        'write_cifar10_folders.py'))
+    writer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(writer)
+    images_train, labels_train, images_test, labels_test = data_helpers.load_raw(REAL_CIFAR10)
+    root = tmp_path / 'cifar10-png'
+    writer.write_split(str(root / 'train'), data_helpers.to_nhwc(images_train), labels_train, 20)
+    writer.write_split(str(root / 'test'), data_helpers.to_nhwc(images_test), labels_test, 5)
+    data = data_helpers.load_images(str(root), seed=0)
+    assert data['classes'] == writer.NAMES
+    for split, images, labels in (('train', images_train, labels_train),
+                                  ('test', images_test, labels_test)):
+        order = [int(os.path.basename(name)[:5]) for name in data['files_' + split]]
+        np.testing.assert_array_equal(data['images_' + split],
+                                      data_helpers.to_nhwc(images)[order])
+        np.testing.assert_array_equal(data['labels_' + split], labels[order])
