@@ -27,6 +27,7 @@ of a second.
 """
 
 import collections
+import glob
 import hashlib
 import io
 import json
@@ -305,54 +306,76 @@ def list_folder(root):
 # The folder: decoding on every core, with a cache
 # -----------------------------------------------------------------------------
 
-def _file_key(path):
-    """What identifies a file's content for the cache: its path, size and
-    modification time (a changed file gets a new key and is decoded again)."""
-    status = os.stat(path)
-    return '%s\0%d\0%d' % (os.path.abspath(path), status.st_size, status.st_mtime_ns)
+def _file_keys(paths, root):
+    """What identifies each file's content for the cache: its path below
+    root, size and modification time (a changed file gets a new key)."""
+    keys = []
+    for path in paths:
+        try:
+            status = os.stat(path)
+            keys.append('%s\0%d\0%d' % (os.path.relpath(path, root), status.st_size,
+                                        status.st_mtime_ns))
+        except OSError:          # gone or unreadable: decoding will say so
+            keys.append('%s\0?' % path)
+    return keys
 
 
-def _cache_path(root, size, crop):
+def _cache_base(root, size, crop):
+    """The cache's path without its suffix: one per folder, size and crop."""
     name = hashlib.sha256(json.dumps([os.path.abspath(root), size, crop, CACHE_VERSION])
                           .encode()).hexdigest()[:24]
-    return os.path.join(cache_dir(), 'pictures', '%s-%dpx.npz' % (name, size))
+    return os.path.join(cache_dir(), 'pictures', '%s-%dpx' % (name, size))
 
 
-def _read_cache(path):
-    """{file key: (pixels row or None, digest, error)} from an earlier run, or {}."""
+def _read_cache(base):
+    """An earlier run's pictures: ({file key: row}, pixels memory-mapped,
+    digests, errors), or None. The index (base.npz) names the pixels file
+    it belongs to, so a cache is read whole or not at all."""
     try:
-        with np.load(path, allow_pickle=False) as cache:
-            keys, digests, errors = (cache[name].tolist() for name in ('keys', 'digests',
-                                                                       'errors'))
-            images, rows = cache['images'], cache['rows'].tolist()
+        with np.load(base + '.npz', allow_pickle=False) as index:
+            keys, digests, errors = index['keys'], index['digests'], index['errors']
+            token = str(index['token'])
+        pixels = np.load('%s-%s.npy' % (base, token), mmap_mode='r')
     except (OSError, ValueError, KeyError, EOFError):    # none yet, or damaged: decode
-        return {}
-    return {key: (images[row] if row >= 0 else None, digest, error)
-            for key, row, digest, error in zip(keys, rows, digests, errors)}
+        return None
+    if len(pixels) != len(keys):
+        return None
+    return {key: row for row, key in enumerate(keys.tolist())}, pixels, digests, errors
 
 
-def _write_cache(path, keys, results):
-    """Saves the decoded pictures through a temporary name: a run killed
-    while writing leaves the old cache, or none, never half of one."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    good = [i for i, key in enumerate(keys) if results[key][0] is not None]
-    rows = np.full(len(keys), -1, np.int64)
-    rows[good] = np.arange(len(good))
-    fd, temporary = tempfile.mkstemp(prefix='.decoding-', suffix='.npz',
-                                     dir=os.path.dirname(path))
+def _write_cache(base, keys, pixels, digests, errors):
+    """Saves the decoded pictures: pixels and index under temporary names,
+    then the pixels renamed to a new name, then the index that names them
+    over the old one. A run killed meanwhile leaves the old cache, or none,
+    never half of one; what it leaves over goes at the next write."""
+    folder = os.path.dirname(base)
+    os.makedirs(folder, exist_ok=True)
+    token = os.urandom(6).hex()
+    pixels_file = '%s-%s.npy' % (base, token)
+    temporaries, done = [], False
     try:
-        with os.fdopen(fd, 'wb') as f:
-            first = results[keys[good[0]]][0] if good else np.zeros((0, 1, 1, 3), np.uint8)
-            images = np.empty((len(good),) + first.shape, np.uint8)
-            for row, i in enumerate(good):
-                images[row] = results[keys[i]][0]
-            np.savez(f, keys=np.array(keys), rows=rows, images=images,
-                     digests=np.array([results[k][1] for k in keys]),
-                     errors=np.array([results[k][2] for k in keys]))
-        os.replace(temporary, path)
+        for save in (lambda f: np.save(f, pixels),
+                     lambda f: np.savez(f, keys=np.array(keys), digests=np.asarray(digests),
+                                        errors=np.array([errors.get(row, '')
+                                                         for row in range(len(keys))]),
+                                        token=np.array(token))):
+            fd, temporary = tempfile.mkstemp(prefix='.decoding-', dir=folder)
+            temporaries.append(temporary)
+            with os.fdopen(fd, 'wb') as f:
+                save(f)
+        os.replace(temporaries[0], pixels_file)
+        os.replace(temporaries[1], base + '.npz')
+        done = True
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        for leftover in temporaries + ([] if done else [pixels_file]):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    for old in glob.glob(glob.escape(base) + '-*.npy'):
+        if old != pixels_file:
+            try:
+                os.remove(old)
+            except OSError:
+                pass
 
 
 def _decode_one(path, size, crop):
@@ -368,33 +391,43 @@ def _decode_one(path, size, crop):
 def decode_worker():
     """A decoding process: reads {size, crop, output, jobs: [[row, path]]} as
     JSON on stdin, writes each picture into row `row` of the .npy file
-    `output`, and prints 'row<TAB>digest<TAB>error' per picture."""
+    `output`, and prints 'row<TAB>digest<TAB>error' per picture (flushed
+    every few dozen, which is what the progress needs)."""
     request = json.load(sys.stdin)
     output = np.load(request['output'], mmap_mode='r+')
-    for row, path in request['jobs']:
+    for count, (row, path) in enumerate(request['jobs'], 1):
         pixels, digest, error = _decode_one(path, request['size'], request['crop'])
         if pixels is not None:
             output[row] = pixels
         sys.stdout.write('%d\t%s\t%s\n' % (row, digest, error.replace('\n', ' ')))
-        sys.stdout.flush()
+        if count % 64 == 0:
+            sys.stdout.flush()
     output.flush()
+    sys.stdout.flush()
 
 
 def _decode_in_workers(paths, size, crop, workers, report):
-    """Decodes `paths` in `workers` processes; report(row, pixels, digest,
-    error) is called in the calling thread as each picture is done."""
+    """Decodes `paths` in `workers` processes, each writing into one shared
+    memory-mapped file; report(index, digest, error) is called in the calling
+    thread as each picture is done.
+
+    Returns:
+      uint8 [len(paths), size, size, 3] (zeros where a picture failed).
+    """
     scratch = tempfile.mkdtemp(prefix='.decoding-', dir=os.path.join(cache_dir(), 'pictures'))
-    processes, pixels = [], None
+    processes = []
     try:
         output = os.path.join(scratch, 'pixels.npy')
         np.lib.format.open_memmap(output, 'w+', np.uint8, (len(paths), size, size, 3)).flush()
         done = collections.deque()      # (row, digest, error) from the reading threads
+        environment = {key: value for key, value in os.environ.items()
+                       if key != 'PYTHONUNBUFFERED'}    # unbuffered: a write per picture
         for index in range(workers):
             jobs = [[row, paths[row]] for row in range(index, len(paths), workers)]
             process = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), '--decode-worker'],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                env=dict(os.environ, PYTHONDONTWRITEBYTECODE='1'))
+                env=dict(environment, PYTHONDONTWRITEBYTECODE='1'))
             process.stdin.write(json.dumps({'size': size, 'crop': crop, 'output': output,
                                             'jobs': jobs}))
             process.stdin.close()
@@ -402,15 +435,14 @@ def _decode_in_workers(paths, size, crop, workers, report):
                 line.rstrip('\n').split('\t', 2) for line in p.stdout), daemon=True)
             reader.start()
             processes.append((process, reader, jobs))
-        pixels = np.load(output, mmap_mode='r')
         reported = set()
         while True:
+            finished = all(not reader.is_alive() for _, reader, _ in processes)
             while done:
                 row, digest, error = done.popleft()
-                row = int(row)
-                reported.add(row)
-                report(row, None if error else np.array(pixels[row]), digest, error)
-            if all(not reader.is_alive() for _, reader, _ in processes) and not done:
+                reported.add(int(row))
+                report(int(row), digest, error)
+            if finished:
                 break
             time.sleep(0.05)
         for process, _, jobs in processes:
@@ -418,12 +450,12 @@ def _decode_in_workers(paths, size, crop, workers, report):
                 crashed = next((path for row, path in jobs if row not in reported), '?')
                 raise DataError('the decoder crashed (exit status %d) on %s; move that file '
                                 'out of the folder' % (process.returncode, crashed))
+        return np.array(np.load(output, mmap_mode='r'))
     finally:
         for process, _, _ in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        del pixels       # the memory map, before its file goes
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -458,32 +490,44 @@ def decode_all(paths, size, crop, root, workers=None, log=print):
 
     Returns:
       (pixels uint8 [len(paths), size, size, 3] (zeros where a picture
-      failed), digests, {row: error line} of the pictures that failed).
+      failed), digests (hex strings, '' where it failed), {row: error line}
+      of the pictures that failed).
 
     Raises:
       DataError: more than MAX_FAILED_FRACTION of the pictures fail (stopped
         as soon as that is certain).
     """
-    cache_file = _cache_path(root, size, crop)
-    cached = _read_cache(cache_file)
-    keys = [_file_key(path) for path in paths]
-    results = {key: cached[key] for key in keys if key in cached}
-    missing = [row for row, key in enumerate(keys) if key not in results]
+    base = _cache_base(root, size, crop)
+    keys = _file_keys(paths, root)
+    cache = _read_cache(base)
+    row_of, cached_pixels, cached_digests, cached_errors = cache or ({}, None, None, None)
+    hits = [(row, row_of[key]) for row, key in enumerate(keys) if key in row_of]
+    missing = [row for row, key in enumerate(keys) if key not in row_of]
+    pixels = np.zeros((len(paths), size, size, 3), np.uint8)
+    digests = np.full(len(paths), '', 'U24')
+    errors = {}
+    if hits:
+        rows, sources = (np.array(column) for column in zip(*hits))
+        if len(rows) == len(paths) == len(cached_pixels) and np.array_equal(rows, sources):
+            pixels[:] = cached_pixels                    # the usual case: one copy
+        else:
+            pixels[rows] = cached_pixels[sources]
+        digests[rows] = cached_digests[sources]
+        errors = {int(row): str(cached_errors[source])
+                  for row, source in zip(rows, sources) if cached_errors[source]}
     allowed = max(1, int(MAX_FAILED_FRACTION * len(paths)))
-    failed = sum(1 for key in results if results[key][0] is None)
     progress = _Progress(len(missing))
 
-    def report(index, pixels, digest, error):
-        nonlocal failed
-        results[keys[missing[index]]] = (pixels, digest, error)
+    def report(index, digest, error):
+        digests[missing[index]] = digest
         progress.step()
         if error:
-            failed += 1
-            if failed > allowed:
+            errors[missing[index]] = error
+            if len(errors) > allowed:
                 progress.close()
-                raise DataError('more than %d of the %d pictures cannot be read (%s; the '
-                                'first: %s)' % (allowed, len(paths), 'at most %g%% may fail'
-                                                % (100 * MAX_FAILED_FRACTION), error))
+                raise DataError('more than %d of the %d pictures cannot be read (at most '
+                                '%g%% may fail; the first: %s)' % (
+                                    allowed, len(paths), 100 * MAX_FAILED_FRACTION, error))
 
     if missing:
         workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
@@ -493,29 +537,25 @@ def decode_all(paths, size, crop, root, workers=None, log=print):
             if workers > 1:
                 os.makedirs(os.path.join(cache_dir(), 'pictures'), exist_ok=True)
                 remove_stale(os.path.join(cache_dir(), 'pictures'), '.decoding-*')
-                _decode_in_workers([paths[row] for row in missing], size, crop, workers, report)
+                pixels[missing] = _decode_in_workers([paths[row] for row in missing], size,
+                                                     crop, workers, report)
             else:
                 for index, row in enumerate(missing):
-                    report(index, *_decode_one(paths[row], size, crop))
+                    picture, digest, error = _decode_one(paths[row], size, crop)
+                    if picture is not None:
+                        pixels[row] = picture
+                    report(index, digest, error)
         finally:
             progress.close()
         try:
-            _write_cache(cache_file, keys, results)
+            _write_cache(base, keys, pixels, digests, errors)
         except OSError as e:      # a read-only or full cache: train all the same
-            log('Could not cache the decoded pictures in %s (%s)' % (cache_file,
-                                                                    e.strerror or e))
-    pixels = np.zeros((len(paths), size, size, 3), np.uint8)
-    errors = {}
-    for row, key in enumerate(keys):
-        picture, _, error = results[key]
-        if picture is None:
-            errors[row] = error
-        else:
-            pixels[row] = picture
-    if failed > allowed:
+            log('Could not cache the decoded pictures in %s (%s)'
+                % (os.path.dirname(base), e.strerror or e))
+    if len(errors) > allowed:
         raise DataError('more than %d of the %d pictures cannot be read (the first: %s)'
-                        % (allowed, len(paths), next(iter(errors.values()))))
-    return pixels, [results[key][1] for key in keys], errors
+                        % (allowed, len(paths), errors[min(errors)]))
+    return pixels, digests, errors
 
 
 # -----------------------------------------------------------------------------
@@ -589,7 +629,8 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
 
     rng = np.random.default_rng(seed)
     labels = np.array([label for _, label in entries], np.int64)
-    good = np.array([row not in errors for row in range(len(entries))], bool)
+    good = np.ones(len(entries), bool)
+    good[list(errors)] = False
     train_count = len(listed['train'])
     if listed['test'] is not None:
         is_test = np.arange(len(entries)) >= train_count
@@ -615,9 +656,8 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
               if not np.any(labels[test_rows] == label)]
     if absent:
         log('Warning: no test pictures of %s: their accuracy is not measured' % ', '.join(absent))
-    seen = {digests[row] for row in train_rows}
-    repeated = [row for row in test_rows if digests[row] in seen]
-    if repeated:
+    repeated = test_rows[np.isin(digests[test_rows], digests[train_rows])]
+    if len(repeated):
         log('Warning: %d test picture%s also in the training set, byte for byte (for example '
             '%s): the test accuracy will flatter the model' % (
                 len(repeated), 's are' if len(repeated) > 1 else ' is',

@@ -85,7 +85,7 @@ def test_cifar10_pickles_still_load_and_refuse_another_size(tmp_path):
     pickles = write_fake_cifar10(str(tmp_path / 'cifar-10-batches-py'))
     data = data_helpers.load_images(pickles)
     assert data['dataset'] == 'cifar10' and data['images_train'].shape == (150, 32, 32, 3)
-    with pytest.raises(DataError, match='--image-size 64: CIFAR-10 is 32x32'):
+    with pytest.raises(DataError, match='--image-size 64: CIFAR is 32x32'):
         data_helpers.load_images(pickles, image_size=64)
 
 
