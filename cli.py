@@ -67,8 +67,8 @@ def add_common_flags(parser, train_dir, train_dir_help=None, mnist=False):
     mnist: the script reads MNIST too, which its --data-dir help then says."""
     parser.add_argument('--seed', type=seed, default=None,
                         help='seed for all that is random (initial weights, batches, '
-                             'augmentation): the same seed gives the same run '
-                             '(default: random)')
+                             'augmentation): the same seed gives the same run on the '
+                             'same kind of CPU (default: random)')
     parser.add_argument('--data-dir', default=None, help=(
         'folder holding the data set (default: $CIFAR10_DIR%s, ./cifar-10-batches-py%s, '
         'else a download into ~/.cache/tf-image-recognition)'
@@ -142,9 +142,28 @@ def precision(choice):
     return choice
 
 
+def precision_note(choice, picked):
+    """How a run's precision was chosen, for its first line: 'bf16 (auto: this
+    CPU has native bfloat16)', 'fp32 (auto: no native bfloat16 here)', or the
+    precision alone when it was asked for."""
+    if choice != 'auto':
+        return picked
+    return '%s (auto: %s)' % (picked, 'this CPU has native bfloat16' if picked == 'bf16'
+                              else 'no native bfloat16 on this CPU')
+
+
+# oneDNN's instruction sets below AVX-512 BF16: ONEDNN_MAX_CPU_ISA set to one of
+# them makes TensorFlow run the kernels of a CPU without bfloat16
+ISAS_WITHOUT_BF16 = {'SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2', 'AVX512_CORE',
+                     'AVX512_CORE_VNNI'}
+
+
 def cpu_has_bf16(cpuinfo='/proc/cpuinfo'):
     """Whether the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX);
-    elsewhere oneDNN emulates it, slower than float32."""
+    elsewhere oneDNN emulates it, slower than float32. $ONEDNN_MAX_CPU_ISA
+    capped below AVX512_CORE_BF16 counts as such a CPU."""
+    if os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper() in ISAS_WITHOUT_BF16:
+        return False
     try:
         with open(cpuinfo) as f:
             flags = set(' '.join(line for line in f if line.startswith('flags')).split())

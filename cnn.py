@@ -502,7 +502,8 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_re
 def main(args):
     begin_time = time.time()
     rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
-    args.precision = cli.precision(args.precision or trained_precision(args.restore))
+    chosen = args.precision or trained_precision(args.restore)
+    args.precision = cli.precision(chosen)
 
     # Load the data (CIFAR-10, or a folder of your own pictures): pixels
     # scaled to [0, 1], images as 32x32x3 arrays
@@ -520,7 +521,8 @@ def main(args):
     # The graph (only defined here; nothing is computed yet)
     ops = build_graph(args, train_images, train_labels, max_steps,
                       num_classes=len(data_sets['classes']))
-    print('Model {}: {:,} parameters, {}'.format(args.model, count_parameters(), args.precision))
+    print('Model {}: {:,} parameters, {}'.format(args.model, count_parameters(),
+                                                 cli.precision_note(chosen, args.precision)))
 
     # Run it
     with tf.Session(config=towers.session_config(args.num_devices)) as sess:

@@ -801,7 +801,7 @@ def save_run(sess, ops, run_dir, state, history, result):
 
 def main(args):
     begin_time = time.time()
-    args.precision = cli.precision(args.precision)
+    chosen, args.precision = args.precision, cli.precision(args.precision)
     rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
     hyp = RECIPES[args.recipe]
 
@@ -828,7 +828,7 @@ def main(args):
                       * training_flops_per_image(hyp['widths'], size, len(classes)) / 1e15)
     print('fast_cnn: recipe {}, {} steps of {} ({} epochs, {:.3f} PFLOP), {}, {:,} '
           'parameters'.format(args.recipe, total_steps, args.batch_size, args.epochs,
-                              training_pflop, args.precision,
+                              training_pflop, cli.precision_note(chosen, args.precision),
                               sum(int(np.prod(v.shape)) for v in tf.trainable_variables())),
           flush=True)
 

@@ -6,7 +6,7 @@ per pixel and class, trained by gradient descent on random batches. The
 article reports a test accuracy of 0.3066 (25-31% from run to run).
 
     python softmax.py                      # the article's run
-    python softmax.py --seed 1             # the same printed lines every time
+    python softmax.py --seed 1             # the same printed lines every time (on one kind of CPU)
     python softmax.py --sampler graph      # batches drawn inside the graph
 """
 
@@ -51,7 +51,8 @@ def main(args):
     learning_rate = args.learning_rate
     max_steps = args.max_steps
 
-    # A seed removes randomness: the same seed prints the same lines
+    # A seed removes randomness: the same seed prints the same lines (on the
+    # same kind of CPU; another sums in another order and rounds differently)
     rng = run_folders.fresh_graph(args.seed)
 
     # Prepare data

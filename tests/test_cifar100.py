@@ -47,7 +47,8 @@ def test_a_damaged_or_hostile_file_is_refused_in_one_line(tmp_path):
             return (os.system, ('echo hacked',))
     with open(os.path.join(folder, 'train'), 'wb') as f:
         pickle.dump({'data': Evil()}, f, protocol=2)
-    with pytest.raises(DataError, match='train is not a CIFAR-100 file: it asks to call posix.system'):
+    with pytest.raises(DataError, match='train is not a CIFAR-100 file: it asks to call '
+                                        'posix.system'):
         data_helpers.load_cifar100(folder)
     write_fake_cifar100(folder)
     with open(os.path.join(folder, 'train'), 'rb') as f:

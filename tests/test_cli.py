@@ -106,7 +106,8 @@ def test_an_os_error_is_one_line(monkeypatch, tmp_path):
                                     % (tmp_path / 'gone' / 'out.png'))
 
 
-def test_auto_precision_reads_the_cpu_flags(tmp_path):
+def test_auto_precision_reads_the_cpu_flags(tmp_path, monkeypatch):
+    monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
     info = tmp_path / 'cpuinfo'
     info.write_text('processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16\n')
     assert cli.cpu_has_bf16(str(info))
@@ -114,5 +115,22 @@ def test_auto_precision_reads_the_cpu_flags(tmp_path):
     assert not cli.cpu_has_bf16(str(info))
     assert not cli.cpu_has_bf16(str(tmp_path / 'missing'))
     # 'auto' is what the CPU can do; the others are taken as given
-    assert cli.precision('auto') == ('bf16' if cli.cpu_has_bf16() else 'fp32')
-    assert cli.precision('fp32') == 'fp32' and cli.precision('bf16') == 'bf16'
+    for has_bf16, expected in ((True, 'bf16'), (False, 'fp32')):
+        monkeypatch.setattr(cli, 'cpu_has_bf16', lambda: has_bf16)
+        assert cli.precision('auto') == expected
+        assert cli.precision('fp32') == 'fp32' and cli.precision('bf16') == 'bf16'
+
+
+def test_onednn_capped_below_bf16_counts_as_a_cpu_without_it(tmp_path, monkeypatch):
+    info = tmp_path / 'cpuinfo'
+    info.write_text('processor : 0\nflags : fpu avx2 avx512f avx512_bf16 amx_bf16\n')
+    for cap, native in (('AVX2', False), ('avx512_core', False), ('AVX512_CORE_BF16', True),
+                        ('AVX10_1_512_AMX', True), ('', True)):
+        monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', cap)
+        assert cli.cpu_has_bf16(str(info)) == native, cap
+
+
+def test_the_precision_line_says_what_auto_picked():
+    assert cli.precision_note('auto', 'bf16') == 'bf16 (auto: this CPU has native bfloat16)'
+    assert cli.precision_note('auto', 'fp32') == 'fp32 (auto: no native bfloat16 on this CPU)'
+    assert cli.precision_note('fp32', 'fp32') == 'fp32'

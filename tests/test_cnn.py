@@ -12,6 +12,7 @@ import cli
 import cnn
 import data_helpers
 import reporting
+import run_folders
 
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
 
@@ -192,7 +193,12 @@ def test_a_bf16_run_says_so_and_restores(fake_cifar10, tmp_path, capsys):
                         str(tmp_path / 'runs'), '--seed', '1', '--no-plots')
     assert 'Model batchnorm: 1,517,450 parameters, bf16' in out
     run_dir, = (tmp_path / 'runs').iterdir()
-    assert json.loads((run_dir / 'result.json').read_text())['precision'] == 'bf16'
+    # The saved graph's convolutions compute in bfloat16, its weights are float32
+    session, graph, _, _ = run_folders.load_trained_model(str(run_dir))
+    session.close()
+    convolutions = [op for op in graph.get_operations() if op.type == 'Conv2D']
+    assert convolutions and all(op.get_attr('T') == tf.bfloat16 for op in convolutions)
+    assert all(v.dtype.base_dtype == tf.float32 for v in graph.get_collection('variables'))
     restored, _ = run(capsys, '--model', 'batchnorm', '--precision', 'bf16', '--data-dir',
                       fake_cifar10, '--restore', str(run_dir))
     assert restored == pytest.approx(accuracy, abs=1e-9)
@@ -213,6 +219,9 @@ def test_same_seed_same_run(fake_cifar10, tmp_path, capsys):
     numbers = [re.sub(r'[0-9]+ images/s - [0-9]+s|Writing to .*|Total time.*', '',
                       run(capsys, *args)[1]) for _ in range(2)]
     assert numbers[0] == numbers[1]
+    other = re.sub(r'[0-9]+ images/s - [0-9]+s|Writing to .*|Total time.*', '',
+                   run(capsys, *args[:-1], '6')[1])
+    assert other != numbers[0]                    # and another seed another run
 
 
 def test_precision_defaults_to_each_models_measured_choice(capsys):

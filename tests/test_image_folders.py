@@ -118,7 +118,8 @@ def test_every_format_and_mode_becomes_rgb(tmp_path):
         'webp': encoded(rgb, 'WEBP', lossless=True),
         'gif': encoded(rgb.convert('P', palette=Image.Palette.ADAPTIVE), 'GIF'),
         'rgba': encoded(Image.new('RGBA', (8, 8), colour + (0,)), 'PNG'),   # alpha dropped
-        'palette-transparent': encoded(rgb.convert('P', palette=Image.Palette.ADAPTIVE), 'PNG', transparency=0),
+        'palette-transparent': encoded(rgb.convert('P', palette=Image.Palette.ADAPTIVE),
+                                       'PNG', transparency=0),
     }
     for name, data in cases.items():
         pixels = image_folders.prepare_picture(data, 8, name=name)

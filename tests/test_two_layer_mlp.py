@@ -166,6 +166,8 @@ def test_same_seed_same_run(fake_cifar10, tmp_path, capsys):
     first = run(capsys, *args, '--seed', '4')[1].splitlines()[:-1]
     second = run(capsys, *args, '--seed', '4')[1].splitlines()[:-1]
     assert first == second
+    other = run(capsys, *args, '--seed', '5')[1].splitlines()[:-1]
+    assert other != first                         # and another seed another run
 
 
 @pytest.mark.parametrize('argv', [
