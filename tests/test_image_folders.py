@@ -309,6 +309,23 @@ def test_an_unreadable_picture_is_named(tmp_path):
         image_folders.read_picture(path, 4)
 
 
+def test_a_picture_the_user_may_not_read_is_named_and_skipped(tmp_path, monkeypatch):
+    # (as root, which reads any file, the refusal is simulated where it happens)
+    root = class_tree(tmp_path / 'pictures', {'cats': 3, 'dogs': 3})
+    locked = os.path.join(root, 'cats', '001.png')
+    real_open = os.open
+
+    def refusing_open(path, flags, *rest):
+        if path == locked:
+            raise PermissionError(13, 'Permission denied', path)
+        return real_open(path, flags, *rest)
+    monkeypatch.setattr(os, 'open', refusing_open)
+    lines = []
+    data = load(root, lines)
+    assert len(data['files_train']) + len(data['files_test']) == 5
+    assert 'Skipped %s: cannot read (Permission denied)' % locked in lines
+
+
 def test_a_folder_too_large_for_memory_is_refused_before_decoding(tmp_path, monkeypatch):
     root = class_tree(tmp_path / 'pictures', {'cats': 3, 'dogs': 3})
     monkeypatch.setattr(image_folders, 'available_memory', lambda: 10 ** 6)
@@ -394,6 +411,21 @@ def test_fast_cnn_trains_on_a_folder_at_64_pixels_with_its_own_statistics(tmp_pa
                                train.reshape(-1, 3).mean(0) / 255, rtol=1e-5)
     np.testing.assert_allclose(info['channel_std'], train.reshape(-1, 3).std(0) / 255,
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize('model, size, devices', [('batchnorm', '96', '1'), ('small', '32', '2')])
+def test_cnn_trains_on_a_folder_at_other_sizes_and_on_two_devices(tmp_path, model, size,
+                                                                  devices):
+    root = class_tree(tmp_path / 'pictures', {'cats': 6, 'dogs': 6, 'owls': 6})
+    cnn.main(cnn.parse_args(['--model', model, '--data-dir', root, '--image-size', size,
+                             '--num-devices', devices, '--max-steps', '2', '--batch-size', '4',
+                             '--no-plots', '--train-dir', str(tmp_path / 'runs'),
+                             '--precision', 'fp32']))
+    session, graph, _, info = run_folders.load_trained_model(str(tmp_path / 'runs'))
+    session.close()
+    assert graph.get_tensor_by_name('images:0').shape.as_list() == [None, int(size),
+                                                                   int(size), 3]
+    assert graph.get_tensor_by_name('probabilities:0').shape.as_list() == [None, 3]
 
 
 def test_a_folder_run_predicts_and_exports_with_its_folder_names(tmp_path, capsys):
