@@ -215,7 +215,7 @@ def find_pictures(folder, notes):
                 notes['hidden'] += 1
             elif entry.is_dir():
                 pending.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in EXTENSIONS:
+            elif entry.name.lower().endswith(EXTENSIONS):
                 pictures.append(entry.path)
             else:
                 notes['not a picture (%s)' % (os.path.splitext(entry.name)[1].lower()
@@ -306,17 +306,24 @@ def list_folder(root):
 # The folder: decoding on every core, with a cache
 # -----------------------------------------------------------------------------
 
+def _relative(paths, root):
+    """The paths relative to root: a slice, as every listed path starts with
+    root (os.path.relpath cost more than the rest of a cached start)."""
+    prefix = os.path.join(root, '')
+    return [path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
+            for path in paths]
+
+
 def _file_keys(paths, root):
     """What identifies each file's content for the cache: its path below
     root, size and modification time (a changed file gets a new key)."""
     keys = []
-    for path in paths:
+    for path, name in zip(paths, _relative(paths, root)):
         try:
             status = os.stat(path)
-            keys.append('%s\0%d\0%d' % (os.path.relpath(path, root), status.st_size,
-                                        status.st_mtime_ns))
+            keys.append('%s\0%d\0%d' % (name, status.st_size, status.st_mtime_ns))
         except OSError:          # gone or unreadable: decoding will say so
-            keys.append('%s\0?' % path)
+            keys.append('%s\0?' % name)
     return keys
 
 
@@ -490,7 +497,8 @@ def decode_all(paths, size, crop, root, workers=None, log=print):
 
     Returns:
       (pixels uint8 [len(paths), size, size, 3] (zeros where a picture
-      failed), digests (hex strings, '' where it failed), {row: error line}
+      failed; the cache itself, memory-mapped and read-only, when no file
+      changed), digests (hex strings, '' where it failed), {row: error line}
       of the pictures that failed).
 
     Raises:
@@ -503,18 +511,20 @@ def decode_all(paths, size, crop, root, workers=None, log=print):
     row_of, cached_pixels, cached_digests, cached_errors = cache or ({}, None, None, None)
     hits = [(row, row_of[key]) for row, key in enumerate(keys) if key in row_of]
     missing = [row for row, key in enumerate(keys) if key not in row_of]
-    pixels = np.zeros((len(paths), size, size, 3), np.uint8)
     digests = np.full(len(paths), '', 'U24')
     errors = {}
     if hits:
         rows, sources = (np.array(column) for column in zip(*hits))
         if len(rows) == len(paths) == len(cached_pixels) and np.array_equal(rows, sources):
-            pixels[:] = cached_pixels                    # the usual case: one copy
+            pixels = cached_pixels      # nothing changed: the cache, read when indexed
         else:
+            pixels = np.zeros((len(paths), size, size, 3), np.uint8)
             pixels[rows] = cached_pixels[sources]
         digests[rows] = cached_digests[sources]
         errors = {int(row): str(cached_errors[source])
                   for row, source in zip(rows, sources) if cached_errors[source]}
+    else:
+        pixels = np.zeros((len(paths), size, size, 3), np.uint8)
     allowed = max(1, int(MAX_FAILED_FRACTION * len(paths)))
     progress = _Progress(len(missing))
 
@@ -628,6 +638,7 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
                                                        's' * (count > 1), note))
 
     rng = np.random.default_rng(seed)
+    names = _relative(paths, root)
     labels = np.array([label for _, label in entries], np.int64)
     good = np.ones(len(entries), bool)
     good[list(errors)] = False
@@ -661,7 +672,7 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
         log('Warning: %d test picture%s also in the training set, byte for byte (for example '
             '%s): the test accuracy will flatter the model' % (
                 len(repeated), 's are' if len(repeated) > 1 else ' is',
-                os.path.relpath(paths[repeated[0]], root)))
+                _relative([paths[repeated[0]]], root)[0]))
     log('Read %s pictures of %d classes from %s (%s training, %s test; %s) in %.1f s' % (
         format(int(good.sum()), ','), len(classes), root, format(len(train_rows), ','),
         format(len(test_rows), ','), split, time.time() - start))
@@ -669,8 +680,8 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
         'images_train': pixels[train_rows], 'labels_train': labels[train_rows],
         'images_test': pixels[test_rows], 'labels_test': labels[test_rows],
         'classes': classes,
-        'files_train': [os.path.relpath(paths[row], root) for row in train_rows],
-        'files_test': [os.path.relpath(paths[row], root) for row in test_rows],
+        'files_train': [names[row] for row in train_rows],
+        'files_test': [names[row] for row in test_rows],
         'split': split,
     }
 
