@@ -616,17 +616,17 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
       A dict: images_train uint8 [N, size, size, 3], labels_train int64 [N]
       (in an order shuffled by seed), images_test, labels_test, classes (the
       folder names), files_train and files_test (the paths, relative to
-      root, in the arrays' order), split ('train/test folders' or
-      'drawn, test_split X').
+      root, in the arrays' order), split (how: 'train/ and test/ folders',
+      or 'drawn: test_split X of each class, seed S').
 
     Raises:
       DataError: the folder cannot be used (one line naming the problem).
     """
+    start = time.time()
     classes, listed, notes = list_folder(root)
     entries = listed['train'] + (listed['test'] or [])
     paths = [path for path, _ in entries]
     check_memory(len(paths), image_size, root)
-    start = time.time()
     pixels, digests, errors = decode_all(paths, image_size, crop, root, workers, log)
     for row, error in list(errors.items())[:10]:
         log('Skipped %s' % error)
@@ -634,8 +634,8 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
         log('Skipped %d more pictures that cannot be read' % (len(errors) - 10))
     for note, count in sorted(notes.items()):
         if count:
-                log('Ignored %s file%s or folder%s: %s' % (format(count, ','), 's' * (count > 1),
-                                                       's' * (count > 1), note))
+            log('Ignored %s file%s or folder%s: %s' % (format(count, ','), 's' * (count > 1),
+                                                   's' * (count > 1), note))
 
     rng = np.random.default_rng(seed)
     names = _relative(paths, root)
@@ -672,7 +672,7 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
         log('Warning: %d test picture%s also in the training set, byte for byte (for example '
             '%s): the test accuracy will flatter the model' % (
                 len(repeated), 's are' if len(repeated) > 1 else ' is',
-                _relative([paths[repeated[0]]], root)[0]))
+                names[repeated[0]]))
     log('Read %s pictures of %d classes from %s (%s training, %s test; %s) in %.1f s' % (
         format(int(good.sum()), ','), len(classes), root, format(len(train_rows), ','),
         format(len(test_rows), ','), split, time.time() - start))
