@@ -198,7 +198,8 @@ def test_a_bf16_run_says_so_and_restores(fake_cifar10, tmp_path, capsys):
     session.close()
     convolutions = [op for op in graph.get_operations() if op.type == 'Conv2D']
     assert convolutions and all(op.get_attr('T') == tf.bfloat16 for op in convolutions)
-    assert all(v.dtype.base_dtype == tf.float32 for v in graph.get_collection('variables'))
+    assert all(v.dtype.base_dtype == tf.float32
+               for v in graph.get_collection('trainable_variables'))
     restored, _ = run(capsys, '--model', 'batchnorm', '--precision', 'bf16', '--data-dir',
                       fake_cifar10, '--restore', str(run_dir))
     assert restored == pytest.approx(accuracy, abs=1e-9)
