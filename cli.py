@@ -17,7 +17,7 @@ import math
 import os
 import sys
 
-from downloads import DataError
+from errors import DataError
 
 
 def _number(text, convert, valid, requirement):

@@ -46,7 +46,7 @@ import data_helpers  # noqa: E402
 import reporting  # noqa: E402
 import run_folders  # noqa: E402
 import towers  # noqa: E402
-from downloads import DataError, write_file_atomically  # noqa: E402
+from errors import DataError, write_file_atomically  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
@@ -172,7 +172,7 @@ def flatten(x):
     return tf.reshape(x, [-1, int(np.prod(x.shape[1:]))])
 
 
-def batch_norm(x, training, name, momentum=0.99, epsilon=1e-3):
+def batch_norm(x, is_training, name, momentum=0.99, epsilon=1e-3):
     """Fused batch normalisation with Keras' defaults.
 
     The training tower normalises with the batch's statistics and moves the
@@ -196,7 +196,7 @@ def batch_norm(x, training, name, momentum=0.99, epsilon=1e-3):
         rank2 = x.shape.ndims == 2
         if rank2:       # fused batch norm wants 4-D input
             x = x[:, None, None, :]
-        if training:
+        if is_training:
             y, mean, variance = tf.nn.fused_batch_norm(x, gamma, beta, epsilon=epsilon,
                                                        is_training=True)
             for average, value in ((moving_mean, mean), (moving_variance, variance)):
@@ -209,21 +209,21 @@ def batch_norm(x, training, name, momentum=0.99, epsilon=1e-3):
         return y[:, 0, 0, :] if rank2 else y
 
 
-def dropout(x, rate, training):
-    return tf.nn.dropout(x, rate=rate) if training else x
+def dropout(x, rate, is_training):
+    return tf.nn.dropout(x, rate=rate) if is_training else x
 
 
 # -----------------------------------------------------------------------------
 # The three models: inference()
 # -----------------------------------------------------------------------------
 
-def inference(images, model, training, precision='fp32', num_classes=CLASSES):
+def inference(images, model, is_training, precision='fp32', num_classes=CLASSES):
     """Builds a model up to its logits.
 
     Args:
       images: [batch, 32, 32, 3] float32 in [0, 1] (or another square size).
       model: 'augmented', 'small' or 'batchnorm'.
-      training: True builds the training tower (augmentation, batch
+      is_training: True builds the training tower (augmentation, batch
         statistics, dropout), False the inference tower. Build the training
         tower first; build the other inside a reusing variable scope
         (`build_graph`) to share its weights.
@@ -237,7 +237,7 @@ def inference(images, model, training, precision='fp32', num_classes=CLASSES):
     """
     dtype = tf.bfloat16 if precision == 'bf16' else tf.float32
     if model == 'augmented':
-        x = augment(images) if training else centre_crop(images)
+        x = augment(images) if is_training else centre_crop(images)
         x = tf.cast(x, dtype)
         x = max_pool(conv(x, 64, 5, 'conv1'))
         x = max_pool(conv(x, 64, 5, 'conv2'))
@@ -252,11 +252,11 @@ def inference(images, model, training, precision='fp32', num_classes=CLASSES):
     elif model == 'batchnorm':
         x = tf.cast(images, dtype)
         for block, (filters, rate) in enumerate([(64, 0.2), (128, 0.25), (128, 0.35)], 1):
-            x = batch_norm(conv(x, filters, 4, 'conv%da' % block), training, 'bn%da' % block)
-            x = batch_norm(conv(x, filters, 4, 'conv%db' % block), training, 'bn%db' % block)
-            x = dropout(max_pool(x), rate, training)
-        x = batch_norm(dense(flatten(x), 256, 'fc1'), training, 'bn_fc1')
-        x = dropout(x, 0.5, training)
+            x = batch_norm(conv(x, filters, 4, 'conv%da' % block), is_training, 'bn%da' % block)
+            x = batch_norm(conv(x, filters, 4, 'conv%db' % block), is_training, 'bn%db' % block)
+            x = dropout(max_pool(x), rate, is_training)
+        x = batch_norm(dense(flatten(x), 256, 'fc1'), is_training, 'bn_fc1')
+        x = dropout(x, 0.5, is_training)
     else:
         raise ValueError('unknown model %r' % model)
     return tf.identity(tf.cast(dense(x, num_classes, 'logits', activation=None), tf.float32),
@@ -270,15 +270,22 @@ def loss(logits, labels):
             logits=logits, labels=labels), name='cross_entropy')
 
 
-def training(gradients, learning_rate, epsilon, wrap_optimizer=None):
-    """Adam on the loss's gradients; batch-norm averages updated with every step.
+def training(loss, learning_rate, epsilon, wrap_optimizer=None, tower_gradients=None):
+    """Adam on the loss; batch-norm averages updated with every step.
 
     Args:
-      gradients: [(gradient, variable)], of one device's loss or averaged
-        over the towers (towers.py).
+      loss: the batch's mean loss, from `loss()`.
+      learning_rate: a number, or a scalar tensor (a schedule).
+      epsilon: Adam's epsilon (the articles': 1e-8 augmented, 1e-7 Keras).
       wrap_optimizer: optional, optimizer -> optimizer (distributed.py makes
         Adam synchronous across machines with it).
+      tower_gradients: with several devices, [(gradient, variable)] averaged
+        over the towers (towers.py), used instead of the loss's own.
+
+    Returns:
+      The op that takes one step.
     """
+    gradients = tower_gradients or towers.gradients(loss)
     global_step = tf.train.get_or_create_global_step()
     optimizer = tf.train.AdamOptimizer(learning_rate, epsilon=epsilon)
     if wrap_optimizer:
@@ -383,26 +390,32 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
       loss, train_step and accuracy (of the training batch); images, labels
       (inference's inputs), test_loss, predictions; saver.
     """
-    # The training tower (one per device with --num-devices, each on its
-    # slice of the batch): batches gathered inside the graph from the training
+    # The training graph: batches gathered inside the graph from the training
     # set held in memory (only indices are fed), augmented, batch statistics
-    # and dropout on. Its gradients go to Adam; a linear schedule decays the
-    # learning rate to zero when asked.
+    # and dropout on; the loss; Adam (on a linear schedule to zero when
+    # asked); the batch's accuracy.
     sampler = data_helpers.InGraphSampler(train_images, train_labels, args.batch_size,
                                           device=sampler_device)
+    if args.num_devices == 1:
+        logits = inference(sampler.images, args.model, is_training=True,
+                           precision=args.precision, num_classes=num_classes)
+        train_loss = loss(logits, sampler.labels)
+        train_step = training(train_loss, learning_rate(args, max_steps), args.adam_epsilon,
+                              wrap_optimizer)
+        accuracy = evaluation(logits, sampler.labels)
+    else:
+        # The same, once per device on its slice of the batch (towers.py),
+        # the towers' gradients averaged into one step
+        def training_tower(images, labels):
+            logits = inference(images, args.model, is_training=True, precision=args.precision,
+                               num_classes=num_classes)
+            return loss(logits, labels), evaluation(logits, labels)
 
-    def training_tower(images, labels):
-        logits = inference(images, args.model, training=True, precision=args.precision,
-                           num_classes=num_classes)
-        return loss(logits, labels), evaluation(logits, labels)
-
-    train_loss, gradients, tower_accuracies = towers.tower_gradients(
-        training_tower, [sampler.images, sampler.labels], towers.devices(args.num_devices))
-    learning_rate = args.learning_rate
-    if args.lr_schedule == 'linear':
-        learning_rate = tf.train.polynomial_decay(
-            args.learning_rate, tf.train.get_or_create_global_step(), max_steps, 0.0)
-    train_step = training(gradients, learning_rate, args.adam_epsilon, wrap_optimizer)
+        train_loss, gradients, accuracies = towers.tower_gradients(
+            training_tower, [sampler.images, sampler.labels], towers.devices(args.num_devices))
+        train_step = training(train_loss, learning_rate(args, max_steps), args.adam_epsilon,
+                              wrap_optimizer, tower_gradients=gradients)
+        accuracy = tf.add_n(accuracies) / len(accuracies)
 
     # The inference tower, sharing the weights: images fed as they are (a
     # centre crop for `augmented`), the moving averages of batch norm, no
@@ -410,16 +423,24 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
     images = tf.placeholder(tf.float32, [None] + list(train_images.shape[1:]), name='images')
     labels = tf.placeholder(tf.int64, [None], name='labels')
     with tf.variable_scope(tf.get_variable_scope(), reuse=True), tf.name_scope('inference'):
-        logits = inference(images, args.model, training=False, precision=args.precision,
+        logits = inference(images, args.model, is_training=False, precision=args.precision,
                            num_classes=num_classes)
     tf.nn.softmax(logits, name='probabilities')
     return argparse.Namespace(
         sampler=sampler, train_count=len(train_images), images=images, labels=labels,
-        loss=train_loss, train_step=train_step,
-        accuracy=tf.add_n(tower_accuracies) / len(tower_accuracies),
+        loss=train_loss, train_step=train_step, accuracy=accuracy,
         test_loss=loss(logits, labels),
         predictions=tf.argmax(logits, 1, name='predictions'),
         saver=run_folders.saver(max_to_keep=3))
+
+
+def learning_rate(args, max_steps):
+    """--learning-rate, or with --lr-schedule linear a tensor falling from it
+    to zero over max_steps."""
+    if args.lr_schedule == 'linear':
+        return tf.train.polynomial_decay(
+            args.learning_rate, tf.train.get_or_create_global_step(), max_steps, 0.0)
+    return args.learning_rate
 
 
 def trained_precision(run_dir):

@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 import image_folders
-from downloads import DataError, cache_dir, download_and_extract, download_from_mirrors
+from downloads import cache_dir, download_and_extract, download_from_mirrors
+from errors import DataError
 
 CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 CIFAR10_MD5 = 'c58f30108f718f92721af3b95e74349a'

@@ -55,7 +55,7 @@ import cli  # noqa: E402
 import cnn  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402
-from downloads import DataError  # noqa: E402
+from errors import DataError  # noqa: E402
 
 tf.disable_eager_execution()
 tf.logging.set_verbosity(tf.logging.ERROR)   # the v1 distributed APIs print 'deprecated'

@@ -1,14 +1,10 @@
-"""Fetching data sets safely: the cache folder, downloads, extraction, atomic writes.
+"""Fetching data sets safely: the cache folder, downloads, extraction.
 
-* `DataError`: the one error every module raises for a file or folder that is
-  missing, corrupt or cannot be fetched; its message is one line naming the
-  file and the fix, which the scripts print without a traceback.
 * `cache_dir()`: where downloads go ($XDG_CACHE_HOME or ~/.cache).
 * `download_file()`: one URL to one file, with progress and an md5 check.
 * `download_from_mirrors()`: several files, each from the first mirror that has it.
 * `safe_extract()`, `download_and_extract()`: a tar archive unpacked so that
   no member lands outside the target folder.
-* `write_file_atomically()`: bytes to a file through a temporary name.
 
 Every write goes through a temporary name that is renamed only when complete,
 so an interrupted run never leaves a half-written file behind; what a killed
@@ -27,13 +23,7 @@ import time
 import urllib.error
 import urllib.request
 
-
-class DataError(Exception):
-    """A data set, run folder or file that is missing, corrupt or cannot be fetched.
-
-    Its message is one line that names the file or URL and says what to do;
-    the scripts print it without a traceback.
-    """
+from errors import DataError
 
 
 def cache_dir():
@@ -41,27 +31,6 @@ def cache_dir():
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
         os.path.expanduser('~'), '.cache')
     return os.path.join(base, 'tf-image-recognition')
-
-
-def current_umask():
-    """The process's umask (reading it means setting it, then putting it back)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def write_file_atomically(path, data):
-    """Writes bytes to `path` through a temporary name, so no half file remains."""
-    folder = os.path.dirname(path) or '.'
-    fd, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.chmod(temporary, 0o666 & ~current_umask())    # mkstemp's 0600 is for secrets
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 # -----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 import cli  # noqa: E402
 import run_folders  # noqa: E402
-from downloads import DataError, current_umask  # noqa: E402
+from errors import DataError, current_umask  # noqa: E402
 
 tf.disable_eager_execution()  # the scripts' graphs are TensorFlow 1 graphs
 tf.logging.set_verbosity(tf.logging.ERROR)  # the v1 freezing and saving APIs print 'deprecated'

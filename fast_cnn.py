@@ -51,7 +51,7 @@ import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402
 import towers  # noqa: E402
-from downloads import DataError  # noqa: E402
+from errors import DataError  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
@@ -255,7 +255,7 @@ def gelu(x):
         return 0.5 * x * (1 + tf.math.erf(x * rsqrt2))
 
 
-def batch_norm(x, training, name, momentum):
+def batch_norm(x, is_training, name, momentum):
     """Batch norm with its scale fixed at 1 and only the bias learnt.
 
     In training it normalises with the batch statistics and moves the moving
@@ -273,15 +273,15 @@ def batch_norm(x, training, name, momentum):
                                           initializer=tf.ones_initializer())
     y, mean, variance = tf.nn.fused_batch_norm(
         x, tf.ones([channels]), bias, mean=moving_mean, variance=moving_variance,
-        epsilon=1e-5, is_training=training,
-        exponential_avg_factor=1 - momentum if training else 1.0)
-    if training:
+        epsilon=1e-5, is_training=is_training,
+        exponential_avg_factor=1 - momentum if is_training else 1.0)
+    if is_training:
         tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign(moving_mean, mean))
         tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign(moving_variance, variance))
     return y
 
 
-def inference(images, whitening, training, hyp, precision='fp32',
+def inference(images, whitening, is_training, hyp, precision='fp32',
               stats=(CIFAR_MEAN, CIFAR_STD), num_classes=CLASSES):
     """Builds the network up to its logits; call again to share the weights.
 
@@ -289,7 +289,7 @@ def inference(images, whitening, training, hyp, precision='fp32',
       images: [batch, 32, 32, 3] float32 pixels in [0, 1] (or another square
         size: the last pooling takes the maximum over whatever is left).
       whitening: [2, 2, 3, 24] first-layer filters from whitening_filters().
-      training: Python bool: batch statistics (and their moving-average
+      is_training: Python bool: batch statistics (and their moving-average
         updates) in training, moving averages in inference.
       hyp: a recipe of RECIPES (widths, activation, head).
       precision: 'fp32', or 'bf16' to run convolutions, batch norm and
@@ -320,9 +320,9 @@ def inference(images, whitening, training, hyp, precision='fp32',
                 name = 'block%d/' % block
                 x = conv(x, width, name + 'conv1')
                 x = tf.nn.max_pool2d(x, 2, 2, 'VALID')
-                x = activation(batch_norm(x, training, name + 'norm1', momentum))
+                x = activation(batch_norm(x, is_training, name + 'norm1', momentum))
                 x = conv(x, width, name + 'conv2')
-                x = activation(batch_norm(x, training, name + 'norm2', momentum))
+                x = activation(batch_norm(x, is_training, name + 'norm2', momentum))
 
         # Global max-pool (3x3 left), a linear layer without bias, scaled down.
         # Uniform weights: PyTorch's default bound, or the bound that gives them
@@ -485,7 +485,8 @@ def muon(gradients, lr, momentum, steps, dtype=tf.float32):
     return tf.group(*updates)
 
 
-def training(gradients, hyp, batch_size, lr_scale, whiten_lr_scale, precision='fp32'):
+def training(loss, hyp, batch_size, lr_scale, whiten_lr_scale, precision='fp32',
+             tower_gradients=None):
     """One step of the recipe's optimisers; batch-norm averages updated with it.
 
     airbench94: Nesterov SGD for every group, the batch-norm biases 64x
@@ -494,18 +495,21 @@ def training(gradients, hyp, batch_size, lr_scale, whiten_lr_scale, precision='f
     the group's learning rate, which the optimiser multiplies back in.
 
     Args:
-      gradients: [(gradient, variable)] of the batch's mean loss (one
-        backward pass for all groups; averaged over the towers of towers.py).
+      loss: the batch's mean loss, from `loss()` (one backward pass for all
+        groups).
       hyp: a recipe of RECIPES.
       batch_size: images per step (SGD's learning rates grow with it).
       lr_scale: scalar tensor, the schedule's factor for this step.
       whiten_lr_scale: scalar tensor, the whitening bias's factor (0 once it
         freezes: a zero learning rate freezes it, momentum and all).
       precision: 'bf16' runs Muon's matrix products in bfloat16.
+      tower_gradients: with several devices, [(gradient, variable)] averaged
+        over the towers (towers.py), used instead of the loss's own.
 
     Returns:
       The op that takes one step (and updates the batch-norm averages).
     """
+    gradients = tower_gradients or towers.gradients(loss)
     group_lr, decay = learning_rates(hyp, batch_size)
     variables = [v for _, v in gradients]
     gradients = {v.op.name: g for g, v in gradients}
@@ -565,7 +569,8 @@ def lookahead_decay(step, total_steps, every):
 
 
 def evaluation(logits, labels):
-    """Number of images whose top class is the label."""
+    """Number of images whose top class is the label (a count, as mnist.py's
+    evaluation(): the loop adds them up over an epoch)."""
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), labels), tf.int32))
 
 
@@ -579,7 +584,7 @@ def lr_schedule(hyp, total_steps):
                     np.interp(steps, [warmup, total_steps], [1.0, hyp['lr_end']]))
 
 
-def whiten_lr_scale(hyp, step, whiten_steps, schedule):
+def whiten_lr_factor(hyp, step, whiten_steps, schedule):
     """The whitening bias's learning-rate factor at `step`: for its first
     `whiten_steps` steps the main schedule's (airbench94) or falling
     linearly from 1 to 0 (muon); then 0, frozen."""
@@ -707,19 +712,32 @@ def build_graph(args, hyp, padded_train, train_labels, whitening,
     whiten_lr_scale = tf.placeholder(tf.float32, [], name='whiten_lr_scale')
     size = padded_train.shape[1] - 2 * hyp['translate']
 
-    # The training network, once per device with --num-devices (towers.py),
-    # each on its slice of the batch: augmentation, the network, the loss
-    def training_tower(images, labels, tower_flip):
-        logits = inference(augment(tf.cast(images, tf.float32) / 255, tower_flip, size),
-                           whitening, True, hyp, args.precision, stats, num_classes)
-        return (loss(logits, labels, hyp['label_smoothing']),
-                evaluation(logits, labels))
+    # The training network: augmentation, the network, the loss; the
+    # recipe's optimisers; the number of the batch's images predicted right
+    if args.num_devices == 1:
+        images = augment(tf.cast(sampler.images, tf.float32) / 255, flip, size)
+        logits = inference(images, whitening, True, hyp, args.precision, stats, num_classes)
+        loss_op = loss(logits, sampler.labels, hyp['label_smoothing'])
+        net_variables = tf.global_variables(scope='net')   # weights, batch-norm averages
+        train_step = training(loss_op, hyp, args.batch_size, lr_scale, whiten_lr_scale,
+                              args.precision)
+        train_correct = evaluation(logits, sampler.labels)
+    else:
+        # The same, once per device on its slice of the batch (towers.py),
+        # the towers' gradients averaged into one step
+        def training_tower(images, labels, tower_flip):
+            logits = inference(augment(tf.cast(images, tf.float32) / 255, tower_flip, size),
+                               whitening, True, hyp, args.precision, stats, num_classes)
+            return (loss(logits, labels, hyp['label_smoothing']),
+                    evaluation(logits, labels))
 
-    loss_op, gradients, tower_correct = towers.tower_gradients(
-        training_tower, [sampler.images, sampler.labels, flip], towers.devices(args.num_devices))
-    net_variables = tf.global_variables(scope='net')   # weights and batch-norm averages
-    train_step = training(gradients, hyp, args.batch_size, lr_scale, whiten_lr_scale,
-                          args.precision)
+        loss_op, gradients, tower_correct = towers.tower_gradients(
+            training_tower, [sampler.images, sampler.labels, flip],
+            towers.devices(args.num_devices))
+        net_variables = tf.global_variables(scope='net')
+        train_step = training(loss_op, hyp, args.batch_size, lr_scale, whiten_lr_scale,
+                              args.precision, tower_gradients=gradients)
+        train_correct = tf.add_n(tower_correct)
     average_start = average_update = average_decay = None
     if hyp['lookahead_every']:
         average_start, average_update, average_decay = lookahead(net_variables)
@@ -739,8 +757,7 @@ def build_graph(args, hyp, padded_train, train_labels, whitening,
     tf.nn.softmax(plain_logits, name='plain_probabilities')     # export.py's default
     return argparse.Namespace(
         sampler=sampler, flip=flip, lr_scale=lr_scale, whiten_lr_scale=whiten_lr_scale,
-        loss=loss_op, train_step=train_step,
-        train_correct=tf.add_n(tower_correct),
+        loss=loss_op, train_step=train_step, train_correct=train_correct,
         average_start=average_start,
         average_update=average_update, average_decay=average_decay, images=images,
         labels=labels, plain_predictions=plain_predictions,
@@ -770,7 +787,7 @@ def train_epoch(sess, ops, args, hyp, state, schedule, flips, rng):
             [ops.train_step, ops.loss, ops.train_correct],
             {ops.sampler.indices: indices, ops.flip: flips[indices],
              ops.lr_scale: schedule[state.step],
-             ops.whiten_lr_scale: whiten_lr_scale(hyp, state.step, whiten_steps, schedule)})
+             ops.whiten_lr_scale: whiten_lr_factor(hyp, state.step, whiten_steps, schedule)})
         state.step += 1
         sum_loss += batch_loss * len(indices)
         correct += batch_correct

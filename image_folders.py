@@ -46,7 +46,8 @@ from PIL import Image, ImageOps
 from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin,  # noqa: F401
                  PngImagePlugin, WebPImagePlugin)
 
-from downloads import DataError, cache_dir, remove_stale
+from downloads import cache_dir, remove_stale
+from errors import DataError
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
 FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'WEBP')   # JPEG includes cameras' multi-picture MPO

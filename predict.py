@@ -38,7 +38,7 @@ import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import image_folders  # noqa: E402
 import run_folders  # noqa: E402
-from downloads import DataError  # noqa: E402
+from errors import DataError  # noqa: E402
 
 tf.disable_eager_execution()
 

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from downloads import write_file_atomically
+from errors import write_file_atomically
 
 
 # -----------------------------------------------------------------------------

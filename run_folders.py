@@ -29,7 +29,7 @@ import tempfile
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from downloads import DataError, current_umask, write_file_atomically
+from errors import DataError, current_umask, write_file_atomically
 
 MODEL_INFO = 'model.json'
 SPLIT = 'split.json'    # a folder of pictures: which files trained, which tested

@@ -12,7 +12,7 @@ import cnn
 import data_helpers
 import run_folders
 from conftest import make_tarball, write_fake_cifar100
-from downloads import DataError
+from errors import DataError
 
 
 def test_fine_and_coarse_labels_and_names(tmp_path):

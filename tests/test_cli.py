@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import cli
-from downloads import DataError
+from errors import DataError
 
 SCRIPTS = ['softmax', 'two_layer_mlp', 'cnn', 'fast_cnn']
 

@@ -20,9 +20,9 @@ REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide 
 def build(model, precision='fp32'):
     """Both towers on one placeholder: (images, training logits, inference logits)."""
     images = tf.placeholder(tf.float32, [None, 32, 32, 3])
-    train_logits = cnn.inference(images, model, training=True, precision=precision)
+    train_logits = cnn.inference(images, model, is_training=True, precision=precision)
     with tf.variable_scope(tf.get_variable_scope(), reuse=True):
-        logits = cnn.inference(images, model, training=False, precision=precision)
+        logits = cnn.inference(images, model, is_training=False, precision=precision)
     return images, train_logits, logits
 
 
@@ -122,7 +122,7 @@ def test_bf16_computes_what_fp32_does_with_float32_weights(model):
         tf.set_random_seed(0)
         images, _, full = build(model)
         with tf.variable_scope(tf.get_variable_scope(), reuse=True):
-            half = cnn.inference(images, model, training=False, precision='bf16')
+            half = cnn.inference(images, model, is_training=False, precision='bf16')
         assert half.dtype == tf.float32
         assert {v.dtype.base_dtype for v in tf.global_variables()} == {tf.float32}
         assert any(op.type == 'Conv2D' and op.get_attr('T') == tf.bfloat16
@@ -144,8 +144,7 @@ def test_a_few_steps_lower_the_loss(fake_cifar10, model, precision):
         images, train_logits, _ = build(model, precision)
         labels = tf.placeholder(tf.int64, [None])
         loss = cnn.loss(train_logits, labels)
-        variables = tf.trainable_variables()
-        train_step = cnn.training(list(zip(tf.gradients(loss, variables), variables)), 1e-3, 1e-7)
+        train_step = cnn.training(loss, 1e-3, 1e-7)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             before = sess.run(loss, {images: x, labels: y})

@@ -13,7 +13,7 @@ import tensorflow.compat.v1 as tf
 
 import distributed
 import predict
-from downloads import DataError
+from errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT = 150          # seconds any process of a test may live

@@ -9,9 +9,10 @@ import time
 import pytest
 
 import downloads
+import errors
 from conftest import IMAGES_PER_BATCH
 from data_helpers import load_data
-from downloads import DataError
+from errors import DataError
 
 TRAIN = 5 * IMAGES_PER_BATCH
 
@@ -69,15 +70,15 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
     tmp_path = tmp_path / 'out'
     tmp_path.mkdir()
     path = tmp_path / 'result.json'
-    downloads.write_file_atomically(str(path), b'first')
-    downloads.write_file_atomically(str(path), b'second')
+    errors.write_file_atomically(str(path), b'first')
+    errors.write_file_atomically(str(path), b'second')
     assert path.read_bytes() == b'second'
     assert os.listdir(tmp_path) == ['result.json']
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask       # not mkstemp's 0600
     with pytest.raises(IsADirectoryError):                     # a failed write ...
-        downloads.write_file_atomically(str(tmp_path), b'x')
+        errors.write_file_atomically(str(tmp_path), b'x')
     assert os.listdir(tmp_path) == ['result.json']              # ... leaves nothing
 
 

@@ -169,8 +169,8 @@ def test_learning_rate_schedule_warms_up_then_decays():
     assert schedule[-1] == pytest.approx(0.07)
     assert np.all(np.diff(schedule[:24]) > 0) and np.all(np.diff(schedule[23:]) < 0)
     # The whitening bias follows it for its first steps, then freezes
-    assert fast_cnn.whiten_lr_scale(AIRBENCH94, 10, 30, schedule) == schedule[10]
-    assert fast_cnn.whiten_lr_scale(AIRBENCH94, 30, 30, schedule) == 0.0
+    assert fast_cnn.whiten_lr_factor(AIRBENCH94, 10, 30, schedule) == schedule[10]
+    assert fast_cnn.whiten_lr_factor(AIRBENCH94, 30, 30, schedule) == 0.0
 
 
 def test_muon_schedules_fall_linearly_to_zero():
@@ -178,7 +178,7 @@ def test_muon_schedules_fall_linearly_to_zero():
     # (1 - step / its steps), then frozen
     schedule = fast_cnn.lr_schedule(MUON, 200)
     np.testing.assert_allclose(schedule, 1 - np.arange(201) / 200, atol=1e-12)
-    scales = [fast_cnn.whiten_lr_scale(MUON, step, 75, schedule) for step in (0, 15, 74, 75, 199)]
+    scales = [fast_cnn.whiten_lr_factor(MUON, step, 75, schedule) for step in (0, 15, 74, 75, 199)]
     assert scales == pytest.approx([1.0, 0.8, 1 / 75, 0.0, 0.0])
 
 
@@ -238,8 +238,7 @@ def test_one_step_moves_each_group_at_its_own_rate():
         lr_scale, whiten_scale = tf.placeholder(tf.float32, []), tf.placeholder(tf.float32, [])
         variables = tf.trainable_variables()
         gradients = tf.gradients(loss, variables)
-        train_step = fast_cnn.training(list(zip(gradients, variables)), AIRBENCH94, 1024,
-                                       lr_scale, whiten_scale)
+        train_step = fast_cnn.training(loss, AIRBENCH94, 1024, lr_scale, whiten_scale)
         groups = fast_cnn.parameter_groups(variables)
         group_of = {v.op.name: name for name, group in groups.items() for v in group}
         with tf.Session() as sess:
@@ -338,8 +337,7 @@ def test_muon_recipe_trains_filters_with_muon_and_the_rest_with_sgd():
         variables = tf.trainable_variables()
         groups = fast_cnn.parameter_groups(variables)
         gradients = tf.gradients(loss, variables)
-        train_step = fast_cnn.training(list(zip(gradients, variables)),
-                                       MUON, 8, tf.constant(0.5), tf.constant(0.0))
+        train_step = fast_cnn.training(loss, MUON, 8, tf.constant(0.5), tf.constant(0.0))
         group_lr_8, decay_8 = fast_cnn.learning_rates(MUON, 8)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())

@@ -19,7 +19,7 @@ import image_folders
 import predict
 import run_folders
 from conftest import write_fake_cifar10
-from downloads import DataError
+from errors import DataError
 
 NAMES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
          'truck']

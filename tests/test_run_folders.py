@@ -10,7 +10,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import run_folders
-from downloads import DataError
+from errors import DataError
 
 
 def linear_model(rng):

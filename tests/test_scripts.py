@@ -9,7 +9,7 @@ import cnn
 import fast_cnn
 import softmax
 import two_layer_mlp
-from downloads import DataError
+from errors import DataError
 
 SCRIPTS = {
     'softmax': (softmax, ['--max-steps', '500']),

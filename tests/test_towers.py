@@ -6,7 +6,7 @@ import tensorflow.compat.v1 as tf
 
 import cnn
 import towers
-from downloads import DataError
+from errors import DataError
 
 
 def batch(seed=0, count=8):
@@ -23,7 +23,7 @@ def one_step(model, num_devices, images, labels, learning_rate=0.1):
         x, y = tf.constant(images), tf.constant(labels)
 
         def tower(tower_images, tower_labels):
-            return cnn.loss(cnn.inference(tower_images, model, training=True), tower_labels), None
+            return cnn.loss(cnn.inference(tower_images, model, is_training=True), tower_labels), None
 
         loss, gradients, _ = towers.tower_gradients(tower, [x, y], towers.devices(num_devices))
         with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
