@@ -614,8 +614,8 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
       log: prints the one-line notes (skipped files, duplicates, warnings).
 
     Returns:
-      A dict: images_train uint8 [N, size, size, 3], labels_train int64 [N]
-      (in an order shuffled by seed), images_test, labels_test, classes (the
+      A dict: images_train uint8 [N, size, size, 3], labels_train int64 [N],
+      images_test, labels_test (each in an order shuffled by seed), classes (the
       folder names), files_train and files_test (the paths, relative to
       root, in the arrays' order), split (how: 'train/ and test/ folders',
       or 'drawn: test_split X of each class, seed S').
@@ -656,8 +656,10 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
                 held = min(max(held, 1), len(rows) - 1)
             is_test[rng.permutation(rows)[:held]] = True
         split = 'drawn: test_split %g of each class, seed %s' % (test_split, seed)
+    # Both in an order shuffled by seed: cnn.py validates on the training
+    # set's end, fast_cnn.py shows progress on the first 2000 test pictures
     train_rows = rng.permutation(np.flatnonzero(good & ~is_test))
-    test_rows = np.flatnonzero(good & is_test)
+    test_rows = rng.permutation(np.flatnonzero(good & is_test))
     for label, name in enumerate(classes):
         if not np.any(labels[train_rows] == label):
             raise DataError('class %s has no readable training picture' % name)
