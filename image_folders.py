@@ -351,39 +351,55 @@ def _read_cache(base):
     return {key: row for row, key in enumerate(keys.tolist())}, pixels, digests, errors
 
 
-def _write_cache(base, keys, pixels, digests, errors):
-    """Saves the decoded pictures: pixels and index under temporary names,
-    then the pixels renamed to a new name, then the index that names them
-    over the old one. A run killed meanwhile leaves the old cache, or none,
-    never half of one; what it leaves over goes at the next write."""
+def _new_pixels_file(base, shape):
+    """A memory-mapped .npy of `shape` under a temporary name in the cache
+    folder, which the workers write into and which then becomes the cache
+    as it is (`_commit_cache`); elsewhere when the cache cannot be written.
+
+    Returns:
+      (the memory map, its path, whether it is in the cache folder).
+    """
     folder = os.path.dirname(base)
-    os.makedirs(folder, exist_ok=True)
-    token = os.urandom(6).hex()
-    pixels_file = '%s-%s.npy' % (base, token)
-    temporaries, done = [], False
     try:
-        for save in (lambda f: np.save(f, pixels),
-                     lambda f: np.savez(f, keys=np.array(keys), digests=np.asarray(digests),
-                                        errors=np.array([errors.get(row, '')
-                                                         for row in range(len(keys))]),
-                                        token=np.array(token))):
-            fd, temporary = tempfile.mkstemp(prefix='.decoding-', dir=folder)
-            temporaries.append(temporary)
-            with os.fdopen(fd, 'wb') as f:
-                save(f)
-        os.replace(temporaries[0], pixels_file)
-        os.replace(temporaries[1], base + '.npz')
-        done = True
+        os.makedirs(folder, exist_ok=True)
+        remove_stale(folder, '.decoding-*')
+        fd, path = tempfile.mkstemp(prefix='.decoding-', suffix='.npy', dir=folder)
+        cached = True
+    except OSError:           # a read-only cache: decode all the same, keep nothing
+        fd, path = tempfile.mkstemp(prefix='decoding-', suffix='.npy')
+        cached = False
+    os.close(fd)
+    return np.lib.format.open_memmap(path, 'w+', np.uint8, shape), path, cached
+
+
+def _commit_cache(base, pixels_path, keys, digests, errors):
+    """Makes a finished pixels file the cache: renamed to a new name, then
+    the index that names it written over the old one (a run killed meanwhile
+    leaves the old cache, or none, never half of one); then the old pixels go.
+
+    Returns:
+      The pixels file's new path.
+    """
+    token = os.urandom(6).hex()
+    final = '%s-%s.npy' % (base, token)
+    fd, index = tempfile.mkstemp(prefix='.decoding-', dir=os.path.dirname(base))
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            np.savez(f, keys=np.array(keys), digests=np.asarray(digests),
+                     errors=np.array([errors.get(row, '') for row in range(len(keys))]),
+                     token=np.array(token))
+        os.replace(pixels_path, final)
+        os.replace(index, base + '.npz')
     finally:
-        for leftover in temporaries + ([] if done else [pixels_file]):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+        if os.path.exists(index):
+            os.remove(index)
     for old in glob.glob(glob.escape(base) + '-*.npy'):
-        if old != pixels_file:
+        if old != final:
             try:
                 os.remove(old)
             except OSError:
                 pass
+    return final
 
 
 def _decode_one(path, size, crop):
@@ -399,72 +415,67 @@ def _decode_one(path, size, crop):
 def decode_worker():
     """A decoding process: reads {size, crop, output, jobs: [[row, path]]} as
     JSON on stdin, writes each picture into row `row` of the .npy file
-    `output`, and prints 'row<TAB>digest<TAB>error' per picture (flushed
-    every few dozen, which is what the progress needs)."""
+    `output`, and prints 'row<TAB>digest<TAB>error' as each is done (flushed
+    at once: a crash is then known to be the next picture's)."""
     request = json.load(sys.stdin)
     output = np.load(request['output'], mmap_mode='r+')
-    for count, (row, path) in enumerate(request['jobs'], 1):
+    for row, path in request['jobs']:
         pixels, digest, error = _decode_one(path, request['size'], request['crop'])
         if pixels is not None:
             output[row] = pixels
         sys.stdout.write('%d\t%s\t%s\n' % (row, digest, error.replace('\n', ' ')))
-        if count % 64 == 0:
-            sys.stdout.flush()
+        sys.stdout.flush()
     output.flush()
-    sys.stdout.flush()
 
 
-def _decode_in_workers(paths, size, crop, workers, report):
-    """Decodes `paths` in `workers` processes, each writing into one shared
-    memory-mapped file; report(index, digest, error) is called in the calling
-    thread as each picture is done.
+def _decode_in_workers(output, jobs, size, crop, workers, report):
+    """Decodes jobs [(row, path)] in `workers` processes, each writing its
+    pictures into their rows of the memory-mapped .npy `output`.
+    report(row, digest, error) is called as each picture is done, from the
+    thread that reads its worker's output (raising in it stops all)."""
+    processes, failure = [], []
 
-    Returns:
-      uint8 [len(paths), size, size, 3] (zeros where a picture failed).
-    """
-    scratch = tempfile.mkdtemp(prefix='.decoding-', dir=os.path.join(cache_dir(), 'pictures'))
-    processes = []
+    def read(process):
+        try:
+            for line in process.stdout:
+                row, digest, error = line.rstrip('\n').split('\t', 2)
+                report(int(row), digest, error)
+        except Exception as e:        # the failure budget ran out: stop every worker
+            failure.append(e)
+            for other, _, _ in processes:
+                other.kill()
+
     try:
-        output = os.path.join(scratch, 'pixels.npy')
-        np.lib.format.open_memmap(output, 'w+', np.uint8, (len(paths), size, size, 3)).flush()
-        done = collections.deque()      # (row, digest, error) from the reading threads
         environment = {key: value for key, value in os.environ.items()
-                       if key != 'PYTHONUNBUFFERED'}    # unbuffered: a write per picture
+                       if key != 'PYTHONUNBUFFERED'}
         for index in range(workers):
-            jobs = [[row, paths[row]] for row in range(index, len(paths), workers)]
+            share = jobs[index::workers]
             process = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), '--decode-worker'],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 env=dict(environment, PYTHONDONTWRITEBYTECODE='1'))
             process.stdin.write(json.dumps({'size': size, 'crop': crop, 'output': output,
-                                            'jobs': jobs}))
+                                            'jobs': share}))
             process.stdin.close()
-            reader = threading.Thread(target=lambda p=process: done.extend(
-                line.rstrip('\n').split('\t', 2) for line in p.stdout), daemon=True)
+            processes.append((process, threading.Thread(target=read, args=(process,),
+                                                        daemon=True), share))
+        for _, reader, _ in processes:
             reader.start()
-            processes.append((process, reader, jobs))
-        reported = set()
-        while True:
-            finished = all(not reader.is_alive() for _, reader, _ in processes)
-            while done:
-                row, digest, error = done.popleft()
-                reported.add(int(row))
-                report(int(row), digest, error)
-            if finished:
-                break
-            time.sleep(0.05)
-        for process, _, jobs in processes:
+        for _, reader, _ in processes:
+            while reader.is_alive():
+                reader.join(0.1)
+        if failure:
+            raise failure[0]
+        for process, _, share in processes:
             if process.wait() != 0:
-                crashed = next((path for row, path in jobs if row not in reported), '?')
+                crashed = next((path for row, path in share if row not in report.done), '?')
                 raise DataError('the decoder crashed (exit status %d) on %s; move that file '
                                 'out of the folder' % (process.returncode, crashed))
-        return np.array(np.load(output, mmap_mode='r'))
     finally:
         for process, _, _ in processes:
             if process.poll() is None:
                 process.kill()
-                process.wait()
-        shutil.rmtree(scratch, ignore_errors=True)
+            process.wait()
 
 
 class _Progress:
@@ -494,13 +505,12 @@ class _Progress:
 def decode_all(paths, size, crop, root, workers=None, log=print):
     """Every picture of `paths` prepared at `size`, from the cache where the
     file is unchanged, else decoded in `workers` processes (default: one per
-    core); the cache is written anew when anything was decoded.
+    core) straight into a new cache file.
 
     Returns:
-      (pixels uint8 [len(paths), size, size, 3] (zeros where a picture
-      failed; the cache itself, memory-mapped and read-only, when no file
-      changed), digests (hex strings, '' where it failed), {row: error line}
-      of the pictures that failed).
+      (pixels uint8 [len(paths), size, size, 3], memory-mapped from the
+      cache (zeros where a picture failed), digests (hex strings, '' where
+      it failed), {row: error line} of the pictures that failed).
 
     Raises:
       DataError: more than MAX_FAILED_FRACTION of the pictures fail (stopped
@@ -516,57 +526,68 @@ def decode_all(paths, size, crop, root, workers=None, log=print):
     errors = {}
     if hits:
         rows, sources = (np.array(column) for column in zip(*hits))
-        if len(rows) == len(paths) == len(cached_pixels) and np.array_equal(rows, sources):
-            pixels = cached_pixels      # nothing changed: the cache, read when indexed
-        else:
-            pixels = np.zeros((len(paths), size, size, 3), np.uint8)
-            pixels[rows] = cached_pixels[sources]
         digests[rows] = cached_digests[sources]
         errors = {int(row): str(cached_errors[source])
                   for row, source in zip(rows, sources) if cached_errors[source]}
-    else:
-        pixels = np.zeros((len(paths), size, size, 3), np.uint8)
+        if not missing and len(rows) == len(cached_pixels) and np.array_equal(rows, sources):
+            return cached_pixels, digests, errors       # nothing changed: the cache itself
+
+    # A new cache file: the unchanged pictures copied, the others decoded into it
+    pixels, pixels_path, cacheable = _new_pixels_file(base, (len(paths), size, size, 3))
     allowed = max(1, int(MAX_FAILED_FRACTION * len(paths)))
     progress = _Progress(len(missing))
+    lock = threading.Lock()
 
-    def report(index, digest, error):
-        digests[missing[index]] = digest
-        progress.step()
-        if error:
-            errors[missing[index]] = error
-            if len(errors) > allowed:
-                progress.close()
-                raise DataError('more than %d of the %d pictures cannot be read (at most '
-                                '%g%% may fail; the first: %s)' % (
-                                    allowed, len(paths), 100 * MAX_FAILED_FRACTION, error))
+    def report(row, digest, error):
+        with lock:
+            report.done.add(row)
+            digests[row] = digest
+            progress.step()
+            if error:
+                errors[row] = error
+                if len(errors) > allowed:
+                    raise DataError('more than %d of the %d pictures cannot be read (at '
+                                    'most %g%% may fail; the first: %s)' % (
+                                        allowed, len(paths), 100 * MAX_FAILED_FRACTION,
+                                        errors[min(errors)]))
+    report.done = set()
 
-    if missing:
+    try:
+        if hits:
+            pixels[rows] = cached_pixels[sources]
+        if len(errors) > allowed:
+            raise DataError('more than %d of the %d pictures cannot be read (the first: %s)'
+                            % (allowed, len(paths), errors[min(errors)]))
         workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
                               else os.cpu_count() or 1)
         workers = min(workers, max(1, len(missing) // 50))   # a few pictures: no processes
         try:
             if workers > 1:
-                os.makedirs(os.path.join(cache_dir(), 'pictures'), exist_ok=True)
-                remove_stale(os.path.join(cache_dir(), 'pictures'), '.decoding-*')
-                pixels[missing] = _decode_in_workers([paths[row] for row in missing], size,
-                                                     crop, workers, report)
+                _decode_in_workers(pixels_path, [(row, paths[row]) for row in missing], size,
+                                   crop, workers, report)
             else:
-                for index, row in enumerate(missing):
+                for row in missing:
                     picture, digest, error = _decode_one(paths[row], size, crop)
                     if picture is not None:
                         pixels[row] = picture
-                    report(index, digest, error)
+                    report(row, digest, error)
         finally:
             progress.close()
+        pixels.flush()
+        if cacheable:
+            try:
+                _commit_cache(base, pixels_path, keys, digests, errors)
+            except OSError as e:      # a full disk: train all the same
+                log('Could not cache the decoded pictures in %s (%s)'
+                    % (os.path.dirname(base), e.strerror or e))
+        # The memory map stays valid under the file's new name; without a
+        # cache the file goes now, its pages with the map
+        return pixels, digests, errors
+    finally:
         try:
-            _write_cache(base, keys, pixels, digests, errors)
-        except OSError as e:      # a read-only or full cache: train all the same
-            log('Could not cache the decoded pictures in %s (%s)'
-                % (os.path.dirname(base), e.strerror or e))
-    if len(errors) > allowed:
-        raise DataError('more than %d of the %d pictures cannot be read (the first: %s)'
-                        % (allowed, len(paths), errors[min(errors)]))
-    return pixels, digests, errors
+            os.remove(pixels_path)
+        except OSError:     # renamed into the cache (or, on Windows, still mapped)
+            pass
 
 
 # -----------------------------------------------------------------------------

@@ -254,6 +254,17 @@ def test_a_broken_picture_is_named_skipped_and_counted_and_too_many_stop(tmp_pat
         load(root, seed=0, workers=1)
 
 
+def test_too_many_broken_pictures_stop_the_worker_processes_too(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'cats': 60, 'dogs': 60})
+    for i in range(3):
+        (tmp_path / 'pictures' / 'dogs' / ('broken%d.png' % i)).write_bytes(b'\x89PNG\r\n')
+    with pytest.raises(DataError, match=r'more than 1 of the 123 pictures cannot be read'):
+        load(root, workers=2)
+    folder = os.path.join(str(tmp_path / 'cache'), 'tf-image-recognition', 'pictures')
+    assert [name for name in os.listdir(folder) if not name.startswith('.decoding')] == []
+    assert not [name for name in os.listdir(folder) if name.endswith('.npy')]
+
+
 def test_an_empty_class_one_class_and_case_twins_are_refused(tmp_path):
     root = class_tree(tmp_path / 'a', {'cats': 3, 'dogs': 3})
     os.makedirs(os.path.join(root, 'owls'))
