@@ -2,9 +2,10 @@
 
 1. One core's rate: `image_folders._decode_one` (read, digest, decode,
    prepare) on SAMPLE files, one after the other, in this process.
-2. The first start: `image_folders.load_folder` with an empty cache, one
-   worker process per core (listing, decoding, writing the cache, the split);
-   its decode rate against (one core's rate x cores).
+2. Decoding: `image_folders.decode_all` with an empty cache, one worker
+   process per core, writing the cache; its rate against (one core's rate x
+   cores). And the whole first start, `image_folders.load_folder` with an
+   empty cache (listing, decoding, caching, the split).
 3. The cached start: `load_folder` again; its time against the first's.
 
 Each measured --repeats times (a fresh cache folder each first start); medians.
@@ -47,9 +48,14 @@ def main():
     sample = paths[::stride][:args.sample]
     one_core_rate(sample[:200], args.image_size)        # warm the file cache and imports
 
-    singles, firsts, cached = [], [], []
+    singles, decodes, firsts, cached = [], [], [], []
     for repeat in range(args.repeats):
         singles.append(one_core_rate(sample, args.image_size))
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ['XDG_CACHE_HOME'] = cache
+            start = time.perf_counter()
+            image_folders.decode_all(paths, args.image_size, 'center', args.folder)
+            decodes.append(time.perf_counter() - start)
         with tempfile.TemporaryDirectory() as cache:
             os.environ['XDG_CACHE_HOME'] = cache
             start = time.perf_counter()
@@ -59,16 +65,20 @@ def main():
             image_folders.load_folder(args.folder, args.image_size, log=lambda _: None)
             cached.append(time.perf_counter() - start)
         count = len(data['files_train']) + len(data['files_test'])
-        print('repeat %d: one core %.0f pictures/s; first start %.1f s (%.0f pictures/s); '
-              'cached start %.2f s' % (repeat + 1, singles[-1], firsts[-1],
-                                       count / firsts[-1], cached[-1]), flush=True)
+        print('repeat %d: one core %.0f pictures/s; decoding %.1f s (%.0f pictures/s); first '
+              'start %.1f s; cached start %.2f s' % (
+                  repeat + 1, singles[-1], decodes[-1], len(paths) / decodes[-1], firsts[-1],
+                  cached[-1]), flush=True)
 
-    single, first, again = (statistics.median(v) for v in (singles, firsts, cached))
+    single, decode, first, again = (statistics.median(v)
+                                    for v in (singles, decodes, firsts, cached))
     rate = count / first
     print('%d pictures at %dx%d, %d cores (medians of %d):' % (count, args.image_size,
                                                                args.image_size, cores,
                                                                args.repeats))
     print('  one core: %.0f pictures/s; x %d cores = %.0f' % (single, cores, single * cores))
+    print('  decoding: %.1f s = %.0f pictures/s = %.0f%% of one core x cores'
+          % (decode, len(paths) / decode, 100 * len(paths) / decode / (single * cores)))
     print('  first start: %.1f s = %.0f pictures/s = %.0f%% of one core x cores '
           '(listing, decoding, caching, splitting all counted)'
           % (first, rate, 100 * rate / (single * cores)))
