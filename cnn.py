@@ -19,6 +19,11 @@ batch-norm statistics: there it trained batchnorm 3x faster and both as
 accurately as fp32 (2 seeds each, BENCHMARKS.md). augmented stays fp32: its
 bfloat16 accuracy has not been measured.
 
+`--data-dir` may also name a folder of your own pictures (one sub-folder per
+class, or train/ and test/ holding them; image_folders.py), read at
+`--image-size` (32 by default; 64 and 96 work for small and batchnorm), or
+CIFAR-100 (`--dataset cifar100`, `--labels fine|coarse`).
+
 Each run writes to `--train-dir/<model>-<timestamp>/`: checkpoints every epoch
 (every `--log-every` steps for `augmented`), the history as JSON, the
 article's accuracy and loss curves, sample predictions, misclassified images,

@@ -33,8 +33,15 @@ accuracy of 3 seeds; BENCHMARKS.md). Where each idea comes from:
     python fast_cnn.py --precision fp32     # float32 even where bfloat16 is fast
     python fast_cnn.py --recipe airbench94  # the previous default, 12 epochs of 1024
 
+`--data-dir` may also name a folder of your own pictures (one sub-folder per
+class, or train/ and test/ holding them; image_folders.py) at any
+`--image-size` (the last pooling takes the maximum over what is left), with
+the per-channel statistics and the whitening computed from its training
+pictures; or CIFAR-100 (`--dataset cifar100`).
+
 Each run writes `--train-dir/fast-<timestamp>/`: the final checkpoint,
-model.json (for predict.py), history.json and result.json.
+model.json (for predict.py), history.json and result.json (and split.json
+for a folder: which pictures trained and which tested).
 """
 
 import argparse
