@@ -1,7 +1,10 @@
 """How fast a folder of pictures is read: CIFAR-10 written out as 60,000 PNG files.
 
 1. One core's rate: `image_folders._decode_one` (read, digest, decode,
-   prepare) on SAMPLE files, one after the other, in this process.
+   prepare) on SAMPLE files, one after the other, in this process; and what
+   the cores give together: one such process per core at the same time, each
+   on its own SAMPLE files (on a VM whose virtual cores share physical ones
+   this is less than one core's rate x cores, whatever the code).
 2. Decoding: `image_folders.decode_all` with an empty cache, one worker
    process per core, writing the cache; its rate against (one core's rate x
    cores). And the whole first start, `image_folders.load_folder` with an
@@ -17,6 +20,7 @@ Each measured --repeats times (a fresh cache folder each first start); medians.
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +36,15 @@ def one_core_rate(paths, size):
     return len(paths) / (time.perf_counter() - start)
 
 
+def all_cores_rate(folder, sample, size, cores):
+    """Pictures per second of `cores` processes decoding one after the other
+    at the same time, each its own `sample` files."""
+    processes = [subprocess.Popen([sys.executable, __file__, folder, '--image-size', str(size),
+                                   '--sample', str(sample), '--single', str(index), str(cores)],
+                                  stdout=subprocess.PIPE, text=True) for index in range(cores)]
+    return sum(float(process.communicate()[0].split()[-1]) for process in processes)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('folder', help='CIFAR-10 as train/ and test/ PNG trees')
@@ -39,6 +52,8 @@ def main():
     parser.add_argument('--sample', type=int, default=6000,
                         help='files decoded on one core (default: 6000)')
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--single', type=int, nargs=2, metavar=('INDEX', 'OF'),
+                        help='(internal) print one core\'s rate on the INDEX-th of OF samples')
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
@@ -46,11 +61,18 @@ def main():
     paths = [path for path, _ in listed['train'] + (listed['test'] or [])]
     stride = max(1, len(paths) // args.sample)
     sample = paths[::stride][:args.sample]
+    if args.single:
+        index, of = args.single
+        mine = paths[index::of][::max(1, len(paths) // of // args.sample)][:args.sample]
+        one_core_rate(mine[:200], args.image_size)
+        print(one_core_rate(mine, args.image_size))
+        return
     one_core_rate(sample[:200], args.image_size)        # warm the file cache and imports
 
-    singles, decodes, firsts, cached = [], [], [], []
+    singles, togethers, decodes, firsts, cached = [], [], [], [], []
     for repeat in range(args.repeats):
         singles.append(one_core_rate(sample, args.image_size))
+        togethers.append(all_cores_rate(args.folder, args.sample, args.image_size, cores))
         with tempfile.TemporaryDirectory() as cache:
             os.environ['XDG_CACHE_HOME'] = cache
             start = time.perf_counter()
@@ -65,20 +87,24 @@ def main():
             image_folders.load_folder(args.folder, args.image_size, log=lambda _: None)
             cached.append(time.perf_counter() - start)
         count = len(data['files_train']) + len(data['files_test'])
-        print('repeat %d: one core %.0f pictures/s; decoding %.1f s (%.0f pictures/s); first '
-              'start %.1f s; cached start %.2f s' % (
-                  repeat + 1, singles[-1], decodes[-1], len(paths) / decodes[-1], firsts[-1],
-                  cached[-1]), flush=True)
+        print('repeat %d: one core %.0f pictures/s, %d cores at once %.0f; decoding %.1f s (%.0f '
+              'pictures/s); first start %.1f s; cached start %.2f s' % (
+                  repeat + 1, singles[-1], cores, togethers[-1], decodes[-1],
+                  len(paths) / decodes[-1], firsts[-1], cached[-1]), flush=True)
 
-    single, decode, first, again = (statistics.median(v)
-                                    for v in (singles, decodes, firsts, cached))
+    single, together, decode, first, again = (statistics.median(v) for v in (
+        singles, togethers, decodes, firsts, cached))
     rate = count / first
     print('%d pictures at %dx%d, %d cores (medians of %d):' % (count, args.image_size,
                                                                args.image_size, cores,
                                                                args.repeats))
-    print('  one core: %.0f pictures/s; x %d cores = %.0f' % (single, cores, single * cores))
-    print('  decoding: %.1f s = %.0f pictures/s = %.0f%% of one core x cores'
-          % (decode, len(paths) / decode, 100 * len(paths) / decode / (single * cores)))
+    print('  one core: %.0f pictures/s; x %d cores = %.0f; %d single-core processes at once: '
+          '%.0f (%.0f%% of one core x cores)' % (single, cores, single * cores, cores, together,
+                                                100 * together / (single * cores)))
+    print('  decoding: %.1f s = %.0f pictures/s = %.0f%% of one core x cores, %.0f%% of the '
+          'processes at once' % (decode, len(paths) / decode,
+                                 100 * len(paths) / decode / (single * cores),
+                                 100 * len(paths) / decode / together))
     print('  first start: %.1f s = %.0f pictures/s = %.0f%% of one core x cores '
           '(listing, decoding, caching, splitting all counted)'
           % (first, rate, 100 * rate / (single * cores)))
