@@ -78,7 +78,7 @@ def add_common_flags(parser, train_dir, train_dir_help=None, mnist=False):
                         'model.json for predict.py, history) (default: %(default)s)')
 
 
-MAX_IMAGE_SIZE = 512
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 512   # below 16 the networks pool to nothing
 
 
 def add_dataset_flags(parser):
@@ -107,7 +107,8 @@ def add_dataset_flags(parser):
 
 
 def _image_size(text):
-    return _number(text, int, lambda v: 8 <= v <= MAX_IMAGE_SIZE, 'in 8..%d' % MAX_IMAGE_SIZE)
+    return _number(text, int, lambda v: MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE,
+                   'in %d..%d' % (MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
 
 
 def add_num_devices_flag(parser):

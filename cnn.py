@@ -38,6 +38,7 @@ a confusion matrix and a per-class precision / recall / F1 table.
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -457,6 +458,26 @@ def trained_precision(run_dir):
         return 'fp32'
 
 
+def restored_split(args):
+    """For --restore of a run trained on a folder of pictures: its split.json,
+    and its image size and crop (model.json) put into args, so that the run is
+    scored on the pictures it was tested on, prepared as it trained. None
+    for other runs."""
+    if not args.restore:
+        return None
+    try:
+        folder = run_folders.checkpoint_folder(args.restore)
+        info = run_folders.read_model_info(folder)
+        if info['dataset'] != 'folder':
+            return None
+        with open(os.path.join(folder, run_folders.SPLIT), encoding='utf-8') as f:
+            split = json.load(f)
+    except (DataError, OSError, ValueError):   # the restore says what is wrong with the folder
+        return None
+    args.image_size, args.crop = info['image_size'], info.get('crop', 'center')
+    return split
+
+
 def restore_and_evaluate(sess, ops, args, evaluate_test):
     """Scores the latest checkpoint of --restore on the test set."""
     checkpoint = run_folders.restore(ops.saver, sess, args.restore, '--model ' + args.model)
@@ -533,8 +554,10 @@ def main(args):
 
     # Load the data (CIFAR-10, or a folder of your own pictures): pixels
     # scaled to [0, 1], images as 32x32x3 arrays
+    recorded = restored_split(args)     # --restore of a folder run: its pictures, as it saw them
     data_sets = data_helpers.load_images(args.data_dir, args.image_size, args.crop,
-                                         args.test_split, args.seed, args.dataset, args.labels)
+                                         args.test_split, args.seed, args.dataset, args.labels,
+                                         recorded)
     for name in ('images_train', 'images_test'):
         data_sets[name] = data_helpers.to_float32(data_sets[name])
     train_images, train_labels, report_images, report_labels, report_name = \

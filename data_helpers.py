@@ -124,13 +124,13 @@ def is_picture_folder(data_dir):
     if (not data_dir or not os.path.isdir(data_dir) or _batches_folder(data_dir)
             or _batches_folder(data_dir, 'cifar100')):
         return False
-    return any(entry.is_dir() and not image_folders.is_hidden(entry.name)
-               and entry.name not in (CIFAR10_FOLDER, CIFAR100_FOLDER)
-               for entry in os.scandir(data_dir))
+    return any((entry.is_dir() and entry.name not in (CIFAR10_FOLDER, CIFAR100_FOLDER)
+                or entry.name.lower().endswith(image_folders.EXTENSIONS))
+               and not image_folders.is_hidden(entry.name) for entry in os.scandir(data_dir))
 
 
 def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, seed=None,
-                dataset='cifar10', labels='fine'):
+                dataset='cifar10', labels='fine', recorded=None):
     """The training and test images of cnn.py and fast_cnn.py, as uint8 pixels.
 
     Args:
@@ -142,6 +142,8 @@ def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, see
       dataset: 'cifar100' finds (or downloads) CIFAR-100 where no data_dir
         says otherwise; a data_dir holding CIFAR-100 is read as such anyway.
       labels: CIFAR-100's 'fine' (100) or 'coarse' (20) classes.
+      recorded: a folder run's split.json, to score a run on its own test
+        pictures again (`image_folders.load_folder`).
 
     Returns:
       A dict: images_train uint8 [N, size, size, 3], labels_train int64,
@@ -156,7 +158,8 @@ def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, see
     """
     cifar100 = _batches_folder(data_dir, 'cifar100') if data_dir else dataset == 'cifar100'
     if not cifar100 and is_picture_folder(data_dir):
-        return dict(image_folders.load_folder(data_dir, image_size, crop, test_split, seed),
+        return dict(image_folders.load_folder(data_dir, image_size, crop, test_split, seed,
+                                              recorded=recorded),
                     dataset='folder', root=os.path.abspath(data_dir), image_size=image_size,
                     crop=crop)
     if image_size != 32:

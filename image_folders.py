@@ -55,7 +55,7 @@ MAX_PICTURE_BYTES = 64 << 20          # a larger file is refused, not read
 MAX_PICTURE_PIXELS = 20000 * 20000    # more is a decompression bomb (1.2 GB as RGB)
 MAX_FAILED_FRACTION = 0.01            # more pictures than this failing stops the run
 BYTES_PER_PIXEL_TO_TRAIN = 9          # uint8 pixels + cnn.py's float32 copy + the graph's
-CACHE_VERSION = 1                     # bump when prepare_picture() changes its pixels
+CACHE_VERSION = 2                     # bump when prepare_picture() changes its pixels
 
 Image.MAX_IMAGE_PIXELS = None         # checked here, with a message that says why
 
@@ -242,6 +242,11 @@ def class_folders(folder):
         if '\n' in name or '\r' in name:
             raise DataError('%s: a class folder name with a line break (%r); rename it'
                             % (folder, name))
+        try:
+            name.encode('utf-8')
+        except UnicodeEncodeError:      # bytes the file system's encoding could not read
+            raise DataError('%s: a class folder name that is not UTF-8 (%r); rename it'
+                            % (folder, name)) from None
     clashes = [group for group in by_case.values() if len(group) > 1]
     if clashes:
         raise DataError('%s: class folders %s differ only in case, which Windows and macOS '
@@ -317,12 +322,14 @@ def _relative(paths, root):
 
 def _file_keys(paths, root):
     """What identifies each file's content for the cache: its path below
-    root, size and modification time (a changed file gets a new key)."""
+    root, size, modification time and change time (a changed file gets a new
+    key; so does one whose permissions changed, which may now be readable)."""
     keys = []
     for path, name in zip(paths, _relative(paths, root)):
         try:
             status = os.stat(path)
-            keys.append('%s\0%d\0%d' % (name, status.st_size, status.st_mtime_ns))
+            keys.append('%s\0%d\0%d\0%d' % (name, status.st_size, status.st_mtime_ns,
+                                            status.st_ctime_ns))
         except OSError:          # gone or unreadable: decoding will say so
             keys.append('%s\0?' % name)
     return keys
@@ -369,7 +376,18 @@ def _new_pixels_file(base, shape):
         fd, path = tempfile.mkstemp(prefix='decoding-', suffix='.npy')
         cached = False
     os.close(fd)
-    return np.lib.format.open_memmap(path, 'w+', np.uint8, shape), path, cached
+    pixels = np.lib.format.open_memmap(path, 'w+', np.uint8, shape)
+    try:    # reserve the disk now: a full disk under a memory map is a crash, not an error
+        if hasattr(os, 'posix_fallocate'):
+            with open(path, 'r+b') as f:
+                os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+    except OSError as e:
+        del pixels
+        os.remove(path)
+        raise DataError('no room for the decoded pictures in %s (%.0f MB: %s); free some, '
+                        'or point $XDG_CACHE_HOME elsewhere'
+                        % (os.path.dirname(path), np.prod(shape) / 1e6, e.strerror or e)) from None
+    return pixels, path, cached
 
 
 def _commit_cache(base, pixels_path, keys, digests, errors):
@@ -415,15 +433,16 @@ def _decode_one(path, size, crop):
 def decode_worker():
     """A decoding process: reads {size, crop, output, jobs: [[row, path]]} as
     JSON on stdin, writes each picture into row `row` of the .npy file
-    `output`, and prints 'row<TAB>digest<TAB>error' as each is done (flushed
-    at once: a crash is then known to be the next picture's)."""
+    `output`, and prints [row, digest, error] as a JSON line as each is done
+    (flushed at once: a crash is then known to be the next picture's; JSON
+    escapes any byte a file name may hold)."""
     request = json.load(sys.stdin)
     output = np.load(request['output'], mmap_mode='r+')
     for row, path in request['jobs']:
         pixels, digest, error = _decode_one(path, request['size'], request['crop'])
         if pixels is not None:
             output[row] = pixels
-        sys.stdout.write('%d\t%s\t%s\n' % (row, digest, error.replace('\n', ' ')))
+        sys.stdout.write(json.dumps([row, digest, error]) + '\n')
         sys.stdout.flush()
     output.flush()
 
@@ -438,8 +457,8 @@ def _decode_in_workers(output, jobs, size, crop, workers, report):
     def read(process):
         try:
             for line in process.stdout:
-                row, digest, error = line.rstrip('\n').split('\t', 2)
-                report(int(row), digest, error)
+                row, digest, error = json.loads(line)
+                report(row, digest, error)
         except Exception as e:        # the failure budget ran out: stop every worker
             failure.append(e)
             for other, _, _ in processes:
@@ -620,7 +639,7 @@ def check_memory(count, size, root):
 
 
 def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, workers=None,
-                log=print):
+                log=print, recorded=None):
     """A folder of class folders as training and test arrays.
 
     Args:
@@ -633,6 +652,8 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
         draws at random (the split is returned, for the run folder).
       workers: decoding processes (default: one per core).
       log: prints the one-line notes (skipped files, duplicates, warnings).
+      recorded: a run's split.json ({'train': [...], 'test': [...]}, paths
+        relative to root): that split again, pictures added since left out.
 
     Returns:
       A dict: images_train uint8 [N, size, size, 3], labels_train int64 [N],
@@ -665,16 +686,21 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
     good = np.ones(len(entries), bool)
     good[list(errors)] = False
     train_count = len(listed['train'])
-    if listed['test'] is not None:
+    if recorded is not None:
+        trained, tested = set(recorded['train']), set(recorded['test'])
+        good &= np.array([name in trained or name in tested for name in names], bool)
+        is_test = np.array([name in tested for name in names], bool)
+        split = 'as recorded in split.json'
+    elif listed['test'] is not None:
         is_test = np.arange(len(entries)) >= train_count
         split = 'train/ and test/ folders'
     else:
         is_test = np.zeros(len(entries), bool)
         for label in range(len(classes)):
             rows = np.flatnonzero((labels == label) & good)
-            held = int(round(len(rows) * test_split))
+            held = 0     # a class of one picture trains on it
             if len(rows) >= 2:
-                held = min(max(held, 1), len(rows) - 1)
+                held = min(max(int(round(len(rows) * test_split)), 1), len(rows) - 1)
             is_test[rng.permutation(rows)[:held]] = True
         split = 'drawn: test_split %g of each class, seed %s' % (test_split, seed)
     # Both in an order shuffled by seed: cnn.py validates on the training

@@ -159,7 +159,8 @@ def expand(paths):
     for path in paths:
         if os.path.isdir(path):
             for name in sorted(os.listdir(path)):
-                if name.lower().endswith(image_folders.EXTENSIONS):
+                if (name.lower().endswith(image_folders.EXTENSIONS)
+                        and not image_folders.is_hidden(name)):
                     yield os.path.join(path, name)
         else:
             yield path
@@ -184,8 +185,9 @@ def read_pictures(args, info, reader):
 
     if args.test_index:
         if info['dataset'] != 'cifar10':
-            raise DataError('--test-index needs a CIFAR-10 model; this one '
-                            'was trained on %s' % info['dataset'])
+            raise DataError('--test-index needs a CIFAR-10 model; this one was trained on %s'
+                            % {'mnist': 'MNIST', 'other': 'other classes'}.get(
+                                info['dataset'], info['dataset']))
         images_test, labels_test = data_helpers.load_test_batch(args.data_dir)
         for index in args.test_index:
             if not 0 <= index < len(images_test):

@@ -29,6 +29,8 @@ import tempfile
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+import data_helpers
+
 from errors import DataError, current_umask, write_file_atomically
 
 MODEL_INFO = 'model.json'
@@ -588,7 +590,10 @@ def load_exported_model(folder):
             crop = f.read().strip()
     except OSError:
         crop = 'none'
-    info = {'dataset': 'mnist' if channels == 1 else 'cifar10', 'image_size': size,
+    # (what --test-index needs to know: CIFAR-10's classes, or another data set's)
+    dataset = ('mnist' if channels == 1 else 'cifar10' if classes == data_helpers.CLASSES
+               else 'other')
+    info = {'dataset': dataset, 'image_size': size,
             'channels': channels, 'classes': classes, 'layout': 'nhwc',
             'normalization': 'none', 'crop': crop if crop in ('center', 'none') else 'none'}
     return session, image, probabilities, info

@@ -5,6 +5,7 @@ cache, the workers, and each kind of bad input with its one line."""
 import io
 import os
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -265,6 +266,37 @@ def test_too_many_broken_pictures_stop_the_worker_processes_too(tmp_path):
     assert not [name for name in os.listdir(folder) if name.endswith('.npy')]
 
 
+def test_a_failing_name_with_a_carriage_return_is_one_skipped_picture(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'cats': 100, 'dogs': 100})
+    (tmp_path / 'pictures' / 'dogs' / 'odd\rname.png').write_bytes(b'\x89PNG\r\n')
+    lines = []
+    data = load(root, lines, workers=2)
+    assert len(data['files_train']) + len(data['files_test']) == 200
+    assert any(line.startswith('Skipped ') and 'odd\rname.png: cannot decode' in line
+               for line in lines)
+
+
+def test_a_class_of_one_picture_trains_on_it(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'cats': 5, 'dogs': 5, 'owls': 1})
+    data = load(root, seed=0, test_split=0.6)
+    assert 'owls/000.png' in data['files_train'] and len(data['files_test']) == 6
+
+
+def test_a_flat_folder_of_pictures_is_told_to_make_class_folders(tmp_path):
+    for i in range(3):
+        save(tmp_path / 'flat' / ('%d.jpg' % i), np.zeros((8, 8, 3)))
+    with pytest.raises(DataError, match='holds no class folders: a classifier needs at least '
+                                        'two class folders'):
+        data_helpers.load_images(str(tmp_path / 'flat'))
+
+
+def test_an_image_size_too_small_for_the_networks_is_refused(capsys):
+    for script in (cnn, fast_cnn):
+        with pytest.raises(SystemExit):
+            script.parse_args(['--image-size', '12'])
+        assert "argument --image-size: must be in 16..512, not 12" in capsys.readouterr().err
+
+
 def test_an_empty_class_one_class_and_case_twins_are_refused(tmp_path):
     root = class_tree(tmp_path / 'a', {'cats': 3, 'dogs': 3})
     os.makedirs(os.path.join(root, 'owls'))
@@ -373,6 +405,20 @@ def test_a_second_run_reads_the_cache_and_a_changed_file_is_decoded_again(tmp_pa
     assert images[row].max() == images[row].min() == 9
 
 
+def test_a_picture_whose_permissions_changed_is_read_again(tmp_path, monkeypatch):
+    root = class_tree(tmp_path / 'pictures', {'cats': 4, 'dogs': 4})
+    load(root, seed=0)
+    decoded = []
+    real = image_folders._decode_one
+    monkeypatch.setattr(image_folders, '_decode_one',
+                        lambda path, *rest: decoded.append(path) or real(path, *rest))
+    changed = os.path.join(root, 'dogs', '002.png')
+    time.sleep(0.01)
+    os.chmod(changed, 0o600)        # its change time moves, its content does not
+    load(root, seed=0)
+    assert decoded == [changed]
+
+
 def test_a_run_killed_while_caching_leaves_no_half_cache(tmp_path, monkeypatch):
     root = class_tree(tmp_path / 'pictures', {'cats': 4, 'dogs': 4})
 
@@ -439,6 +485,19 @@ def test_cnn_trains_on_a_folder_at_other_sizes_and_on_two_devices(tmp_path, mode
     assert graph.get_tensor_by_name('images:0').shape.as_list() == [None, int(size),
                                                                    int(size), 3]
     assert graph.get_tensor_by_name('probabilities:0').shape.as_list() == [None, 3]
+
+
+def test_restoring_a_folder_run_scores_its_own_test_pictures(tmp_path, capsys):
+    root = class_tree(tmp_path / 'pictures', {'cats': 10, 'dogs': 10, 'owls': 10})
+    run_dir = str(tmp_path / 'runs')
+    accuracy = cnn.main(cnn.parse_args(['--model', 'small', '--data-dir', root, '--max-steps',
+                                        '3', '--batch-size', '4', '--no-plots', '--train-dir',
+                                        run_dir, '--seed', '5', '--precision', 'fp32',
+                                        '--image-size', '24', '--crop', 'none']))
+    save(os.path.join(root, 'owls', 'new.png'), np.zeros((10, 12, 3)))   # added since
+    restored = cnn.main(cnn.parse_args(['--model', 'small', '--data-dir', root, '--restore',
+                                        run_dir, '--precision', 'fp32']))    # no seed, no size
+    assert restored == accuracy
 
 
 def test_a_folder_run_predicts_and_exports_with_its_folder_names(tmp_path, capsys):
