@@ -511,8 +511,8 @@ def test_a_folder_run_predicts_and_exports_with_its_folder_names(tmp_path, capsy
     photos = [os.path.join(root, 'cats', '000.png'), os.path.join(root, 'dogs', '001.png')]
     capsys.readouterr()
 
-    def predicted(model_dir):
-        assert predict.main(predict.parse_args([model_dir] + photos + ['--json'])) == 0
+    def predicted(model_dir, pictures=photos):
+        assert predict.main(predict.parse_args([model_dir] + pictures + ['--json'])) == 0
         import json
         return json.loads(capsys.readouterr().out)
 
@@ -540,6 +540,15 @@ def test_a_folder_run_predicts_and_exports_with_its_folder_names(tmp_path, capsy
             assert abs(by_name[entry['class']] - entry['probability']) < 1e-4
     with open(os.path.join(out, '1', 'assets', 'class_names.txt')) as f:
         assert f.read().split() == ['cats', 'dogs']
+    # A folder of pictures as predict.py's argument: hidden files are not pictures
+    (tmp_path / 'mine').mkdir()
+    save(tmp_path / 'mine' / 'a.png', np.zeros((10, 12, 3)))
+    (tmp_path / 'mine' / '._a.png').write_bytes(b'\0\5\26\7 a macOS resource fork')
+    assert len(predicted(run_dir, [str(tmp_path / 'mine')])) == 1
+    # The export of other classes is not taken for CIFAR-10
+    with pytest.raises(DataError, match='--test-index needs a CIFAR-10 model; this one was '
+                                        'trained on other classes'):
+        predict.main(predict.parse_args([out, '--test-index', '0']))
 
 
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
