@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -376,18 +375,17 @@ def _new_pixels_file(base, shape):
         fd, path = tempfile.mkstemp(prefix='decoding-', suffix='.npy')
         cached = False
     os.close(fd)
-    pixels = np.lib.format.open_memmap(path, 'w+', np.uint8, shape)
+    np.lib.format.open_memmap(path, 'w+', np.uint8, shape).flush()   # the header, the size
     try:    # reserve the disk now: a full disk under a memory map is a crash, not an error
         if hasattr(os, 'posix_fallocate'):
             with open(path, 'r+b') as f:
                 os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
     except OSError as e:
-        del pixels
         os.remove(path)
         raise DataError('no room for the decoded pictures in %s (%.0f MB: %s); free some, '
                         'or point $XDG_CACHE_HOME elsewhere'
                         % (os.path.dirname(path), np.prod(shape) / 1e6, e.strerror or e)) from None
-    return pixels, path, cached
+    return np.load(path, mmap_mode='r+'), path, cached
 
 
 def _commit_cache(base, pixels_path, keys, digests, errors):
@@ -431,70 +429,94 @@ def _decode_one(path, size, crop):
 
 
 def decode_worker():
-    """A decoding process: reads {size, crop, output, jobs: [[row, path]]} as
-    JSON on stdin, writes each picture into row `row` of the .npy file
-    `output`, and prints [row, digest, error] as a JSON line as each is done
-    (flushed at once: a crash is then known to be the next picture's; JSON
-    escapes any byte a file name may hold)."""
+    """A decoding process. Reads as JSON on stdin {size, crop, output, digests,
+    done, index, jobs: [[row, path]]}; writes each picture into row `row` of
+    the .npy `output` and its digest into the same row of `digests`, then the
+    count of its jobs finished into done[index] (all three memory-mapped: the
+    parent follows the progress, and after a crash knows the picture, without
+    a message a picture); a picture that fails is printed as a JSON line
+    [row, error] (JSON escapes any byte a file name may hold)."""
     request = json.load(sys.stdin)
-    output = np.load(request['output'], mmap_mode='r+')
-    for row, path in request['jobs']:
+    output, digests, done = (np.load(request[name], mmap_mode='r+')
+                             for name in ('output', 'digests', 'done'))
+    for count, (row, path) in enumerate(request['jobs'], 1):
         pixels, digest, error = _decode_one(path, request['size'], request['crop'])
         if pixels is not None:
             output[row] = pixels
-        sys.stdout.write(json.dumps([row, digest, error]) + '\n')
-        sys.stdout.flush()
-    output.flush()
+        digests[row] = digest
+        if error:
+            sys.stdout.write(json.dumps([row, error]) + '\n')
+            sys.stdout.flush()
+        done[request['index']] = count
 
 
-def _decode_in_workers(output, jobs, size, crop, workers, report):
+def _decode_in_workers(output, jobs, size, crop, workers, failed, progress):
     """Decodes jobs [(row, path)] in `workers` processes, each writing its
     pictures into their rows of the memory-mapped .npy `output`.
-    report(row, digest, error) is called as each picture is done, from the
-    thread that reads its worker's output (raising in it stops all)."""
+
+    failed(row, error) is called for a picture that cannot be read, from a
+    thread that reads its worker's output (raising in it stops all);
+    progress(count) is called with the pictures done so far, every 0.1 s.
+
+    Returns:
+      the digests of the pictures' bytes, bytes [len(output)] (b'' where
+      not decoded).
+    """
     processes, failure = [], []
 
     def read(process):
         try:
             for line in process.stdout:
-                row, digest, error = json.loads(line)
-                report(row, digest, error)
+                failed(*json.loads(line))
         except Exception as e:        # the failure budget ran out: stop every worker
             failure.append(e)
             for other, _, _ in processes:
                 other.kill()
 
-    try:
-        environment = {key: value for key, value in os.environ.items()
-                       if key != 'PYTHONUNBUFFERED'}
-        for index in range(workers):
-            share = jobs[index::workers]
-            process = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), '--decode-worker'],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                env=dict(environment, PYTHONDONTWRITEBYTECODE='1'))
-            process.stdin.write(json.dumps({'size': size, 'crop': crop, 'output': output,
-                                            'jobs': share}))
-            process.stdin.close()
-            processes.append((process, threading.Thread(target=read, args=(process,),
-                                                        daemon=True), share))
-        for _, reader, _ in processes:
-            reader.start()
-        for _, reader, _ in processes:
-            while reader.is_alive():
-                reader.join(0.1)
-        if failure:
-            raise failure[0]
-        for process, _, share in processes:
-            if process.wait() != 0:
-                crashed = next((path for row, path in share if row not in report.done), '?')
-                raise DataError('the decoder crashed (exit status %d) on %s; move that file '
-                                'out of the folder' % (process.returncode, crashed))
-    finally:
-        for process, _, _ in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+    rows = len(np.load(output, mmap_mode='r'))
+    with tempfile.TemporaryDirectory(prefix='decoding-') as scratch:
+        digests_path, done_path = (os.path.join(scratch, name + '.npy')
+                                   for name in ('digests', 'done'))
+        digests = np.lib.format.open_memmap(digests_path, 'w+', 'S24', (rows,))
+        done = np.lib.format.open_memmap(done_path, 'w+', np.int64, (workers,))
+        try:
+            environment = {key: value for key, value in os.environ.items()
+                           if key != 'PYTHONUNBUFFERED'}
+            for index in range(workers):
+                # A run of rows each: no page of the file written by two processes
+                share = jobs[len(jobs) * index // workers:len(jobs) * (index + 1) // workers]
+                process = subprocess.Popen(
+                    [sys.executable, os.path.abspath(__file__), '--decode-worker'],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                    env=dict(environment, PYTHONDONTWRITEBYTECODE='1', OMP_NUM_THREADS='1',
+                             OPENBLAS_NUM_THREADS='1'))
+                process.stdin.write(json.dumps({
+                    'size': size, 'crop': crop, 'output': output, 'digests': digests_path,
+                    'done': done_path, 'index': index, 'jobs': share}))
+                process.stdin.close()
+                processes.append((process, threading.Thread(target=read, args=(process,),
+                                                            daemon=True), share))
+            for _, reader, _ in processes:
+                reader.start()
+            for _, reader, _ in processes:
+                while reader.is_alive():
+                    progress(int(done.sum()))
+                    reader.join(0.1)
+            if failure:
+                raise failure[0]
+            for index, (process, _, share) in enumerate(processes):
+                if process.wait() != 0:
+                    crashed = share[done[index]][1] if done[index] < len(share) else '?'
+                    raise DataError('the decoder crashed (exit status %d) on %s; move that '
+                                    'file out of the folder' % (process.returncode, crashed))
+            progress(int(done.sum()))
+            return np.array(digests)
+        finally:
+            for process, _, _ in processes:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+            del digests, done       # unmapped before the folder goes (Windows)
 
 
 class _Progress:
@@ -505,14 +527,15 @@ class _Progress:
         self.start = self.shown = time.time()
         self.live = total and getattr(stream, 'isatty', lambda: False)()
 
-    def step(self):
-        self.done += 1
+    def update(self, done):
+        """Shows `done` of the total, at most four times a second and at the end."""
+        self.done = done
         now = time.time()
-        if self.live and (now - self.shown > 0.25 or self.done == self.total):
-            rate = self.done / max(now - self.start, 1e-9)
+        if self.live and (now - self.shown > 0.25 or done == self.total):
+            rate = done / max(now - self.start, 1e-9)
             self.stream.write('\rReading pictures: %s/%s, %s/s, %d s left   ' % (
-                format(self.done, ','), format(self.total, ','), format(int(rate), ','),
-                (self.total - self.done) / max(rate, 1e-9)))
+                format(done, ','), format(self.total, ','), format(int(rate), ','),
+                (self.total - done) / max(rate, 1e-9)))
             self.stream.flush()
             self.shown = now
 
@@ -557,19 +580,14 @@ def decode_all(paths, size, crop, root, workers=None, log=print):
     progress = _Progress(len(missing))
     lock = threading.Lock()
 
-    def report(row, digest, error):
+    def failed(row, error):
         with lock:
-            report.done.add(row)
-            digests[row] = digest
-            progress.step()
-            if error:
-                errors[row] = error
-                if len(errors) > allowed:
-                    raise DataError('more than %d of the %d pictures cannot be read (at '
-                                    'most %g%% may fail; the first: %s)' % (
-                                        allowed, len(paths), 100 * MAX_FAILED_FRACTION,
-                                        errors[min(errors)]))
-    report.done = set()
+            errors[row] = error
+            if len(errors) > allowed:
+                raise DataError('more than %d of the %d pictures cannot be read (at '
+                                'most %g%% may fail; the first: %s)' % (
+                                    allowed, len(paths), 100 * MAX_FAILED_FRACTION,
+                                    errors[min(errors)]))
 
     try:
         if hits:
@@ -582,14 +600,17 @@ def decode_all(paths, size, crop, root, workers=None, log=print):
         workers = min(workers, max(1, len(missing) // 50))   # a few pictures: no processes
         try:
             if workers > 1:
-                _decode_in_workers(pixels_path, [(row, paths[row]) for row in missing], size,
-                                   crop, workers, report)
+                decoded = _decode_in_workers(pixels_path, [(row, paths[row]) for row in missing],
+                                             size, crop, workers, failed, progress.update)
+                digests[missing] = decoded[missing].astype('U24')
             else:
-                for row in missing:
-                    picture, digest, error = _decode_one(paths[row], size, crop)
+                for count, row in enumerate(missing, 1):
+                    picture, digests[row], error = _decode_one(paths[row], size, crop)
                     if picture is not None:
                         pixels[row] = picture
-                    report(row, digest, error)
+                    if error:
+                        failed(row, error)
+                    progress.update(count)
         finally:
             progress.close()
         pixels.flush()

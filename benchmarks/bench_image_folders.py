@@ -7,8 +7,11 @@
    this is less than one core's rate x cores, whatever the code).
 2. Decoding: `image_folders.decode_all` with an empty cache, one worker
    process per core, writing the cache; its rate against (one core's rate x
-   cores). And the whole first start, `image_folders.load_folder` with an
-   empty cache (listing, decoding, caching, the split).
+   cores), one core's rate measured just before and just after it (the mean of
+   the two: this VM's speed moves by up to 2x within a minute, so each repeat
+   is its own ratio, and the report gives the median ratio). And the whole
+   first start, `image_folders.load_folder` with an empty cache (listing,
+   decoding, caching, the split), bracketed the same way.
 3. The cached start: `load_folder` again; its time against the first's.
 
 Each measured --repeats times (a fresh cache folder each first start); medians.
@@ -69,46 +72,66 @@ def main():
         return
     one_core_rate(sample[:200], args.image_size)        # warm the file cache and imports
 
-    singles, togethers, decodes, firsts, cached = [], [], [], [], []
+    def bracketed(measure):
+        """(seconds of measure(), one core's rate: the mean of just before and after)."""
+        before = one_core_rate(sample, args.image_size)
+        start = time.perf_counter()
+        measure()
+        seconds = time.perf_counter() - start
+        return seconds, (before + one_core_rate(sample, args.image_size)) / 2
+
+    def fresh_cache():
+        cache = tempfile.TemporaryDirectory()
+        os.environ['XDG_CACHE_HOME'] = cache.name
+        return cache
+
+    togethers, decodes, firsts, cached = [], [], [], []
     for repeat in range(args.repeats):
-        singles.append(one_core_rate(sample, args.image_size))
-        togethers.append(all_cores_rate(args.folder, args.sample, args.image_size, cores))
-        with tempfile.TemporaryDirectory() as cache:
-            os.environ['XDG_CACHE_HOME'] = cache
-            start = time.perf_counter()
-            image_folders.decode_all(paths, args.image_size, 'center', args.folder)
-            decodes.append(time.perf_counter() - start)
-        with tempfile.TemporaryDirectory() as cache:
-            os.environ['XDG_CACHE_HOME'] = cache
-            start = time.perf_counter()
-            data = image_folders.load_folder(args.folder, args.image_size, log=lambda _: None)
-            firsts.append(time.perf_counter() - start)
+        single = one_core_rate(sample, args.image_size)
+        togethers.append((all_cores_rate(args.folder, args.sample, args.image_size, cores),
+                          (single + one_core_rate(sample, args.image_size)) / 2))
+        with fresh_cache():
+            decodes.append(bracketed(lambda: image_folders.decode_all(
+                paths, args.image_size, 'center', args.folder)))
+        with fresh_cache():
+            data = {}
+            firsts.append(bracketed(lambda: data.update(image_folders.load_folder(
+                args.folder, args.image_size, log=lambda _: None))))
             start = time.perf_counter()
             image_folders.load_folder(args.folder, args.image_size, log=lambda _: None)
             cached.append(time.perf_counter() - start)
         count = len(data['files_train']) + len(data['files_test'])
-        print('repeat %d: one core %.0f pictures/s, %d cores at once %.0f; decoding %.1f s (%.0f '
-              'pictures/s); first start %.1f s; cached start %.2f s' % (
-                  repeat + 1, singles[-1], cores, togethers[-1], decodes[-1],
-                  len(paths) / decodes[-1], firsts[-1], cached[-1]), flush=True)
+        print('repeat %d: %d cores at once %.0f pictures/s = %.0f%% of one core x cores; '
+              'decoding %.1f s = %.0f%%; first start %.1f s = %.0f%%; cached start %.2f s = '
+              '%.1f%% of the first' % (
+                  repeat + 1, cores, togethers[-1][0],
+                  100 * togethers[-1][0] / (togethers[-1][1] * cores), decodes[-1][0],
+                  100 * len(paths) / decodes[-1][0] / (decodes[-1][1] * cores), firsts[-1][0],
+                  100 * count / firsts[-1][0] / (firsts[-1][1] * cores), cached[-1],
+                  100 * cached[-1] / firsts[-1][0]), flush=True)
 
-    single, together, decode, first, again = (statistics.median(v) for v in (
-        singles, togethers, decodes, firsts, cached))
-    rate = count / first
-    print('%d pictures at %dx%d, %d cores (medians of %d):' % (count, args.image_size,
-                                                               args.image_size, cores,
-                                                               args.repeats))
-    print('  one core: %.0f pictures/s; x %d cores = %.0f; %d single-core processes at once: '
-          '%.0f (%.0f%% of one core x cores)' % (single, cores, single * cores, cores, together,
-                                                100 * together / (single * cores)))
-    print('  decoding: %.1f s = %.0f pictures/s = %.0f%% of one core x cores, %.0f%% of the '
-          'processes at once' % (decode, len(paths) / decode,
-                                 100 * len(paths) / decode / (single * cores),
-                                 100 * len(paths) / decode / together))
-    print('  first start: %.1f s = %.0f pictures/s = %.0f%% of one core x cores '
-          '(listing, decoding, caching, splitting all counted)'
-          % (first, rate, 100 * rate / (single * cores)))
-    print('  cached start: %.2f s = %.1f%% of the first' % (again, 100 * again / first))
+    def median_share(runs, pictures):
+        return 100 * statistics.median(pictures / seconds / (single * cores)
+                                       for seconds, single in runs)
+
+    median = statistics.median
+    print('%d pictures at %dx%d, %d cores (medians of %d; each ratio against one core\'s rate '
+          'measured beside it):' % (count, args.image_size, args.image_size, cores,
+                                    args.repeats))
+    print('  one core: %.0f pictures/s (%.0f-%.0f)' % (
+        median(single for _, single in decodes), min(single for _, single in decodes),
+        max(single for _, single in decodes)))
+    print('  %d single-core processes at once: %.0f pictures/s = %.0f%% of one core x cores'
+          % (cores, median(rate for rate, _ in togethers),
+             100 * median(rate / (single * cores) for rate, single in togethers)))
+    print('  decoding: %.1f s = %.0f%% of one core x cores' % (
+        median(seconds for seconds, _ in decodes), median_share(decodes, len(paths))))
+    print('  first start: %.1f s = %.0f%% of one core x cores (listing, decoding, caching, '
+          'splitting all counted)' % (median(seconds for seconds, _ in firsts),
+                                      median_share(firsts, count)))
+    print('  cached start: %.2f s = %.1f%% of the first' % (
+        median(cached), 100 * median(again / first for again, (first, _) in zip(cached,
+                                                                              firsts))))
 
 
 if __name__ == '__main__':

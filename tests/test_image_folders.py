@@ -276,6 +276,27 @@ def test_a_failing_name_with_a_carriage_return_is_one_skipped_picture(tmp_path):
                for line in lines)
 
 
+def test_a_crashed_decoder_names_the_picture_it_crashed_on(tmp_path, monkeypatch):
+    # A worker that dies (as a decoder bug in C would kill it) on one picture
+    root = class_tree(tmp_path / 'pictures', {'cats': 60, 'dogs': 60})
+    worker = tmp_path / 'crashing_worker.py'
+    worker.write_text(
+        'import os, sys\n'
+        'sys.path.insert(0, %r)\n'
+        'import image_folders\n'
+        'decode = image_folders._decode_one\n'
+        'def dying(path, size, crop):\n'
+        '    if path.endswith("017.png") and "dogs" in path:\n'
+        '        os._exit(9)\n'
+        '    return decode(path, size, crop)\n'
+        'image_folders._decode_one = dying\n'
+        'image_folders.decode_worker()\n' % os.path.dirname(image_folders.__file__))
+    monkeypatch.setattr(image_folders, '__file__', str(worker))
+    with pytest.raises(DataError, match=r'the decoder crashed \(exit status 9\) on \S*dogs'
+                                        r'/017\.png; move that file out of the folder'):
+        load(root, workers=2)
+
+
 def test_a_class_of_one_picture_trains_on_it(tmp_path):
     root = class_tree(tmp_path / 'pictures', {'cats': 5, 'dogs': 5, 'owls': 1})
     data = load(root, seed=0, test_split=0.6)
@@ -438,13 +459,13 @@ def test_progress_is_shown_on_a_terminal():
             return True
     stream = Terminal()
     progress = image_folders._Progress(3, stream)
-    for _ in range(3):
-        progress.step()
+    for done in range(1, 4):
+        progress.update(done)
     progress.close()
     assert 'Reading pictures: 3/3' in stream.getvalue() and stream.getvalue().endswith('\n')
     quiet = io.StringIO()
     progress = image_folders._Progress(3, quiet)
-    progress.step()
+    progress.update(1)
     progress.close()
     assert quiet.getvalue() == ''
 
