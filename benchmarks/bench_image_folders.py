@@ -9,9 +9,12 @@
    process per core, writing the cache; its rate against (one core's rate x
    cores), one core's rate measured just before and just after it (the mean of
    the two: this VM's speed moves by up to 2x within a minute, so each repeat
-   is its own ratio, and the report gives the median ratio). And the whole
-   first start, `image_folders.load_folder` with an empty cache (listing,
-   decoding, caching, the split), bracketed the same way.
+   is its own ratio, and the report gives the median ratio). One core's rate
+   twice: on the SAMPLE (small enough to stay in the CPU's caches, so it
+   flatters one core), and `decode_all(workers=1)` on the whole folder, the
+   same job on one core (its loop is `_decode_one` in this process). And the
+   whole first start, `image_folders.load_folder` with an empty cache
+   (listing, decoding, caching, the split), bracketed by the sample's rate.
 3. The cached start: `load_folder` again; its time against the first's.
 
 Each measured --repeats times (a fresh cache folder each first start); medians.
@@ -85,14 +88,23 @@ def main():
         os.environ['XDG_CACHE_HOME'] = cache.name
         return cache
 
-    togethers, decodes, firsts, cached = [], [], [], []
+    def decode_all(workers):
+        with fresh_cache():
+            start = time.perf_counter()
+            image_folders.decode_all(paths, args.image_size, 'center', args.folder,
+                                     workers=workers)
+            return time.perf_counter() - start
+
+    togethers, decodes, wholes, firsts, cached = [], [], [], [], []
+    whole_before = len(paths) / decode_all(1)
     for repeat in range(args.repeats):
         single = one_core_rate(sample, args.image_size)
         togethers.append((all_cores_rate(args.folder, args.sample, args.image_size, cores),
                           (single + one_core_rate(sample, args.image_size)) / 2))
-        with fresh_cache():
-            decodes.append(bracketed(lambda: image_folders.decode_all(
-                paths, args.image_size, 'center', args.folder)))
+        decodes.append(bracketed(lambda: decode_all(cores)))
+        whole_after = len(paths) / decode_all(1)
+        wholes.append((decodes[-1][0], (whole_before + whole_after) / 2))
+        whole_before = whole_after
         with fresh_cache():
             data = {}
             firsts.append(bracketed(lambda: data.update(image_folders.load_folder(
@@ -102,11 +114,12 @@ def main():
             cached.append(time.perf_counter() - start)
         count = len(data['files_train']) + len(data['files_test'])
         print('repeat %d: %d cores at once %.0f pictures/s = %.0f%% of one core x cores; '
-              'decoding %.1f s = %.0f%%; first start %.1f s = %.0f%%; cached start %.2f s = '
+              'decoding %.1f s = %.0f%% (%.0f%% of the whole folder on one core); first start %.1f s = %.0f%%; cached start %.2f s = '
               '%.1f%% of the first' % (
                   repeat + 1, cores, togethers[-1][0],
                   100 * togethers[-1][0] / (togethers[-1][1] * cores), decodes[-1][0],
-                  100 * len(paths) / decodes[-1][0] / (decodes[-1][1] * cores), firsts[-1][0],
+                  100 * len(paths) / decodes[-1][0] / (decodes[-1][1] * cores),
+                  100 * len(paths) / wholes[-1][0] / (wholes[-1][1] * cores), firsts[-1][0],
                   100 * count / firsts[-1][0] / (firsts[-1][1] * cores), cached[-1],
                   100 * cached[-1] / firsts[-1][0]), flush=True)
 
@@ -118,14 +131,18 @@ def main():
     print('%d pictures at %dx%d, %d cores (medians of %d; each ratio against one core\'s rate '
           'measured beside it):' % (count, args.image_size, args.image_size, cores,
                                     args.repeats))
-    print('  one core: %.0f pictures/s (%.0f-%.0f)' % (
-        median(single for _, single in decodes), min(single for _, single in decodes),
-        max(single for _, single in decodes)))
+    print('  one core: %.0f pictures/s on the sample (%.0f-%.0f), %.0f on the whole folder '
+          '(decode_all with one worker; %.0f-%.0f)' % (
+              median(single for _, single in decodes), min(single for _, single in decodes),
+              max(single for _, single in decodes), median(whole for _, whole in wholes),
+              min(whole for _, whole in wholes), max(whole for _, whole in wholes)))
     print('  %d single-core processes at once: %.0f pictures/s = %.0f%% of one core x cores'
           % (cores, median(rate for rate, _ in togethers),
              100 * median(rate / (single * cores) for rate, single in togethers)))
-    print('  decoding: %.1f s = %.0f%% of one core x cores' % (
-        median(seconds for seconds, _ in decodes), median_share(decodes, len(paths))))
+    print('  decoding: %.1f s = %.0f%% of one core x cores on the sample, %.0f%% of the whole '
+          'folder on one core x cores' % (median(seconds for seconds, _ in decodes),
+                                           median_share(decodes, len(paths)),
+                                           median_share(wholes, len(paths))))
     print('  first start: %.1f s = %.0f%% of one core x cores (listing, decoding, caching, '
           'splitting all counted)' % (median(seconds for seconds, _ in firsts),
                                       median_share(firsts, count)))
