@@ -15,9 +15,9 @@
 
 `--precision auto` (the default for small and batchnorm) computes the layers
 in bfloat16 on CPUs with AVX-512 BF16 or AMX, with float32 weights, loss and
-batch-norm statistics: there it trained batchnorm 3x faster and both as
-accurately as fp32 (2 seeds each, BENCHMARKS.md). augmented stays fp32: its
-bfloat16 accuracy has not been measured.
+batch-norm statistics; augmented stays fp32 (its bfloat16 accuracy has not
+been measured). What each model reaches, in what time, per precision and
+CPU: BENCHMARKS.md, "cnn.py".
 
 `--data-dir` may also name a folder of your own pictures (one sub-folder per
 class, or train/ and test/ holding them; image_folders.py), read at
@@ -29,11 +29,11 @@ Each run writes to `--train-dir/<model>-<timestamp>/`: checkpoints every epoch
 article's accuracy and loss curves, sample predictions, misclassified images,
 a confusion matrix and a per-class precision / recall / F1 table.
 
-    python cnn.py --model small                # 71.7% in bf16 (fp32: 71.0%), 2 minutes
-    python cnn.py --model batchnorm            # 83.2%, 17 min in bf16 (fp32: 83.0%, an hour)
-    python cnn.py                              # augmented: 82.1%, about 1.5 hours
+    python cnn.py --model small                # the article's 16-32-64 net, 20 epochs
+    python cnn.py --model batchnorm            # the 1,517,450-parameter net
+    python cnn.py                              # augmented, 150,000 steps (hours on a CPU)
     python cnn.py --max-steps 70000 --learning-rate 1e-3 --lr-schedule linear
-                                               # augmented in 38 minutes: 80.4%
+                                               # augmented in under half the steps
     python cnn.py --restore runs/small-...     # evaluate a saved run
 """
 
@@ -394,7 +394,7 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
     Returns:
       A namespace of what the loop runs: sampler (and its train_count),
       loss, train_step and accuracy (of the training batch); images, labels
-      (inference's inputs), test_loss, predictions; saver.
+      (inference's inputs), eval_loss (their mean loss), predictions; saver.
     """
     # The training graph: batches gathered inside the graph from the training
     # set held in memory (only indices are fed), augmented, batch statistics
@@ -435,7 +435,7 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
     return argparse.Namespace(
         sampler=sampler, train_count=len(train_images), images=images, labels=labels,
         loss=train_loss, train_step=train_step, accuracy=accuracy,
-        test_loss=loss(logits, labels),
+        eval_loss=loss(logits, labels),
         predictions=tf.argmax(logits, 1, name='predictions'),
         saver=run_folders.saver(max_to_keep=3))
 
@@ -478,10 +478,25 @@ def restored_split(args):
     return split
 
 
-def restore_and_evaluate(sess, ops, args, evaluate_test):
+def do_eval(sess, ops, images, labels):
+    """Runs one evaluation against a whole set, in batches, in inference mode.
+
+    Args:
+      sess: the session in which the model has been trained (or restored).
+      ops: build_graph()'s namespace.
+      images, labels: the set (validation or test).
+
+    Returns:
+      {'accuracy', 'loss' (the mean), 'predictions'} (run_folders.evaluate).
+    """
+    return run_folders.evaluate(sess, ops.predictions, ops.images, ops.labels, images, labels,
+                                means={'loss': ops.eval_loss})
+
+
+def restore_and_evaluate(sess, ops, args, data_sets):
     """Scores the latest checkpoint of --restore on the test set."""
     checkpoint = run_folders.restore(ops.saver, sess, args.restore, '--model ' + args.model)
-    accuracy = evaluate_test()['accuracy']
+    accuracy = do_eval(sess, ops, data_sets['images_test'], data_sets['labels_test'])['accuracy']
     print('Restored {}\nTest accuracy {:.4f}'.format(checkpoint, accuracy))
     return accuracy
 
@@ -508,14 +523,16 @@ def finish_run(args, run_dir, data_sets, history, test, train_seconds):
                               data_sets['labels_test'], test['predictions'], classes)
 
 
-def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_report):
+def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, report_set):
     """Steps through shuffled batches; every epoch (or --log-every steps for
-    step-counted runs) reports, checkpoints and saves the history.
+    step-counted runs) scores `report_set` (images, labels, its name: the
+    validation or test set), reports, checkpoints and saves the history.
 
     Returns:
       (history, training seconds).
     """
     report_every = steps_per_epoch if args.epochs else args.log_every
+    report_images, report_labels, report_name = report_set
     history = run_folders.History()
     batches = data_helpers.epoch_indices(
         ops.train_count, args.batch_size, max_steps, rng)
@@ -531,7 +548,7 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, evaluate_re
         if step % report_every == 0 or step == max_steps:
             steps, last_report = step - last_report, step
             images_per_second = steps * args.batch_size / (time.time() - interval_start)
-            scores, report_name = evaluate_report()
+            scores = do_eval(sess, ops, report_images, report_labels)
             history.record(step=step, epoch=step / steps_per_epoch, loss=sum_loss / steps,
                            accuracy=sum_accuracy / steps, val_loss=scores['loss'],
                            val_accuracy=scores['accuracy'],
@@ -560,8 +577,8 @@ def main(args):
                                          recorded)
     for name in ('images_train', 'images_test'):
         data_sets[name] = data_helpers.to_float32(data_sets[name])
-    train_images, train_labels, report_images, report_labels, report_name = \
-        split_validation(data_sets, args.validation_split)
+    train_images, train_labels, *report_set = split_validation(data_sets,
+                                                               args.validation_split)
     if not args.restore:
         cli.check_batch_size(args.batch_size, len(train_images))
     steps_per_epoch = len(train_images) // args.batch_size
@@ -575,15 +592,8 @@ def main(args):
 
     # Run it
     with tf.Session(config=towers.session_config(args.num_devices)) as sess:
-        def evaluate(images, labels):     # a whole set, in batches, in inference mode
-            return run_folders.evaluate(sess, ops.predictions, ops.images, ops.labels,
-                                        images, labels, means={'loss': ops.test_loss})
-
-        def evaluate_test():
-            return evaluate(data_sets['images_test'], data_sets['labels_test'])
-
         if args.restore:
-            return restore_and_evaluate(sess, ops, args, evaluate_test)
+            return restore_and_evaluate(sess, ops, args, data_sets)
 
         sess.run(tf.global_variables_initializer())
         ops.sampler.initialize(sess)
@@ -594,12 +604,11 @@ def main(args):
                                             precision=args.precision,
                                             **data_helpers.picture_info(data_sets))
         print('Writing to {}'.format(run_dir))
-        history, train_seconds = train(
-            sess, ops, args, run_dir, max_steps, steps_per_epoch, rng,
-            lambda: (evaluate(report_images, report_labels), report_name))
+        history, train_seconds = train(sess, ops, args, run_dir, max_steps, steps_per_epoch,
+                                       rng, report_set)
 
         # Evaluate on the test set, then draw the article's pictures
-        test = evaluate_test()
+        test = do_eval(sess, ops, data_sets['images_test'], data_sets['labels_test'])
         print('Test accuracy {:.4f}'.format(test['accuracy']))
 
     finish_run(args, run_dir, data_sets, history, test, train_seconds)

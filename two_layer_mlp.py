@@ -240,11 +240,27 @@ def print_parameters(args):
     print()
 
 
-def restore_and_evaluate(sess, saver, args, data_sets, evaluate):
+def do_eval(sess, ops, data_sets):
+    """Runs one evaluation against the whole test set, in batches.
+
+    Args:
+      sess: the session in which the model has been trained (or restored).
+      ops: build_graph()'s namespace.
+      data_sets: load_dataset()'s dict; its images_test and labels_test.
+
+    Returns:
+      {'accuracy', 'loss' (the mean), 'predictions'} (run_folders.evaluate).
+    """
+    return run_folders.evaluate(sess, ops.predictions, ops.images, ops.labels,
+                                data_sets['images_test'], data_sets['labels_test'],
+                                means={'loss': ops.loss})
+
+
+def restore_and_evaluate(sess, ops, args, data_sets):
     """The original's restore_model.py: the latest checkpoint, scored on the test set."""
-    checkpoint = run_folders.restore(saver, sess, args.train_dir, '--preset ' + args.preset)
+    checkpoint = run_folders.restore(ops.saver, sess, args.train_dir, '--preset ' + args.preset)
     print('Restored {}'.format(checkpoint))
-    test_accuracy = evaluate(data_sets)['accuracy']
+    test_accuracy = do_eval(sess, ops, data_sets)['accuracy']
     print('Test accuracy {:g}'.format(test_accuracy))
     return test_accuracy
 
@@ -257,11 +273,11 @@ def start_run_dir(args, data_sets):
                                      script='two_layer_mlp', model=args.preset)
 
 
-def report_epoch(args, epoch, epochs, loss, accuracy, seconds, evaluate, data_sets):
+def report_epoch(sess, ops, args, data_sets, epoch, epochs, loss, accuracy, seconds):
     """Prints the preset's epoch line: the epoch's mean batch loss and accuracy."""
     values = dict(epoch=epoch, epochs=epochs, seconds=seconds, loss=loss, accuracy=accuracy)
     if args.epoch_validation:    # the Keras article validates on the test set
-        test = evaluate(data_sets)
+        test = do_eval(sess, ops, data_sets)
         values.update(val_loss=test['loss'], val_accuracy=test['accuracy'])
     print(args.epoch_line.format(**values))
 
@@ -301,7 +317,7 @@ def build_graph(args, data_sets):
         summary=tf.summary.merge_all(), saver=run_folders.saver())
 
 
-def train(sess, ops, args, data_sets, rng, evaluate):
+def train(sess, ops, args, data_sets, rng):
     """The article's training loop: shuffled batches, a step each, reports now and then.
 
     Writes the run folder: model.json, TensorBoard summaries, checkpoints.
@@ -341,9 +357,9 @@ def train(sess, ops, args, data_sets, rng, evaluate):
 
             # After every epoch, the epoch's line (where the article prints one)
             if args.epoch_line and (i + 1) % steps_per_epoch == 0:
-                report_epoch(args, (i + 1) // steps_per_epoch, max_steps // steps_per_epoch,
-                             epoch_loss / steps_per_epoch, epoch_accuracy / steps_per_epoch,
-                             time.time() - epoch_start, evaluate, data_sets)
+                report_epoch(sess, ops, args, data_sets, (i + 1) // steps_per_epoch,
+                             max_steps // steps_per_epoch, epoch_loss / steps_per_epoch,
+                             epoch_accuracy / steps_per_epoch, time.time() - epoch_start)
                 epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
 
     run_folders.save_checkpoint(ops.saver, sess, run_dir, max_steps)
@@ -365,19 +381,14 @@ def main(args):
 
     # Run the TensorFlow graph
     with tf.Session(config=run_folders.session_config()) as sess:
-        def evaluate(data_sets, split='test'):      # a whole set, in batches
-            return run_folders.evaluate(
-                sess, ops.predictions, ops.images, ops.labels, data_sets['images_' + split],
-                data_sets['labels_' + split], means={'loss': ops.loss})
-
         if args.restore:
-            return restore_and_evaluate(sess, ops.saver, args, data_sets, evaluate)
+            return restore_and_evaluate(sess, ops, args, data_sets)
 
         # Initialize variables, train, then evaluate on the test set
         sess.run(tf.global_variables_initializer())
         ops.sampler.initialize(sess)
-        train(sess, ops, args, data_sets, rng, evaluate)
-        test_accuracy = evaluate(data_sets)['accuracy']
+        train(sess, ops, args, data_sets, rng)
+        test_accuracy = do_eval(sess, ops, data_sets)['accuracy']
         print(args.final_line.format(accuracy=test_accuracy))
 
     print('Total time: {:5.2f}s'.format(time.time() - begin_time))
