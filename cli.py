@@ -163,8 +163,16 @@ def cpu_has_bf16(cpuinfo='/proc/cpuinfo'):
     """Whether the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX);
     elsewhere oneDNN emulates it, slower than float32. $ONEDNN_MAX_CPU_ISA
     capped below AVX512_CORE_BF16 counts as such a CPU."""
-    if os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper() in ISAS_WITHOUT_BF16:
-        return False
+    return not onednn_capped_below_bf16() and cpu_flags_have_bf16(cpuinfo)
+
+
+def onednn_capped_below_bf16():
+    """Whether $ONEDNN_MAX_CPU_ISA keeps oneDNN below AVX512_CORE_BF16."""
+    return os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper() in ISAS_WITHOUT_BF16
+
+
+def cpu_flags_have_bf16(cpuinfo='/proc/cpuinfo'):
+    """Whether the CPU's flags (Linux's /proc/cpuinfo) name AVX-512 BF16 or AMX."""
     try:
         with open(cpuinfo) as f:
             flags = set(' '.join(line for line in f if line.startswith('flags')).split())

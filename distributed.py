@@ -62,6 +62,7 @@ tf.logging.set_verbosity(tf.logging.ERROR)   # the v1 distributed APIs print 'de
 
 NEWS_QUEUE = 'worker_news'    # each parameter server's queue of (worker, STARTED or DONE)
 STARTED, DONE = b'started', b'done'
+GONE_AFTER = 10               # seconds a started worker's port may stay closed before it has gone
 
 
 def parse_args(argv=None):
@@ -160,7 +161,7 @@ def news_queue(ps_task):
 def serve_parameters(server, args):
     """Runs a parameter server; returns when each worker has finished or gone.
 
-    A worker has gone when its port has been closed for 10 s after it said it
+    A worker has gone when its port has been closed for GONE_AFTER s after it said it
     started (or its port was seen open), or was never seen within
     --startup-timeout. Its own word matters: a worker can start, train and die
     between two looks at its port.
@@ -190,7 +191,7 @@ def serve_parameters(server, args):
                     seen.add(task)
                     closed_since.pop(task, None)
                 elif task in seen:
-                    if now - closed_since.setdefault(task, now) > 10:
+                    if now - closed_since.setdefault(task, now) > GONE_AFTER:
                         gone.add(task)
                 elif now - started > args.startup_timeout:
                     gone.add(task)

@@ -24,7 +24,22 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 # run the same whichever test file runs first.
 tf.disable_eager_execution()
 
+import cli  # noqa: E402
+
 IMAGES_PER_BATCH = 30
+
+# bfloat16 on this machine: native (AVX-512 BF16 or AMX), emulated by oneDNN
+# (slower than float32: a whole training run in bfloat16 costs minutes), or
+# absent: $ONEDNN_MAX_CPU_ISA hides the CPU's own bfloat16 from oneDNN, yet
+# TensorFlow, reading the CPU, still asks it for bfloat16 convolutions
+BF16_ABSENT = cli.onednn_capped_below_bf16() and cli.cpu_flags_have_bf16()
+needs_bf16_kernels = pytest.mark.skipif(
+    BF16_ABSENT, reason='$ONEDNN_MAX_CPU_ISA hides this CPU\'s bfloat16 from oneDNN, which then '
+                        'has no bfloat16 convolution (a CPU without bfloat16 emulates it)')
+needs_native_bf16 = pytest.mark.skipif(
+    not cli.cpu_has_bf16(), reason='bfloat16 is emulated or absent here (no AVX-512 BF16 or '
+                                   'AMX): whole bf16 training runs are left to CPUs that have it; '
+                                   'the bf16 graphs are still checked where oneDNN has kernels')
 
 
 def fake_images(labels, rng):
@@ -60,6 +75,23 @@ def write_fake_cifar10(folder, keys='str', per_batch=IMAGES_PER_BATCH, seed=0):
     with open(os.path.join(folder, 'batches.meta'), 'wb') as f:
         pickle.dump(meta, f, protocol=2)
     return folder
+
+
+def run_as_main(module, entry, argv, capsys):
+    """`python <module>.py argv` run in this process as its __main__ runs it,
+    cli.exit_on_error(entry, parse_args(argv)), for a run that must stop:
+    (exit status, the last line on stderr). Each script's own process is
+    tested once elsewhere; this spares the others TensorFlow's start-up."""
+    program = sys.argv[0]
+    sys.argv[0] = os.path.basename(module.__file__)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli.exit_on_error(entry, module.parse_args([str(arg) for arg in argv]))
+    finally:
+        sys.argv[0] = program
+    if isinstance(stopped.value.code, str):    # sys.exit(line): printed, exit status 1
+        return 1, stopped.value.code
+    return stopped.value.code, capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import cnn
 import data_helpers
 import reporting
 import run_folders
+from conftest import needs_bf16_kernels, needs_native_bf16
 
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
 
@@ -115,6 +116,7 @@ def test_dropout_only_in_training():
     assert not np.allclose(train[0], train[1])
 
 
+@needs_bf16_kernels
 @pytest.mark.parametrize('model', ['augmented', 'small', 'batchnorm'])
 def test_bf16_computes_what_fp32_does_with_float32_weights(model):
     images_value = np.random.default_rng(1).random((4, 32, 32, 3)).astype(np.float32)
@@ -134,8 +136,9 @@ def test_bf16_computes_what_fp32_does_with_float32_weights(model):
     assert not np.array_equal(full_value, half_value)       # bfloat16 did round
 
 
-@pytest.mark.parametrize('model, precision', [('augmented', 'fp32'), ('small', 'fp32'),
-                                              ('batchnorm', 'fp32'), ('batchnorm', 'bf16')])
+@pytest.mark.parametrize('model, precision', [
+    ('augmented', 'fp32'), ('small', 'fp32'), ('batchnorm', 'fp32'),
+    pytest.param('batchnorm', 'bf16', marks=needs_native_bf16)])
 def test_a_few_steps_lower_the_loss(fake_cifar10, model, precision):
     data = data_helpers.load_data(fake_cifar10, normalization='scale', layout='nhwc')
     x, y = data['images_train'][:32], data['labels_train'][:32]
@@ -186,6 +189,7 @@ def test_run_writes_history_checkpoints_pictures_and_restores(fake_cifar10, tmp_
             str(run_dir))
 
 
+@needs_native_bf16
 def test_a_bf16_run_says_so_and_restores(fake_cifar10, tmp_path, capsys):
     accuracy, out = run(capsys, '--model', 'batchnorm', '--epochs', '1', '--batch-size', '16',
                         '--precision', 'bf16', '--data-dir', fake_cifar10, '--train-dir',
@@ -235,6 +239,7 @@ def test_precision_defaults_to_each_models_measured_choice(capsys):
         capsys.readouterr().out.split())
 
 
+@needs_bf16_kernels
 def test_restore_rebuilds_the_run_in_the_precision_it_trained_in(fake_cifar10, tmp_path, capsys,
                                                                  monkeypatch):
     monkeypatch.setattr(cli, 'cpu_has_bf16', lambda: False)   # 'auto' would now mean fp32

@@ -17,7 +17,7 @@ import image_folders
 import predict
 import softmax
 import two_layer_mlp
-from conftest import write_fake_cifar10, write_fake_mnist
+from conftest import run_as_main, write_fake_cifar10, write_fake_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -183,10 +183,10 @@ def test_missing_run_folder_is_one_line(tmp_path, pictures):
         'predict.py: error: run folder %s does not exist' % (tmp_path / 'nowhere'))
 
 
-def test_folder_without_checkpoint_is_one_line(tmp_path, pictures):
-    result = run_cli(tmp_path, pictures)
-    assert result.returncode == 1 and 'Traceback' not in result.stderr
-    assert 'predict.py: error: no complete checkpoint in %s' % tmp_path in result.stderr
+def test_folder_without_checkpoint_is_one_line(tmp_path, pictures, capsys):
+    status, line = run_as_main(predict, predict.main, [tmp_path, pictures], capsys)
+    assert status == 1
+    assert line.startswith('predict.py: error: no complete checkpoint in %s' % tmp_path)
 
 
 def test_plot_is_written(runs, pictures, tmp_path, capsys):
