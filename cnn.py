@@ -358,8 +358,6 @@ def parse_args(argv=None):
             setattr(args, key, defaults[key])
     if args.precision is None and not args.restore:   # --restore: as the run trained (main)
         args.precision = defaults['precision']
-    args.adam_epsilon = defaults['adam_epsilon']
-    args.validation_split = defaults['validation_split']
     cli.check_num_devices(parser, args)
     return args
 
@@ -383,13 +381,21 @@ def split_validation(data_sets, validation_split):
     return images, labels, data_sets['images_test'], data_sets['labels_test'], 'test'
 
 
-def build_graph(args, train_images, train_labels, max_steps, sampler_device=None,
-                wrap_optimizer=None, num_classes=CLASSES):
+def build_graph(model, train_images, train_labels, batch_size, learning_rate, precision,
+                num_devices=1, num_classes=CLASSES, sampler_device=None, wrap_optimizer=None):
     """The model's graph, fed from the training set held in it.
 
-    The images' size and num_classes come from the data (CIFAR-10: 32, 10).
-    sampler_device (where the training set lives) and wrap_optimizer (see
-    `training()`) are for distributed.py.
+    Args:
+      model: a key of MODELS (its Adam epsilon is read from there).
+      train_images, train_labels: the training set (its images' size sets
+        the network's input; CIFAR-10: 32).
+      batch_size: images per step, split evenly over num_devices.
+      learning_rate: Adam's step size, a float or a tensor (learning_rate()).
+      precision: 'fp32' or 'bf16' (inference()).
+      num_devices: towers the batch is split over (towers.py), 1 for none.
+      num_classes: the logits' width (CIFAR-10: 10).
+      sampler_device (where the training set lives), wrap_optimizer (see
+        `training()`): for distributed.py.
 
     Returns:
       A namespace of what the loop runs: sampler (and its train_count),
@@ -400,27 +406,27 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
     # set held in memory (only indices are fed), augmented, batch statistics
     # and dropout on; the loss; Adam (on a linear schedule to zero when
     # asked); the batch's accuracy.
-    sampler = data_helpers.InGraphSampler(train_images, train_labels, args.batch_size,
+    adam_epsilon = MODELS[model]['adam_epsilon']
+    sampler = data_helpers.InGraphSampler(train_images, train_labels, batch_size,
                                           device=sampler_device)
-    if args.num_devices == 1:
-        logits = inference(sampler.images, args.model, is_training=True,
-                           precision=args.precision, num_classes=num_classes)
+    if num_devices == 1:
+        logits = inference(sampler.images, model, is_training=True, precision=precision,
+                           num_classes=num_classes)
         train_loss = loss(logits, sampler.labels)
-        train_step = training(train_loss, learning_rate(args, max_steps), args.adam_epsilon,
-                              wrap_optimizer)
+        train_step = training(train_loss, learning_rate, adam_epsilon, wrap_optimizer)
         accuracy = evaluation(logits, sampler.labels)
     else:
         # The same, once per device on its slice of the batch (towers.py),
         # the towers' gradients averaged into one step
         def training_tower(images, labels):
-            logits = inference(images, args.model, is_training=True, precision=args.precision,
+            logits = inference(images, model, is_training=True, precision=precision,
                                num_classes=num_classes)
             return loss(logits, labels), evaluation(logits, labels)
 
         train_loss, gradients, accuracies = towers.tower_gradients(
-            training_tower, [sampler.images, sampler.labels], towers.devices(args.num_devices))
-        train_step = training(train_loss, learning_rate(args, max_steps), args.adam_epsilon,
-                              wrap_optimizer, tower_gradients=gradients)
+            training_tower, [sampler.images, sampler.labels], towers.devices(num_devices))
+        train_step = training(train_loss, learning_rate, adam_epsilon, wrap_optimizer,
+                              tower_gradients=gradients)
         accuracy = tf.add_n(accuracies) / len(accuracies)
 
     # The inference tower, sharing the weights: images fed as they are (a
@@ -429,7 +435,7 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
     images = tf.placeholder(tf.float32, [None] + list(train_images.shape[1:]), name='images')
     labels = tf.placeholder(tf.int64, [None], name='labels')
     with tf.variable_scope(tf.get_variable_scope(), reuse=True), tf.name_scope('inference'):
-        logits = inference(images, args.model, is_training=False, precision=args.precision,
+        logits = inference(images, model, is_training=False, precision=precision,
                            num_classes=num_classes)
     tf.nn.softmax(logits, name='probabilities')
     return argparse.Namespace(
@@ -440,13 +446,13 @@ def build_graph(args, train_images, train_labels, max_steps, sampler_device=None
         saver=run_folders.saver(max_to_keep=3))
 
 
-def learning_rate(args, max_steps):
-    """--learning-rate, or with --lr-schedule linear a tensor falling from it
-    to zero over max_steps."""
-    if args.lr_schedule == 'linear':
+def learning_rate(base, schedule, max_steps):
+    """--learning-rate `base`, or with --lr-schedule 'linear' a tensor
+    falling from it to zero over max_steps."""
+    if schedule == 'linear':
         return tf.train.polynomial_decay(
-            args.learning_rate, tf.train.get_or_create_global_step(), max_steps, 0.0)
-    return args.learning_rate
+            base, tf.train.get_or_create_global_step(), max_steps, 0.0)
+    return base
 
 
 def trained_precision(run_dir):
@@ -577,16 +583,17 @@ def main(args):
                                          recorded)
     for name in ('images_train', 'images_test'):
         data_sets[name] = data_helpers.to_float32(data_sets[name])
-    train_images, train_labels, *report_set = split_validation(data_sets,
-                                                               args.validation_split)
+    train_images, train_labels, *report_set = split_validation(
+        data_sets, MODELS[args.model]['validation_split'])
     if not args.restore:
         cli.check_batch_size(args.batch_size, len(train_images))
     steps_per_epoch = len(train_images) // args.batch_size
     max_steps = args.max_steps or args.epochs * steps_per_epoch
 
     # The graph (only defined here; nothing is computed yet)
-    ops = build_graph(args, train_images, train_labels, max_steps,
-                      num_classes=len(data_sets['classes']))
+    ops = build_graph(args.model, train_images, train_labels, args.batch_size,
+                      learning_rate(args.learning_rate, args.lr_schedule, max_steps),
+                      args.precision, args.num_devices, len(data_sets['classes']))
     print('Model {}: {:,} parameters, {}'.format(args.model, count_parameters(),
                                                  cli.precision_note(chosen, args.precision)))
 

@@ -105,8 +105,6 @@ def parse_args(argv=None):
     defaults = cnn.MODELS[args.model]
     args.batch_size = args.batch_size or defaults['batch_size']
     args.learning_rate = args.learning_rate or defaults['learning_rate']
-    args.adam_epsilon = defaults['adam_epsilon']
-    args.lr_schedule, args.num_devices = 'constant', 1
     return args
 
 
@@ -268,7 +266,8 @@ def train_worker(server, args):
 
     with tf.device(tf.train.replica_device_setter(worker_device=worker_device,
                                                   cluster=args.cluster)):
-        ops = cnn.build_graph(args, train_images, train_labels, args.max_steps,
+        ops = cnn.build_graph(args.model, train_images, train_labels, args.batch_size,
+                              args.learning_rate, args.precision,
                               sampler_device=worker_device + '/cpu:0',
                               wrap_optimizer=synchronous)
         tf.summary.scalar('loss', ops.loss)

@@ -215,13 +215,14 @@ def parse_args(argv=None):
                              '(or the run folder given as --train-dir) on the test set')
     args = parser.parse_args(argv)
     # Flags left unset take the preset's value; --max-steps and --epochs
-    # replace the preset's length together.
+    # replace the preset's length together. (The preset's data set, weight
+    # initialiser and printed lines are no flags: read from PRESETS where used.)
     preset = PRESETS[args.preset]
     if args.max_steps is None and args.epochs is None:
         args.max_steps, args.epochs = preset['max_steps'], preset['epochs']
-    for key, value in preset.items():
-        if getattr(args, key, None) is None and key not in ('max_steps', 'epochs'):
-            setattr(args, key, value)
+    for key in ('hidden', 'optimizer', 'learning_rate', 'batch_size', 'reg_constant'):
+        if getattr(args, key) is None:
+            setattr(args, key, preset[key])
     return args
 
 
@@ -236,7 +237,7 @@ def load_dataset(name, data_dir):
 def print_parameters(args):
     print('\nParameters:')
     for key in PRINTED_PARAMETERS:
-        print('{} = {}'.format(key, getattr(args, key)))
+        print('{} = {}'.format(key, getattr(args, key, PRESETS[args.preset].get(key))))
     print()
 
 
@@ -268,7 +269,8 @@ def restore_and_evaluate(sess, ops, args, data_sets):
 def start_run_dir(args, data_sets):
     """A new run folder under --train-dir, with the model.json predict.py reads."""
     return run_folders.start_run_dir(args.train_dir, '', data_sets['classes'],
-                                     'mnist' if args.dataset == 'mnist' else 'cifar10',
+                                     'mnist' if PRESETS[args.preset]['dataset'] == 'mnist'
+                                     else 'cifar10',
                                      'flat', data_sets.get('mean_image'),
                                      script='two_layer_mlp', model=args.preset)
 
@@ -276,10 +278,11 @@ def start_run_dir(args, data_sets):
 def report_epoch(sess, ops, args, data_sets, epoch, epochs, loss, accuracy, seconds):
     """Prints the preset's epoch line: the epoch's mean batch loss and accuracy."""
     values = dict(epoch=epoch, epochs=epochs, seconds=seconds, loss=loss, accuracy=accuracy)
-    if args.epoch_validation:    # the Keras article validates on the test set
+    preset = PRESETS[args.preset]
+    if preset['epoch_validation']:    # the Keras article validates on the test set
         test = do_eval(sess, ops, data_sets)
         values.update(val_loss=test['loss'], val_accuracy=test['accuracy'])
-    print(args.epoch_line.format(**values))
+    print(preset['epoch_line'].format(**values))
 
 
 def build_graph(args, data_sets):
@@ -302,7 +305,7 @@ def build_graph(args, data_sets):
     # Operation for the classifier's result, and its class probabilities
     # under the name predict.py looks for
     logits = inference(images, image_pixels, args.hidden, CLASSES,
-                       reg_constant=args.reg_constant, init=args.init)
+                       reg_constant=args.reg_constant, init=PRESETS[args.preset]['init'])
     tf.nn.softmax(logits, name='probabilities')
 
     # Operations for the loss function, the training step and the accuracy
@@ -330,6 +333,7 @@ def train(sess, ops, args, data_sets, rng):
     max_steps = args.max_steps or args.epochs * steps_per_epoch
     batches = data_helpers.epoch_indices(train_count, args.batch_size, max_steps, rng)
     epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
+    step_line, epoch_line = (PRESETS[args.preset][key] for key in ('step_line', 'epoch_line'))
 
     with tf.summary.FileWriter(run_dir, sess.graph) as summary_writer:
         for i in range(max_steps):
@@ -339,8 +343,8 @@ def train(sess, ops, args, data_sets, rng):
             # Periodically print the model's current accuracy (where the article
             # does) and write summaries for TensorBoard
             if i % REPORT_EVERY == 0:
-                if args.step_line:
-                    print(args.step_line.format(step=i,
+                if step_line:
+                    print(step_line.format(step=i,
                                                 accuracy=sess.run(ops.accuracy, feed_dict)))
                 summary_writer.add_summary(sess.run(ops.summary, feed_dict), i)
 
@@ -356,7 +360,7 @@ def train(sess, ops, args, data_sets, rng):
                 print('Saved checkpoint')
 
             # After every epoch, the epoch's line (where the article prints one)
-            if args.epoch_line and (i + 1) % steps_per_epoch == 0:
+            if epoch_line and (i + 1) % steps_per_epoch == 0:
                 report_epoch(sess, ops, args, data_sets, (i + 1) // steps_per_epoch,
                              max_steps // steps_per_epoch, epoch_loss / steps_per_epoch,
                              epoch_accuracy / steps_per_epoch, time.time() - epoch_start)
@@ -372,7 +376,7 @@ def main(args):
         print_parameters(args)
 
     # Load the data
-    data_sets = load_dataset(args.dataset, args.data_dir)
+    data_sets = load_dataset(PRESETS[args.preset]['dataset'], args.data_dir)
     if not args.restore:
         cli.check_batch_size(args.batch_size, len(data_sets['images_train']))
 
@@ -389,7 +393,7 @@ def main(args):
         ops.sampler.initialize(sess)
         train(sess, ops, args, data_sets, rng)
         test_accuracy = do_eval(sess, ops, data_sets)['accuracy']
-        print(args.final_line.format(accuracy=test_accuracy))
+        print(PRESETS[args.preset]['final_line'].format(accuracy=test_accuracy))
 
     print('Total time: {:5.2f}s'.format(time.time() - begin_time))
     return test_accuracy

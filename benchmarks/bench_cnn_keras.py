@@ -68,10 +68,7 @@ def measure_graph(x, y, x_test, batch, steps, repeats, precision):
     import run_folders
     with tf.Graph().as_default():
         # cnn.py's own graph: the training tower and the inference tower
-        args = argparse.Namespace(model='batchnorm', batch_size=batch, learning_rate=1e-3,
-                                  lr_schedule='constant', adam_epsilon=1e-7, num_devices=1,
-                                  precision=precision)
-        ops = cnn.build_graph(args, x, y, max_steps=10 ** 9)
+        ops = cnn.build_graph('batchnorm', x, y, batch, 1e-3, precision)
         with tf.Session(config=run_folders.session_config()) as sess:
             sess.run(tf.global_variables_initializer())
             ops.sampler.initialize(sess)

@@ -183,7 +183,8 @@ def test_flags_override_the_preset():
     args = two_layer_mlp.parse_args(['--preset', 'mnist', '--max-steps', '7',
                                      '--hidden', '64'])
     assert (args.max_steps, args.epochs, args.hidden) == (7, None, [64])
-    assert (args.optimizer, args.batch_size, args.init) == ('adam', 100, 'random_normal')
+    assert (args.optimizer, args.batch_size, args.learning_rate) == ('adam', 100, 0.001)
+    assert not hasattr(args, 'epoch_line')          # the preset's lines stay in PRESETS
 
 
 # --- MNIST -------------------------------------------------------------------
