@@ -11,8 +11,8 @@
   find and load a saved model, falling back from a damaged or half-written
   checkpoint to the newest complete one, with one clear line when there is
   none or it belongs to another model.
-* `exported_model_dir()`, `load_exported_model()`: the SavedModel export.py
-  writes, as predict.py reads it.
+* `SIGNATURE`, `CLASS_NAMES`, `CROP`: the names in the SavedModel export.py
+  writes and predict.py reads.
 """
 
 import contextlib
@@ -28,8 +28,6 @@ import tempfile
 
 import numpy as np
 import tensorflow.compat.v1 as tf
-
-import data_helpers
 
 from errors import DataError, current_umask, write_file_atomically
 
@@ -525,75 +523,9 @@ def load_trained_model(run_dir):
 
 
 # -----------------------------------------------------------------------------
-# Exported models (export.py writes them, predict.py reads them)
+# Exported models: the names export.py writes and predict.py reads
 # -----------------------------------------------------------------------------
 
 SIGNATURE = 'serving_default'
 CLASS_NAMES = 'class_names.txt'     # in the SavedModel's assets, one name per line
 CROP = 'crop.txt'                   # ... and how pictures were cut to a square
-
-
-def exported_model_dir(path):
-    """The SavedModel folder of an export: `path` itself if it holds
-    saved_model.pb, else its highest numbered version folder (as a model
-    server picks); None when `path` is not an export."""
-    if os.path.isfile(os.path.join(path, 'saved_model.pb')):
-        return path
-    versions = [int(name) for name in (os.listdir(path) if os.path.isdir(path) else [])
-                if name.isdigit() and os.path.isfile(os.path.join(path, name, 'saved_model.pb'))]
-    return os.path.join(path, str(max(versions))) if versions else None
-
-
-def load_exported_model(folder):
-    """An exported SavedModel, in a session of its own, as predict.py uses it.
-
-    Returns:
-      (session, image input tensor, probabilities tensor, info: dataset,
-      image_size, channels and classes, layout 'nhwc', normalization 'none':
-      the model takes uint8 pixels).
-
-    Raises:
-      DataError: not a SavedModel that export.py wrote.
-    """
-    graph = tf.Graph()
-    session = tf.Session(graph=graph)
-    try:
-        with graph.as_default(), quiet_deprecations():      # the v1 loader's warning
-            try:
-                meta_graph = tf.saved_model.loader.load(session, [tf.saved_model.SERVING], folder)
-                signature = meta_graph.signature_def[SIGNATURE]
-                image = graph.get_tensor_by_name(signature.inputs['image'].name)
-                probabilities = graph.get_tensor_by_name(
-                    signature.outputs['probabilities'].name)
-            except (KeyError, ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
-                raise DataError('%s: not a model export.py wrote (%s)'
-                                % (folder, error_line(e))) from None
-        names_file = os.path.join(folder, 'assets', CLASS_NAMES)
-        try:
-            with open(names_file, encoding='utf-8') as f:
-                classes = f.read().splitlines()
-        except (OSError, ValueError) as e:
-            raise DataError('cannot read %s (%s)' % (names_file, error_line(e))) from None
-        shape = image.shape.as_list() if image.shape.rank == 4 else None
-        if not shape or None in shape[1:] or probabilities.shape.rank != 2:
-            raise DataError('%s: the signature is not image [batch, size, size, channels] -> '
-                            'probabilities [batch, classes]' % folder)
-        size, _, channels = shape[1:]
-        if len(classes) != probabilities.shape[-1]:
-            raise DataError('%s: %d class names for %s outputs'
-                            % (names_file, len(classes), probabilities.shape[-1]))
-    except DataError:
-        session.close()
-        raise
-    try:      # exports written before crop.txt: pictures were squeezed
-        with open(os.path.join(folder, 'assets', CROP), encoding='utf-8') as f:
-            crop = f.read().strip()
-    except OSError:
-        crop = 'none'
-    # (what --test-index needs to know: CIFAR-10's classes, or another data set's)
-    dataset = ('mnist' if channels == 1 else 'cifar10' if classes == data_helpers.CLASSES
-               else 'other')
-    info = {'dataset': dataset, 'image_size': size,
-            'channels': channels, 'classes': classes, 'layout': 'nhwc',
-            'normalization': 'none', 'crop': crop if crop in ('center', 'none') else 'none'}
-    return session, image, probabilities, info

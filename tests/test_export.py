@@ -345,7 +345,7 @@ def test_exported_small_cnn_scores_what_the_script_printed(tmp_path, capsys):
     out = export.export(export.parse_args([str(tmp_path / 'run'), '--out',
                                            str(tmp_path / 'export')]))
     images, labels = data_helpers.load_test_batch(REAL_CIFAR10)
-    session, image, probabilities, _ = run_folders.load_exported_model(os.path.join(out, '1'))
+    session, image, probabilities, _ = predict.load_exported_model(os.path.join(out, '1'))
     with session:
         predicted = np.concatenate([
             session.run(probabilities, {image: data_helpers.to_nhwc(images[i:i + 1000])})
