@@ -14,8 +14,8 @@ reaches on a CPU, in what time, on which kind of CPU: BENCHMARKS.md,
   hidden layers", 2024), the biases and the head by Nesterov SGD, batch
   2000, the learning rate falling linearly from the start, GELU, no weight
   averaging.
-* `--recipe airbench94` (12 epochs of 1024 images a batch): airbench94 ("94% on CIFAR-10 in 3.29 seconds on a single
-  GPU", arXiv:2404.00498, 2024): Nesterov SGD for all, the batch-norm biases
+* `--recipe airbench94` (12 epochs of 1024 images a batch): airbench94
+  ("94% on CIFAR-10 in 3.29 seconds on a single GPU", arXiv:2404.00498, 2024): Nesterov SGD for all, the batch-norm biases
   at 64x the learning rate, warm-up then linear decay, and lookahead weight
   averaging as airbench94 does it since its commit 74e145d (2024-03-26): from
   the first step, copied back into the network once, at the end.

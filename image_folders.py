@@ -357,6 +357,20 @@ def _read_cache(base):
     return {key: row for row, key in enumerate(keys.tolist())}, pixels, digests, errors
 
 
+def _reserved_memmap(path, dtype, shape):
+    """A new .npy at `path`, memory-mapped for writing, its disk space
+    reserved (a full disk under a memory map is a crash, not an error).
+
+    Raises:
+      OSError: no room.
+    """
+    np.lib.format.open_memmap(path, 'w+', dtype, shape).flush()   # the header, the size
+    if hasattr(os, 'posix_fallocate'):
+        with open(path, 'r+b') as f:
+            os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+    return np.load(path, mmap_mode='r+')
+
+
 def _new_pixels_file(base, shape):
     """A memory-mapped .npy of `shape` under a temporary name in the cache
     folder, which the workers write into and which then becomes the cache
@@ -375,17 +389,14 @@ def _new_pixels_file(base, shape):
         fd, path = tempfile.mkstemp(prefix='decoding-', suffix='.npy')
         cached = False
     os.close(fd)
-    np.lib.format.open_memmap(path, 'w+', np.uint8, shape).flush()   # the header, the size
-    try:    # reserve the disk now: a full disk under a memory map is a crash, not an error
-        if hasattr(os, 'posix_fallocate'):
-            with open(path, 'r+b') as f:
-                os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+    try:
+        pixels = _reserved_memmap(path, np.uint8, shape)
     except OSError as e:
         os.remove(path)
         raise DataError('no room for the decoded pictures in %s (%.0f MB: %s); free some, '
                         'or point $XDG_CACHE_HOME elsewhere'
                         % (os.path.dirname(path), np.prod(shape) / 1e6, e.strerror or e)) from None
-    return np.load(path, mmap_mode='r+'), path, cached
+    return pixels, path, cached
 
 
 def _commit_cache(base, pixels_path, keys, digests, errors):
@@ -432,13 +443,15 @@ def decode_worker():
     """A decoding process. Reads as JSON on stdin {size, crop, output, digests,
     done, index, jobs: [[row, path]]}; writes each picture into row `row` of
     the .npy `output` and its digest into the same row of `digests`, then the
-    count of its jobs finished into done[index] (all three memory-mapped: the
-    parent follows the progress, and after a crash knows the picture, without
-    a message a picture); a picture that fails is printed as a JSON line
-    [row, error] (JSON escapes any byte a file name may hold)."""
+    count of its jobs finished into done[index], 0 once it is ready (all
+    three memory-mapped: the parent follows the progress, and after a crash
+    knows the picture, without a message a picture); a picture that fails is
+    printed as a JSON line [row, error] (JSON escapes any byte a file name
+    may hold)."""
     request = json.load(sys.stdin)
     output, digests, done = (np.load(request[name], mmap_mode='r+')
                              for name in ('output', 'digests', 'done'))
+    done[request['index']] = 0
     for count, (row, path) in enumerate(request['jobs'], 1):
         pixels, digest, error = _decode_one(path, request['size'], request['crop'])
         if pixels is not None:
@@ -474,17 +487,23 @@ def _decode_in_workers(output, jobs, size, crop, workers, failed, progress):
                 other.kill()
 
     rows = len(np.load(output, mmap_mode='r'))
-    with tempfile.TemporaryDirectory(prefix='decoding-') as scratch:
+    # Beside the pixels (where the disk was reserved), a temporary name that a
+    # later run clears if this one is killed
+    with tempfile.TemporaryDirectory(prefix='.decoding-', dir=os.path.dirname(output)) as scratch:
         digests_path, done_path = (os.path.join(scratch, name + '.npy')
                                    for name in ('digests', 'done'))
-        digests = np.lib.format.open_memmap(digests_path, 'w+', 'S24', (rows,))
-        done = np.lib.format.open_memmap(done_path, 'w+', np.int64, (workers,))
+        try:
+            digests = _reserved_memmap(digests_path, 'S24', (rows,))
+            done = _reserved_memmap(done_path, np.int64, (workers,))
+        except OSError as e:
+            raise DataError('no room to decode in %s (%s); free some, or point '
+                            '$XDG_CACHE_HOME elsewhere' % (scratch, e.strerror or e)) from None
+        done[:] = -1            # not started
         try:
             environment = {key: value for key, value in os.environ.items()
                            if key != 'PYTHONUNBUFFERED'}
             for index in range(workers):
-                # A run of rows each: no page of the file written by two processes
-                share = jobs[len(jobs) * index // workers:len(jobs) * (index + 1) // workers]
+                share = jobs[index::workers]   # every n-th: big and small pictures spread evenly
                 process = subprocess.Popen(
                     [sys.executable, os.path.abspath(__file__), '--decode-worker'],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -500,16 +519,19 @@ def _decode_in_workers(output, jobs, size, crop, workers, failed, progress):
                 reader.start()
             for _, reader, _ in processes:
                 while reader.is_alive():
-                    progress(int(done.sum()))
+                    progress(int(done.clip(0).sum()))
                     reader.join(0.1)
             if failure:
                 raise failure[0]
             for index, (process, _, share) in enumerate(processes):
                 if process.wait() != 0:
+                    if done[index] < 0:
+                        raise DataError('a decoding process could not start (exit status %d; '
+                                        'its error is above)' % process.returncode)
                     crashed = share[done[index]][1] if done[index] < len(share) else '?'
                     raise DataError('the decoder crashed (exit status %d) on %s; move that '
                                     'file out of the folder' % (process.returncode, crashed))
-            progress(int(done.sum()))
+            progress(int(done.clip(0).sum()))
             return np.array(digests)
         finally:
             for process, _, _ in processes:

@@ -76,12 +76,17 @@ def main():
     one_core_rate(sample[:200], args.image_size)        # warm the file cache and imports
 
     def bracketed(measure):
-        """(seconds of measure(), one core's rate: the mean of just before and after)."""
+        """(the seconds measure() returns, one core's rate: the mean of just
+        before and after)."""
         before = one_core_rate(sample, args.image_size)
-        start = time.perf_counter()
-        measure()
-        seconds = time.perf_counter() - start
+        seconds = measure()
         return seconds, (before + one_core_rate(sample, args.image_size)) / 2
+
+    def load_folder(data):
+        """Seconds of one load_folder into `data` (not the cache folder's cleanup)."""
+        start = time.perf_counter()
+        data.update(image_folders.load_folder(args.folder, args.image_size, log=lambda _: None))
+        return time.perf_counter() - start
 
     def fresh_cache():
         cache = tempfile.TemporaryDirectory()
@@ -107,15 +112,14 @@ def main():
         whole_before = whole_after
         with fresh_cache():
             data = {}
-            firsts.append(bracketed(lambda: data.update(image_folders.load_folder(
-                args.folder, args.image_size, log=lambda _: None))))
+            firsts.append(bracketed(lambda: load_folder(data)))
             start = time.perf_counter()
             image_folders.load_folder(args.folder, args.image_size, log=lambda _: None)
             cached.append(time.perf_counter() - start)
         count = len(data['files_train']) + len(data['files_test'])
         print('repeat %d: %d cores at once %.0f pictures/s = %.0f%% of one core x cores; '
-              'decoding %.1f s = %.0f%% (%.0f%% of the whole folder on one core); first start %.1f s = %.0f%%; cached start %.2f s = '
-              '%.1f%% of the first' % (
+              'decoding %.1f s = %.0f%% (%.0f%% of the whole folder on one core); first start '
+              '%.1f s = %.0f%%; cached start %.2f s = %.1f%% of the first' % (
                   repeat + 1, cores, togethers[-1][0],
                   100 * togethers[-1][0] / (togethers[-1][1] * cores), decodes[-1][0],
                   100 * len(paths) / decodes[-1][0] / (decodes[-1][1] * cores),

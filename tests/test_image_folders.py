@@ -297,6 +297,16 @@ def test_a_crashed_decoder_names_the_picture_it_crashed_on(tmp_path, monkeypatch
         load(root, workers=2)
 
 
+def test_a_decoder_that_cannot_start_is_not_blamed_on_a_picture(tmp_path, monkeypatch):
+    root = class_tree(tmp_path / 'pictures', {'cats': 60, 'dogs': 60})
+    worker = tmp_path / 'broken_worker.py'
+    worker.write_text('import sys\nsys.exit("no such module")\n')
+    monkeypatch.setattr(image_folders, '__file__', str(worker))
+    with pytest.raises(DataError, match=r'^a decoding process could not start \(exit status '
+                                        r'1; its error is above\)$'):
+        load(root, workers=2)
+
+
 def test_a_class_of_one_picture_trains_on_it(tmp_path):
     root = class_tree(tmp_path / 'pictures', {'cats': 5, 'dogs': 5, 'owls': 1})
     data = load(root, seed=0, test_split=0.6)
