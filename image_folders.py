@@ -319,12 +319,12 @@ def _relative(paths, root):
             for path in paths]
 
 
-def _file_keys(paths, root):
+def _file_keys(paths, names):
     """What identifies each file's content for the cache: its path below
     root, size, modification time and change time (a changed file gets a new
     key; so does one whose permissions changed, which may now be readable)."""
     keys = []
-    for path, name in zip(paths, _relative(paths, root)):
+    for path, name in zip(paths, names):
         try:
             status = os.stat(path)
             keys.append('%s\0%d\0%d\0%d' % (name, status.st_size, status.st_mtime_ns,
@@ -566,10 +566,11 @@ class _Progress:
             self.stream.write('\n')
 
 
-def decode_all(paths, size, crop, root, workers=None, log=print):
+def decode_all(paths, size, crop, root, workers=None, log=print, names=None):
     """Every picture of `paths` prepared at `size`, from the cache where the
     file is unchanged, else decoded in `workers` processes (default: one per
-    core) straight into a new cache file.
+    core) straight into a new cache file. `names`: the paths relative to
+    root, when the caller has them.
 
     Returns:
       (pixels uint8 [len(paths), size, size, 3], memory-mapped from the
@@ -581,7 +582,7 @@ def decode_all(paths, size, crop, root, workers=None, log=print):
         as soon as that is certain).
     """
     base = _cache_base(root, size, crop)
-    keys = _file_keys(paths, root)
+    keys = _file_keys(paths, names or _relative(paths, root))
     cache = _read_cache(base)
     row_of, cached_pixels, cached_digests, cached_errors = cache or ({}, None, None, None)
     hits = [(row, row_of[key]) for row, key in enumerate(keys) if key in row_of]
@@ -713,7 +714,8 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
     entries = listed['train'] + (listed['test'] or [])
     paths = [path for path, _ in entries]
     check_memory(len(paths), image_size, root)
-    pixels, digests, errors = decode_all(paths, image_size, crop, root, workers, log)
+    names = _relative(paths, root)
+    pixels, digests, errors = decode_all(paths, image_size, crop, root, workers, log, names)
     for row, error in list(errors.items())[:10]:
         log('Skipped %s' % error)
     if len(errors) > 10:
@@ -724,7 +726,6 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
                                                    's' * (count > 1), note))
 
     rng = np.random.default_rng(seed)
-    names = _relative(paths, root)
     labels = np.array([label for _, label in entries], np.int64)
     good = np.ones(len(entries), bool)
     good[list(errors)] = False
