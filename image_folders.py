@@ -603,21 +603,22 @@ def decode_all(paths, size, crop, root, workers=None, log=print, names=None):
     progress = _Progress(len(missing))
     lock = threading.Lock()
 
+    def check_budget():
+        if len(errors) > allowed:
+            raise DataError('more than %d of the %d pictures cannot be read (at most %g%% may '
+                            'fail; the first: %s)' % (allowed, len(paths),
+                                                      100 * MAX_FAILED_FRACTION,
+                                                      errors[min(errors)]))
+
     def failed(row, error):
         with lock:
             errors[row] = error
-            if len(errors) > allowed:
-                raise DataError('more than %d of the %d pictures cannot be read (at '
-                                'most %g%% may fail; the first: %s)' % (
-                                    allowed, len(paths), 100 * MAX_FAILED_FRACTION,
-                                    errors[min(errors)]))
+            check_budget()
 
     try:
         if hits:
             pixels[rows] = cached_pixels[sources]
-        if len(errors) > allowed:
-            raise DataError('more than %d of the %d pictures cannot be read (the first: %s)'
-                            % (allowed, len(paths), errors[min(errors)]))
+        check_budget()          # the cache's own failures count too
         workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
                               else os.cpu_count() or 1)
         workers = min(workers, max(1, len(missing) // 50))   # a few pictures: no processes
