@@ -7,7 +7,11 @@ builds the same graph, draws its own batches from its own copy of the training
 set, and computes gradients; `SyncReplicasOptimizer` averages the next
 gradients that arrive for the current weights, as many as there are workers
 (normally one from each; a faster worker may give two, and one computed on
-older weights is dropped), and applies them once per global step; `MonitoredTrainingSession`
+older weights is dropped), and applies them once per global step. Since it
+takes those gradients from whichever worker, one worker alone could fill
+every place: so each worker counts its steps on the parameter servers, takes
+its first step once every worker has started, and stops when another's count
+stands still. `MonitoredTrainingSession`
 lets worker 0, the chief, initialise the variables and write the checkpoints
 and summaries into a run folder that `predict.py`, `export.py` and
 `cnn.py --restore` read. Each step sees (workers x --batch-size) images.
@@ -29,9 +33,9 @@ Several machines: the same commands, one per machine, with their addresses
 No process waits forever: the parameter servers exit once every worker has
 said it is done or has gone (it said it started, or its port was seen open,
 and its port has since been closed); a worker stops with one line
-when no step finishes within --step-timeout (a worker died: synchronous
-training cannot go on without it) or when it cannot reach the cluster within
---startup-timeout. Each worker's session sees only the parameter servers and
+when no step finishes within --step-timeout, or another worker has taken no
+step for that long (a worker died: synchronous training cannot go on without
+it), or when the cluster has not all started within --startup-timeout. Each worker's session sees only the parameter servers and
 itself (`device_filters`), so the chief does not hang in `close()` after
 another worker has gone; should anything else hang once steps have stopped,
 a watchdog ends the worker with the same line --step-timeout + 30 s after
@@ -223,6 +227,53 @@ class SamplerHook(tf.train.SessionRunHook):
         self.sampler.initialize(session)
 
 
+class StepCountHook(tf.train.SessionRunHook):
+    """Counts this worker's steps in a vector on the parameter servers, one
+    count per worker, and watches the others': this worker's first step waits
+    until every worker has started (its count is 1), and a worker whose count
+    has not moved for --step-timeout stops this one with one line.
+
+    Needed because SyncReplicasOptimizer takes its gradients from whichever
+    worker gives them: one worker alone fills every place, before the others
+    start or after one has died, and its steps never time out.
+    """
+
+    def __init__(self, step_counts, task, step_timeout, startup_timeout):
+        self.step_counts, self.task = step_counts, task
+        self.step_timeout, self.startup_timeout = step_timeout, startup_timeout
+        self.count_step = tf.scatter_add(step_counts, [task], tf.ones([1], tf.int64))
+
+    def after_create_session(self, session, coord):
+        counts = session.run(self.count_step)          # started: this worker's count is 1
+        deadline = time.time() + self.startup_timeout
+        while not counts.all():
+            if time.time() > deadline:
+                raise DataError('worker %d: worker %s did not start within %g s '
+                                '(--startup-timeout)' % (self.task, task_list(counts == 0),
+                                                         self.startup_timeout))
+            time.sleep(0.2)
+            counts = session.run(self.step_counts)
+        self.counts, self.moved = counts, np.full(len(counts), time.time())
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs(self.count_step)
+
+    def after_run(self, run_context, run_values):
+        counts, now = run_values.results, time.time()
+        self.moved[counts != self.counts] = now
+        self.counts = counts
+        stalled = now - self.moved > self.step_timeout
+        if stalled.any():
+            raise DataError('worker %d: worker %s took no step in %g s (--step-timeout): it '
+                            'has probably stopped, and synchronous training cannot go on '
+                            'without it' % (self.task, task_list(stalled), self.step_timeout))
+
+
+def task_list(chosen):
+    """'1' or '1, 2': the indices where the boolean vector `chosen` is true."""
+    return ', '.join(str(task) for task in np.flatnonzero(chosen))
+
+
 class AnnounceHook(tf.train.SessionRunHook):
     """Tells the parameter servers this worker has started, once the session exists."""
 
@@ -271,6 +322,8 @@ def train_worker(server, args):
                               sampler_device=worker_device + '/cpu:0',
                               wrap_optimizer=synchronous)
         tf.summary.scalar('loss', ops.loss)
+        step_counts = tf.Variable(tf.zeros([num_workers], tf.int64), trainable=False,
+                                  name='worker_step_counts')
     queues = [news_queue(i) for i in range(len(args.cluster['ps']))]
     started = [queue.enqueue((task, STARTED)) for queue in queues]
     done = [queue.enqueue((task, DONE)) for queue in queues]
@@ -280,13 +333,14 @@ def train_worker(server, args):
     config.device_filters.extend(['/job:ps', worker_device])
     hooks = [sync_optimizer.make_session_run_hook(is_chief), SamplerHook(ops.sampler),
              AnnounceHook(started),
+             StepCountHook(step_counts, task, args.step_timeout, args.startup_timeout),
              tf.train.StopAtStepHook(last_step=args.max_steps)]
     # Each worker its own order of the training set (seeded by --seed and its index)
     rng = np.random.default_rng(None if args.seed is None else [args.seed, task])
     batches = data_helpers.epoch_indices(len(train_images), args.batch_size, 10 ** 12, rng)
     step_options = tf.RunOptions(timeout_in_ms=int(args.step_timeout * 1000))
     lost = ('worker %d: no step finished in %g s (--step-timeout): a worker has probably '
-            'stopped (or never started), and synchronous training cannot go on without it'
+            'stopped, and synchronous training cannot go on without it'
             % (task, args.step_timeout))
     watchdog = Watchdog(args.step_timeout + 30, lost)
     global_step = tf.train.get_global_step()

@@ -110,8 +110,11 @@ def test_a_killed_worker_stops_the_others_in_bounded_time(cluster):
     killed = time.time()
     assert c.wait('worker0') == 1, c.everything()
     assert time.time() - killed < 60
+    # Its step times out, or (when it can still take steps alone, filling
+    # worker 1's places in SyncReplicasOptimizer) worker 1's count stands still
     last = c.output('worker0').strip().splitlines()[-1]
-    assert last.startswith('distributed.py: error: worker 0: no step finished in 10 s'), last
+    assert re.match(r'distributed.py: error: worker 0: (no step finished|worker 1 took no step) '
+                    r'in 10 s \(--step-timeout\)', last), c.everything()
     assert c.wait('ps') == 1, c.everything()
     assert c.output('ps').strip().splitlines()[-1] == (
         'distributed.py: error: parameter server 0: worker 0, 1 did not finish'), c.everything()
@@ -176,18 +179,23 @@ def test_cluster_from_tf_config_and_bad_flags(monkeypatch, capsys):
 
 
 def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10):
-    # A parameter server whose workers never come, and (in another cluster) a
-    # chief whose parameter server never comes: each stops by itself, in one line
-    def alone(argv):
-        ps, w0, w1 = distributed.local_addresses(3)
+    # A parameter server and a chief whose other worker never comes (the chief
+    # alone could fill SyncReplicasOptimizer's every place and train on), and,
+    # in another cluster, a chief whose parameter server never comes: each
+    # stops by itself, in one line
+    def start(hosts, argv):
         return subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, 'distributed.py'), '--ps-hosts', ps,
-             '--worker-hosts', w0 + ',' + w1, '--startup-timeout', '30'] + argv,
+            [sys.executable, os.path.join(ROOT, 'distributed.py'), '--ps-hosts', hosts[0],
+             '--worker-hosts', hosts[1] + ',' + hosts[2], '--startup-timeout', '30'] + argv,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path))
 
-    processes = {'ps': alone(['--job-name', 'ps', '--task-index', '0']),
-                 'chief': alone(['--job-name', 'worker', '--task-index', '0', '--data-dir',
-                                 fake_cifar10, '--batch-size', '16'])}
+    chief = ['--job-name', 'worker', '--task-index', '0', '--data-dir', fake_cifar10,
+             '--batch-size', '16', '--max-steps', '100000']
+    addresses = distributed.local_addresses(6)          # six different ports
+    no_worker_1, no_ps = addresses[:3], addresses[3:]
+    processes = {'ps': start(no_worker_1, ['--job-name', 'ps', '--task-index', '0']),
+                 'lone chief': start(no_worker_1, chief),
+                 'chief': start(no_ps, chief)}
     try:
         outputs = {name: p.communicate(timeout=LIMIT)[0].strip().splitlines()[-1]
                    for name, p in processes.items()}
@@ -197,6 +205,9 @@ def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10):
     assert processes['ps'].returncode == 1
     assert outputs['ps'] == ('distributed.py: error: parameter server 0: worker 0, 1 did not '
                              'finish')
+    assert processes['lone chief'].returncode == 1
+    assert outputs['lone chief'] == ('distributed.py: error: worker 0: worker 1 did not start '
+                                     'within 30 s (--startup-timeout)')
     assert processes['chief'].returncode == 1
     assert re.fullmatch(r'distributed.py: error: no parameter server at 127.0.0.1:\d+ after '
                         r'30 s \(--startup-timeout\)', outputs['chief']), outputs['chief']
