@@ -47,10 +47,12 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import reporting  # noqa: E402
 import run_folders  # noqa: E402
+import sessions  # noqa: E402
 import towers  # noqa: E402
 from errors import DataError, write_file_atomically  # noqa: E402
 
@@ -443,7 +445,7 @@ def build_graph(model, train_images, train_labels, batch_size, learning_rate, pr
         loss=train_loss, train_step=train_step, accuracy=accuracy,
         eval_loss=loss(logits, labels),
         predictions=tf.argmax(logits, 1, name='predictions'),
-        saver=run_folders.saver(max_to_keep=3))
+        saver=checkpoints.saver(max_to_keep=3))
 
 
 def learning_rate(base, schedule, max_steps):
@@ -472,7 +474,7 @@ def restored_split(args):
     if not args.restore:
         return None
     try:
-        folder = run_folders.checkpoint_folder(args.restore)
+        folder = checkpoints.checkpoint_folder(args.restore)
         info = run_folders.read_model_info(folder)
         if info['dataset'] != 'folder':
             return None
@@ -493,15 +495,15 @@ def do_eval(sess, ops, images, labels):
       images, labels: the set (validation or test).
 
     Returns:
-      {'accuracy', 'loss' (the mean), 'predictions'} (run_folders.evaluate).
+      {'accuracy', 'loss' (the mean), 'predictions'} (sessions.evaluate).
     """
-    return run_folders.evaluate(sess, ops.predictions, ops.images, ops.labels, images, labels,
+    return sessions.evaluate(sess, ops.predictions, ops.images, ops.labels, images, labels,
                                 means={'loss': ops.eval_loss})
 
 
 def restore_and_evaluate(sess, ops, args, data_sets):
     """Scores the latest checkpoint of --restore on the test set."""
-    checkpoint = run_folders.restore(ops.saver, sess, args.restore, '--model ' + args.model)
+    checkpoint = checkpoints.restore(ops.saver, sess, args.restore, '--model ' + args.model)
     accuracy = do_eval(sess, ops, data_sets['images_test'], data_sets['labels_test'])['accuracy']
     print('Restored {}\nTest accuracy {:.4f}'.format(checkpoint, accuracy))
     return accuracy
@@ -563,7 +565,7 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, report_set)
             print_report('Epoch {}/{}'.format(step // steps_per_epoch, args.epochs)
                          if args.epochs else 'Step {}/{}'.format(step, max_steps),
                          history, report_name)
-            run_folders.save_checkpoint(ops.saver, sess, run_dir, step)
+            checkpoints.save_checkpoint(ops.saver, sess, run_dir, step)
             history.save(run_dir)
             sum_loss, sum_accuracy, interval_start = 0.0, 0.0, time.time()
     return history, time.time() - train_start
@@ -571,7 +573,7 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, report_set)
 
 def main(args):
     begin_time = time.time()
-    rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
+    rng = sessions.fresh_graph(args.seed)   # the same seed gives the same run
     chosen = args.precision or trained_precision(args.restore)
     args.precision = cli.precision(chosen)
 

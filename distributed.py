@@ -59,7 +59,8 @@ import cli  # noqa: E402
 import cnn  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402
-from errors import DataError  # noqa: E402
+import sessions  # noqa: E402
+from errors import DataError, error_line  # noqa: E402
 
 tf.disable_eager_execution()
 tf.logging.set_verbosity(tf.logging.ERROR)   # the v1 distributed APIs print 'deprecated'
@@ -329,7 +330,7 @@ def train_worker(server, args):
     done = [queue.enqueue((task, DONE)) for queue in queues]
 
     # The session: this worker sees the parameter servers and itself only
-    config = run_folders.session_config()
+    config = sessions.session_config()
     config.device_filters.extend(['/job:ps', worker_device])
     hooks = [sync_optimizer.make_session_run_hook(is_chief), SamplerHook(ops.sampler),
              AnnounceHook(started),
@@ -373,7 +374,7 @@ def train_worker(server, args):
                             '(--startup-timeout)' % (task, args.startup_timeout)) from None
         raise DataError(lost) from None
     except tf.errors.OpError as e:
-        raise DataError('worker %d: the cluster failed (%s)' % (task, run_folders.error_line(e)))
+        raise DataError('worker %d: the cluster failed (%s)' % (task, error_line(e)))
 
     # Tell the parameter servers this worker is done
     try:
@@ -446,8 +447,8 @@ def main(args):
     except (tf.errors.OpError, ValueError, RuntimeError) as e:
         raise DataError('cannot start %s %d at %s (%s)' % (
             args.job_name, args.task_index, args.cluster[args.job_name][args.task_index],
-            run_folders.error_line(e))) from None
-    run_folders.fresh_graph(args.seed)
+            error_line(e))) from None
+    sessions.fresh_graph(args.seed)
     if args.job_name == 'ps':
         return serve_parameters(server, args)
     # SyncReplicasOptimizer's token thread on the chief ends with an uncaught

@@ -6,6 +6,8 @@
   (`cli.exit_on_error`).
 * `write_file_atomically()`, `current_umask()`: a file written through a
   temporary name, so a killed run never leaves half of one.
+* `error_line()`: the one line of an error's message that says what went
+  wrong, for the one-line report.
 """
 
 import os
@@ -39,3 +41,15 @@ def write_file_atomically(path, data):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def error_line(error):
+    """The line of an error's message that says what went wrong, for a
+    one-line report: for TensorFlow's graph errors the line before their
+    '[[{{node ...}}]]', else the first line."""
+    text = getattr(error, 'message', None) or getattr(error, 'strerror', None) or str(error)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    ends = [i for i, line in enumerate(lines) if line.startswith('[[')]
+    if ends and ends[0] > 0:
+        return lines[ends[0] - 1][:160]
+    return (lines[0] if lines else type(error).__name__)[:160]

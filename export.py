@@ -42,9 +42,10 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import run_folders  # noqa: E402
-from errors import DataError, current_umask  # noqa: E402
+from errors import DataError, current_umask, error_line  # noqa: E402
 
 tf.disable_eager_execution()  # the scripts' graphs are TensorFlow 1 graphs
 tf.logging.set_verbosity(tf.logging.ERROR)  # the v1 freezing and saving APIs print 'deprecated'
@@ -89,7 +90,7 @@ def frozen_inference_graph(run_dir, tta):
       DataError: no usable checkpoint, a run of unknown kind, --tta where the
         run has none.
     """
-    session, graph, checkpoint, info = run_folders.load_trained_model(run_dir)
+    session, graph, checkpoint, info = checkpoints.load_trained_model(run_dir)
     with session:
         info_file = os.path.join(os.path.dirname(checkpoint), run_folders.MODEL_INFO)
         if info['script'] not in SCRIPTS:
@@ -202,7 +203,7 @@ def write_tflite(graph_def, input_name, outputs, path, quantize):
                 data = converter.convert()
             except Exception as e:   # the converter's own ConverterError is not public API
                 raise DataError('the TFLite converter refused the model (%s)'
-                                % run_folders.error_line(e)) from None
+                                % error_line(e)) from None
     with open(path, 'wb') as f:
         f.write(data)
 
@@ -230,7 +231,7 @@ def export(args):
             raise DataError('%s exists: give another --out, or remove it first' % out)
         os.rename(work, out)
     except (OSError, tf.errors.OpError) as e:
-        raise DataError('cannot write %s (%s)' % (out, run_folders.error_line(e))) from None
+        raise DataError('cannot write %s (%s)' % (out, error_line(e))) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print('Exported %s (%s%s) to %s' % (checkpoint, info['script'],

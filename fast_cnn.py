@@ -53,9 +53,11 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402
+import sessions  # noqa: E402
 import towers  # noqa: E402
 from errors import DataError  # noqa: E402
 
@@ -767,7 +769,7 @@ def build_graph(args, hyp, padded_train, train_labels, whitening,
         average_start=average_start,
         average_update=average_update, average_decay=average_decay, images=images,
         labels=labels, plain_predictions=plain_predictions,
-        tta_predictions=tf.argmax(logits, 1), saver=run_folders.saver(net_variables))
+        tta_predictions=tf.argmax(logits, 1), saver=checkpoints.saver(net_variables))
 
 
 def train_epoch(sess, ops, args, hyp, state, schedule, flips, rng):
@@ -820,7 +822,7 @@ def do_eval(sess, ops, predictions, images, labels):
     Returns:
       The fraction predicted right.
     """
-    return run_folders.evaluate(sess, predictions, ops.images, ops.labels, images,
+    return sessions.evaluate(sess, predictions, ops.images, ops.labels, images,
                                 labels)['accuracy']
 
 
@@ -833,7 +835,7 @@ def print_progress(history, images_per_second):
 
 def save_run(sess, ops, run_dir, state, history, result):
     """Fills the run folder: the final checkpoint, history, result."""
-    run_folders.save_checkpoint(ops.saver, sess, run_dir, state.step)
+    checkpoints.save_checkpoint(ops.saver, sess, run_dir, state.step)
     history.save(run_dir)
     run_folders.write_json(os.path.join(run_dir, 'result.json'), result)
     print('Saved to {}'.format(run_dir))
@@ -842,7 +844,7 @@ def save_run(sess, ops, run_dir, state, history, result):
 def main(args):
     begin_time = time.time()
     chosen, args.precision = args.precision, cli.precision(args.precision)
-    rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
+    rng = sessions.fresh_graph(args.seed)   # the same seed gives the same run
     hyp = RECIPES[args.recipe]
 
     # Load the data (CIFAR-10, or a folder of your own pictures), and compute

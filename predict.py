@@ -34,11 +34,12 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import image_folders  # noqa: E402
 import run_folders  # noqa: E402
-from errors import DataError  # noqa: E402
+from errors import DataError, error_line  # noqa: E402
 
 tf.disable_eager_execution()
 
@@ -98,7 +99,7 @@ def load_exported_model(folder):
     graph = tf.Graph()
     session = tf.Session(graph=graph)
     try:
-        with graph.as_default(), run_folders.quiet_deprecations():   # the v1 loader's warning
+        with graph.as_default(), checkpoints.quiet_deprecations():   # the v1 loader's warning
             try:
                 meta_graph = tf.saved_model.loader.load(session, [tf.saved_model.SERVING], folder)
                 signature = meta_graph.signature_def[run_folders.SIGNATURE]
@@ -107,14 +108,14 @@ def load_exported_model(folder):
                     signature.outputs['probabilities'].name)
             except (KeyError, ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
                 raise DataError('%s: not a model export.py wrote (%s)'
-                                % (folder, run_folders.error_line(e))) from None
+                                % (folder, error_line(e))) from None
         names_file = os.path.join(folder, 'assets', run_folders.CLASS_NAMES)
         try:
             with open(names_file, encoding='utf-8') as f:
                 classes = f.read().splitlines()
         except (OSError, ValueError) as e:
             raise DataError('cannot read %s (%s)'
-                            % (names_file, run_folders.error_line(e))) from None
+                            % (names_file, error_line(e))) from None
         shape = image.shape.as_list() if image.shape.rank == 4 else None
         if not shape or None in shape[1:] or probabilities.shape.rank != 2:
             raise DataError('%s: the signature is not image [batch, size, size, channels] -> '
@@ -155,7 +156,7 @@ def load_model(run_dir):
     if exported:
         session, image, probabilities, info = load_exported_model(exported)
         return session, info, image, probabilities
-    session, graph, checkpoint, info = run_folders.load_trained_model(run_dir)
+    session, graph, checkpoint, info = checkpoints.load_trained_model(run_dir)
     try:
         return (session, info, *model_tensors(graph, info, checkpoint))
     except DataError:

@@ -17,9 +17,11 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402
+import sessions  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
@@ -53,7 +55,7 @@ def main(args):
 
     # A seed removes randomness: the same seed prints the same lines (on the
     # same kind of CPU; another sums in another order and rounds differently)
-    rng = run_folders.fresh_graph(args.seed)
+    rng = sessions.fresh_graph(args.seed)
 
     # Prepare data
     data_sets = data_helpers.load_data(args.data_dir)
@@ -154,7 +156,7 @@ def main(args):
 
         # Save the trained model when asked (not part of the article)
         if args.train_dir:
-            run_folders.save_checkpoint(run_folders.saver(), sess, run_dir)
+            checkpoints.save_checkpoint(checkpoints.saver(), sess, run_dir)
 
     endTime = time.time()
     print('Total time: {:5.2f}s'.format(endTime - beginTime))

@@ -37,7 +37,7 @@ What this means for training:
 
 import tensorflow.compat.v1 as tf
 
-import run_folders
+import sessions
 from errors import DataError
 
 VARIABLE_OPS = ('Variable', 'VariableV2', 'VarHandleOp')
@@ -60,9 +60,9 @@ def devices(count):
 
 
 def session_config(count):
-    """run_folders.session_config(), with `count` CPU devices where towers need
+    """sessions.session_config(), with `count` CPU devices where towers need
     them, and ops without a GPU kernel allowed onto the CPU."""
-    config = run_folders.session_config()
+    config = sessions.session_config()
     if count > 1:
         config.allow_soft_placement = True
         if devices(count)[0].startswith('/cpu'):

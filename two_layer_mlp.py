@@ -30,9 +30,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up
 import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402
+import sessions  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
@@ -250,16 +252,16 @@ def do_eval(sess, ops, data_sets):
       data_sets: load_dataset()'s dict; its images_test and labels_test.
 
     Returns:
-      {'accuracy', 'loss' (the mean), 'predictions'} (run_folders.evaluate).
+      {'accuracy', 'loss' (the mean), 'predictions'} (sessions.evaluate).
     """
-    return run_folders.evaluate(sess, ops.predictions, ops.images, ops.labels,
+    return sessions.evaluate(sess, ops.predictions, ops.images, ops.labels,
                                 data_sets['images_test'], data_sets['labels_test'],
                                 means={'loss': ops.loss})
 
 
 def restore_and_evaluate(sess, ops, args, data_sets):
     """The original's restore_model.py: the latest checkpoint, scored on the test set."""
-    checkpoint = run_folders.restore(ops.saver, sess, args.train_dir, '--preset ' + args.preset)
+    checkpoint = checkpoints.restore(ops.saver, sess, args.train_dir, '--preset ' + args.preset)
     print('Restored {}'.format(checkpoint))
     test_accuracy = do_eval(sess, ops, data_sets)['accuracy']
     print('Test accuracy {:g}'.format(test_accuracy))
@@ -317,7 +319,7 @@ def build_graph(args, data_sets):
     return argparse.Namespace(
         sampler=sampler, images=images, labels=labels, loss=loss_op,
         train_step=train_step, accuracy=accuracy, predictions=tf.argmax(logits, 1),
-        summary=tf.summary.merge_all(), saver=run_folders.saver())
+        summary=tf.summary.merge_all(), saver=checkpoints.saver())
 
 
 def train(sess, ops, args, data_sets, rng):
@@ -356,7 +358,7 @@ def train(sess, ops, args, data_sets, rng):
 
             # Periodically save checkpoint
             if (i + 1) % CHECKPOINT_EVERY == 0:
-                run_folders.save_checkpoint(ops.saver, sess, run_dir, i + 1)
+                checkpoints.save_checkpoint(ops.saver, sess, run_dir, i + 1)
                 print('Saved checkpoint')
 
             # After every epoch, the epoch's line (where the article prints one)
@@ -366,12 +368,12 @@ def train(sess, ops, args, data_sets, rng):
                              epoch_accuracy / steps_per_epoch, time.time() - epoch_start)
                 epoch_loss, epoch_accuracy, epoch_start = 0.0, 0.0, time.time()
 
-    run_folders.save_checkpoint(ops.saver, sess, run_dir, max_steps)
+    checkpoints.save_checkpoint(ops.saver, sess, run_dir, max_steps)
 
 
 def main(args):
     begin_time = time.time()
-    rng = run_folders.fresh_graph(args.seed)   # the same seed gives the same run
+    rng = sessions.fresh_graph(args.seed)   # the same seed gives the same run
     if not args.restore:
         print_parameters(args)
 
@@ -384,7 +386,7 @@ def main(args):
     ops = build_graph(args, data_sets)
 
     # Run the TensorFlow graph
-    with tf.Session(config=run_folders.session_config()) as sess:
+    with tf.Session(config=sessions.session_config()) as sess:
         if args.restore:
             return restore_and_evaluate(sess, ops, args, data_sets)
 

@@ -65,11 +65,11 @@ def measure_graph(x, y, x_test, batch, steps, repeats, precision):
 
     import cnn
     import data_helpers
-    import run_folders
+    import sessions
     with tf.Graph().as_default():
         # cnn.py's own graph: the training tower and the inference tower
         ops = cnn.build_graph('batchnorm', x, y, batch, 1e-3, precision)
-        with tf.Session(config=run_folders.session_config()) as sess:
+        with tf.Session(config=sessions.session_config()) as sess:
             sess.run(tf.global_variables_initializer())
             ops.sampler.initialize(sess)
             batches = data_helpers.epoch_indices(len(x), batch, 10 ** 9,

@@ -23,7 +23,6 @@ sys.path.insert(0, ROOT)
 import data_helpers  # noqa: E402
 import export  # noqa: E402
 import predict  # noqa: E402
-import run_folders  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 
@@ -43,7 +42,7 @@ def run_graph_accuracy(run_dir, images, labels):
 
 
 def saved_model_accuracy(folder, images, labels):
-    session, image, probabilities, _ = run_folders.load_exported_model(os.path.join(folder, '1'))
+    session, image, probabilities, _ = predict.load_exported_model(os.path.join(folder, '1'))
     with session:
         predicted = np.concatenate([session.run(probabilities, {image: batch})
                                     for batch in batches(images)]).argmax(1)

@@ -35,7 +35,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import cli  # noqa: E402
 import data_helpers  # noqa: E402
 import fast_cnn  # noqa: E402
-import run_folders  # noqa: E402
+import sessions  # noqa: E402
 
 tf.disable_eager_execution()
 
@@ -64,7 +64,7 @@ def conv_shapes(widths, batch):
 def measure_ceiling(widths, batch, dtype, repeats):
     """GFLOP/s of a square matmul and of each convolution (forward)."""
     results = {}
-    with tf.Graph().as_default(), tf.Session(config=run_folders.session_config()) as sess:
+    with tf.Graph().as_default(), tf.Session(config=sessions.session_config()) as sess:
         n = 4096
         a = tf.Variable(tf.random.normal([n, n]), dtype=tf.float32)
         product = tf.matmul(tf.cast(a, dtype), tf.cast(a, dtype))
@@ -123,7 +123,7 @@ def measure_model(args, hyp, data_dir, steps, repeats):
     with tf.Graph().as_default() as graph:
         ops = fast_cnn.build_graph(args, hyp, padded, train_labels[:count],
                                    fast_cnn.whitening_filters(sample))
-        with tf.Session(config=run_folders.session_config()) as sess:
+        with tf.Session(config=sessions.session_config()) as sess:
             sess.run(tf.global_variables_initializer())
             ops.sampler.initialize(sess)
 

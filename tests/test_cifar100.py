@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
+import checkpoints
 import cnn
 import data_helpers
 import run_folders
@@ -91,5 +92,5 @@ def test_cnn_trains_on_cifar100_coarse(tmp_path):
     cnn.main(cnn.parse_args(['--model', 'small', '--data-dir', folder, '--labels', 'coarse',
                              '--max-steps', '2', '--batch-size', '8', '--no-plots',
                              '--train-dir', run_dir, '--precision', 'fp32']))
-    info = run_folders.read_model_info(run_folders.checkpoint_folder(run_dir))
+    info = run_folders.read_model_info(checkpoints.checkpoint_folder(run_dir))
     assert info['dataset'] == 'cifar100' and len(info['classes']) == 20

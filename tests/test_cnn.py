@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import checkpoints
 import cli
 import cnn
 import data_helpers
 import reporting
-import run_folders
 from conftest import needs_bf16_kernels, needs_native_bf16
 
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
@@ -197,7 +197,7 @@ def test_a_bf16_run_says_so_and_restores(fake_cifar10, tmp_path, capsys):
     assert 'Model batchnorm: 1,517,450 parameters, bf16' in out
     run_dir, = (tmp_path / 'runs').iterdir()
     # The saved graph's convolutions compute in bfloat16, its weights are float32
-    session, graph, _, _ = run_folders.load_trained_model(str(run_dir))
+    session, graph, _, _ = checkpoints.load_trained_model(str(run_dir))
     session.close()
     convolutions = [op for op in graph.get_operations() if op.type == 'Conv2D']
     assert convolutions and all(op.get_attr('T') == tf.bfloat16 for op in convolutions)

@@ -15,13 +15,13 @@ import pytest
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+import checkpoints
 import cli
 import cnn
 import data_helpers
 import export
 import fast_cnn
 import predict
-import run_folders
 import softmax
 import two_layer_mlp
 from conftest import needs_native_bf16, run_as_main, write_fake_cifar10, write_fake_mnist
@@ -171,7 +171,7 @@ def reordering_tolerance(exported, kind):
     if kind != 'softmax':
         return 0.0
     root, _, images, _, _ = exported
-    session, _, checkpoint, info = run_folders.load_trained_model(str(root / 'runs' / kind))
+    session, _, checkpoint, info = checkpoints.load_trained_model(str(root / 'runs' / kind))
     session.close()
     reader = tf.train.load_checkpoint(checkpoint)
     weights, = [reader.get_tensor(name) for name, shape in tf.train.list_variables(checkpoint)
@@ -185,7 +185,7 @@ def reordering_tolerance(exported, kind):
 def plain_probabilities(exported, kind):
     """fast_cnn's output without test-time augmentation, from the training graph."""
     root, _, images, _, _ = exported
-    session, graph, _, _ = run_folders.load_trained_model(str(root / 'runs' / kind))
+    session, graph, _, _ = checkpoints.load_trained_model(str(root / 'runs' / kind))
     with session:
         return session.run(graph.get_tensor_by_name('plain_probabilities:0'),
                            {graph.get_tensor_by_name('images:0'): images[kind] / 255})

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import checkpoints
 import cli
 import data_helpers
 import fast_cnn
 import predict
-import run_folders
 
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
 AIRBENCH94, MUON = fast_cnn.RECIPES['airbench94'], fast_cnn.RECIPES['muon']
@@ -470,7 +470,7 @@ def saved_run_accuracy(run_dir, data_dir):
     """The test accuracy of the run's checkpoint, restored from its folder as
     predict.py does (the output model.json names, with test-time augmentation)."""
     images, labels = data_helpers.load_test_batch(data_dir)
-    session, graph, _, info = run_folders.load_trained_model(run_dir)
+    session, graph, _, info = checkpoints.load_trained_model(run_dir)
     with session:
         probabilities = session.run(graph.get_tensor_by_name(info['output']), {
             graph.get_tensor_by_name(info['input']):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import checkpoints
 import cnn
 import data_helpers
 import export
@@ -213,7 +214,7 @@ def test_the_split_is_written_into_the_run_folder(tmp_path):
     cnn.main(cnn.parse_args(['--model', 'small', '--data-dir', root, '--max-steps', '2',
                              '--batch-size', '4', '--no-plots', '--train-dir', run_dir,
                              '--seed', '5', '--precision', 'fp32']))
-    folder = run_folders.checkpoint_folder(run_dir)
+    folder = checkpoints.checkpoint_folder(run_dir)
     with open(os.path.join(folder, 'split.json')) as f:
         import json
         split = json.load(f)
@@ -491,7 +492,7 @@ def test_fast_cnn_trains_on_a_folder_at_64_pixels_with_its_own_statistics(tmp_pa
     fast_cnn.main(fast_cnn.parse_args(['--data-dir', root, '--image-size', '64', '--epochs',
                                        '1', '--batch-size', '8', '--train-dir', run_dir,
                                        '--precision', 'fp32', '--seed', '0']))
-    folder = run_folders.checkpoint_folder(run_dir)
+    folder = checkpoints.checkpoint_folder(run_dir)
     info = run_folders.read_model_info(folder)
     assert info['image_size'] == 64 and info['classes'] == ['cats', 'dogs', 'owls']
     train = load(root, image_size=64, seed=0)['images_train']
@@ -511,7 +512,7 @@ def test_cnn_trains_on_a_folder_at_other_sizes_and_on_two_devices(tmp_path, mode
                              '--num-devices', devices, '--max-steps', '2', '--batch-size', '4',
                              '--no-plots', '--train-dir', str(tmp_path / 'runs'),
                              '--precision', 'fp32']))
-    session, graph, _, info = run_folders.load_trained_model(str(tmp_path / 'runs'))
+    session, graph, _, info = checkpoints.load_trained_model(str(tmp_path / 'runs'))
     session.close()
     assert graph.get_tensor_by_name('images:0').shape.as_list() == [None, int(size),
                                                                    int(size), 3]

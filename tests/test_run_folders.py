@@ -1,4 +1,5 @@
-"""run_folders.py: batched evaluation, run folders, model.json, history, checkpoints."""
+"""run_folders.py, sessions.py and checkpoints.py: batched evaluation, run folders,
+model.json, history, checkpoints."""
 
 import glob
 import json
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import checkpoints
 import run_folders
+import sessions
 from errors import DataError
 
 
@@ -30,7 +33,7 @@ def test_batched_evaluation_equals_the_whole_set_at_once():
     with tf.Graph().as_default(), tf.Session() as sess:
         images, labels, logits, loss = linear_model(rng)
         whole_logits, whole_loss = sess.run([logits, loss], {images: x, labels: y})
-        result = run_folders.evaluate(sess, tf.argmax(logits, 1), images, labels, x, y,
+        result = sessions.evaluate(sess, tf.argmax(logits, 1), images, labels, x, y,
                                       means={'loss': loss}, batch_size=5)   # 5 x 4 + 3
     expected = whole_logits.argmax(1)
     np.testing.assert_array_equal(result['predictions'], expected)
@@ -43,7 +46,7 @@ def test_fresh_graph_resets_and_seeds():
     tf.constant(1.0, name='left_over')
     draws = []
     for _ in range(2):
-        rng = run_folders.fresh_graph(5)
+        rng = sessions.fresh_graph(5)
         assert tf.get_default_graph().get_operations() == []
         uniform = tf.random.uniform([3])
         with tf.Session() as sess:
@@ -121,11 +124,11 @@ def save_steps(folder, steps, value=1.0, name='w'):
     """Saves a one-variable model at each step; returns the saver's prefixes."""
     with tf.Graph().as_default():
         variable = tf.Variable(0.0, name=name)
-        saver = run_folders.saver()
+        saver = checkpoints.saver()
         with tf.Session() as sess:
             for step in steps:
                 sess.run(variable.assign(value * step))
-                run_folders.save_checkpoint(saver, sess, folder, step)
+                checkpoints.save_checkpoint(saver, sess, folder, step)
     return [os.path.join(folder, 'model.ckpt-%d' % step) for step in steps]
 
 
@@ -133,7 +136,7 @@ def restored_value(folder, name='w', built_with='--x'):
     with tf.Graph().as_default():
         variable = tf.Variable(-1.0, name=name)
         with tf.Session() as sess:
-            checkpoint = run_folders.restore(run_folders.saver(), sess, folder, built_with)
+            checkpoint = checkpoints.restore(checkpoints.saver(), sess, folder, built_with)
             return os.path.basename(checkpoint), sess.run(variable)
 
 
@@ -144,11 +147,11 @@ def test_restore_takes_the_folder_itself_or_its_newest_run(tmp_path):
     save_steps(old, [1, 3], value=10.0)
     for name in os.listdir(old):
         os.utime(os.path.join(old, name), (1, 1))          # written long ago
-    assert run_folders.checkpoint_folder(str(tmp_path)) == new
+    assert checkpoints.checkpoint_folder(str(tmp_path)) == new
     assert restored_value(str(tmp_path)) == ('model.ckpt-2', 2.0)
     assert restored_value(old) == ('model.ckpt-3', 30.0)    # the highest step
     with pytest.raises(DataError, match='no complete checkpoint in .*empty'):
-        run_folders.checkpoint_folder(str(tmp_path / 'empty'))
+        checkpoints.checkpoint_folder(str(tmp_path / 'empty'))
 
 
 def test_a_moved_or_copied_run_folder_restores_its_own_weights(tmp_path):
@@ -207,7 +210,7 @@ def test_an_unwritable_checkpoint_is_one_clear_error(tmp_path):
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             with pytest.raises(DataError, match='cannot save a checkpoint in .*file/run'):
-                run_folders.save_checkpoint(run_folders.saver(), sess,
+                checkpoints.save_checkpoint(checkpoints.saver(), sess,
                                             str(tmp_path / 'file' / 'run'))
 
 
@@ -240,7 +243,7 @@ def test_checkpoints_a_live_run_deleted_meanwhile_are_listed_again(tmp_path):
             raise tf.errors.DataLossError(None, None, 'cut short')
         return 'restored'
 
-    prefix, result = run_folders._newest_that_loads(folder, load)
+    prefix, result = checkpoints._newest_that_loads(folder, load)
     assert (os.path.basename(prefix), result) == ('model.ckpt-3', 'restored')
     assert loaded == ['model.ckpt-2', 'model.ckpt-3']      # 1 was gone: never loaded
 
@@ -253,6 +256,6 @@ def test_saving_hides_tensorflows_deprecation_warnings(tmp_path):
             return path
 
     seen, before = [], tf.logging.get_verbosity()
-    run_folders.save_checkpoint(Saver(), None, str(tmp_path), 3)
+    checkpoints.save_checkpoint(Saver(), None, str(tmp_path), 3)
     assert seen == [tf.logging.ERROR]
     assert tf.logging.get_verbosity() == before
