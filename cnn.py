@@ -293,7 +293,10 @@ def training(loss, learning_rate, epsilon, wrap_optimizer=None, tower_gradients=
     Returns:
       The op that takes one step.
     """
-    gradients = tower_gradients or towers.gradients(loss)
+    gradients = tower_gradients
+    if gradients is None:            # one device: the loss's own gradients
+        variables = tf.trainable_variables()
+        gradients = list(zip(tf.gradients(loss, variables), variables))
     global_step = tf.train.get_or_create_global_step()
     optimizer = tf.train.AdamOptimizer(learning_rate, epsilon=epsilon)
     if wrap_optimizer:

@@ -517,7 +517,10 @@ def training(loss, hyp, batch_size, lr_scale, whiten_lr_scale, precision='fp32',
     Returns:
       The op that takes one step (and updates the batch-norm averages).
     """
-    gradients = tower_gradients or towers.gradients(loss)
+    gradients = tower_gradients
+    if gradients is None:            # one device: the loss's own gradients
+        variables = tf.trainable_variables()
+        gradients = list(zip(tf.gradients(loss, variables), variables))
     group_lr, decay = learning_rates(hyp, batch_size)
     variables = [v for _, v in gradients]
     gradients = {v.op.name: g for g, v in gradients}

@@ -6,8 +6,6 @@ in `tf.compat.v1` without contrib:
 * `devices(n)`: the GPUs when there are n of them, else n virtual CPU devices
   (how the tests, and a machine without GPUs, run the same code).
 * `session_config(n)`: the session options, with the virtual CPU devices.
-* `gradients(loss)`: one device's gradients, as the scripts' `training()`
-  takes them when there are no towers.
 * `tower_gradients(build_loss, inputs, devices)`: each batch split into one
   slice per device; `build_loss` called once per device under `tower_<i>`,
   sharing the variables (kept on the CPU); the gradients averaged. The caller
@@ -77,9 +75,9 @@ def _on_device(device):
     return tf.device(place)
 
 
-def gradients(loss):
-    """[(gradient of loss, variable)] for every trainable variable: what one
-    device's training step applies (tf.gradients, as each tower uses)."""
+def _gradients(loss):
+    """[(gradient of loss, variable)] for every trainable variable: one tower's
+    (tf.gradients, as the scripts' `training()` takes them on one device)."""
     variables = tf.trainable_variables()
     return list(zip(tf.gradients(loss, variables), variables))
 
@@ -102,7 +100,7 @@ def tower_gradients(build_loss, inputs, tower_devices):
     """
     if len(tower_devices) == 1:      # one device: the plain graph, placed by TensorFlow
         loss, extra = build_loss(*inputs)
-        return loss, gradients(loss), [extra]
+        return loss, _gradients(loss), [extra]
     slices = list(zip(*[tf.split(x, len(tower_devices)) for x in inputs]))
     updates = tf.get_collection_ref(tf.GraphKeys.UPDATE_OPS)
     losses, extras, tower_grads = [], [], []
@@ -111,7 +109,7 @@ def tower_gradients(build_loss, inputs, tower_devices):
         with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE), \
                 tf.name_scope('tower_%d' % i), _on_device(device):
             loss, extra = build_loss(*slices[i])
-            tower_grads.append(gradients(loss))
+            tower_grads.append(_gradients(loss))
         if i > 0:     # batch-norm averages: tower 0's updates only, as the tutorial did
             del updates[updates_before:]
         losses.append(loss)
