@@ -8,6 +8,8 @@ loaded back whatever happened to the run.
   script built, or with its own saved graph (predict.py, export.py), falling
   back from a damaged or half-written checkpoint to the newest complete one,
   with one clear line when there is none or it belongs to another model.
+* `quiet_deprecations()`: TensorFlow's v1 'deprecated' warnings hidden
+  around saving (and predict.py's loading of a SavedModel).
 """
 
 import contextlib

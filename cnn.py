@@ -501,7 +501,7 @@ def do_eval(sess, ops, images, labels):
       {'accuracy', 'loss' (the mean), 'predictions'} (sessions.evaluate).
     """
     return sessions.evaluate(sess, ops.predictions, ops.images, ops.labels, images, labels,
-                                means={'loss': ops.eval_loss})
+                            means={'loss': ops.eval_loss})
 
 
 def restore_and_evaluate(sess, ops, args, data_sets):

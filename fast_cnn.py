@@ -826,7 +826,7 @@ def do_eval(sess, ops, predictions, images, labels):
       The fraction predicted right.
     """
     return sessions.evaluate(sess, predictions, ops.images, ops.labels, images,
-                                labels)['accuracy']
+                            labels)['accuracy']
 
 
 def print_progress(history, images_per_second):

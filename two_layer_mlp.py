@@ -255,8 +255,8 @@ def do_eval(sess, ops, data_sets):
       {'accuracy', 'loss' (the mean), 'predictions'} (sessions.evaluate).
     """
     return sessions.evaluate(sess, ops.predictions, ops.images, ops.labels,
-                                data_sets['images_test'], data_sets['labels_test'],
-                                means={'loss': ops.loss})
+                            data_sets['images_test'], data_sets['labels_test'],
+                            means={'loss': ops.loss})
 
 
 def restore_and_evaluate(sess, ops, args, data_sets):

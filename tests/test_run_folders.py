@@ -34,7 +34,7 @@ def test_batched_evaluation_equals_the_whole_set_at_once():
         images, labels, logits, loss = linear_model(rng)
         whole_logits, whole_loss = sess.run([logits, loss], {images: x, labels: y})
         result = sessions.evaluate(sess, tf.argmax(logits, 1), images, labels, x, y,
-                                      means={'loss': loss}, batch_size=5)   # 5 x 4 + 3
+                                   means={'loss': loss}, batch_size=5)   # 5 x 4 + 3
     expected = whole_logits.argmax(1)
     np.testing.assert_array_equal(result['predictions'], expected)
     assert result['accuracy'] == np.sum(expected == y) / 23         # exactly
