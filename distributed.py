@@ -11,10 +11,10 @@ older weights is dropped), and applies them once per global step. Since it
 takes those gradients from whichever worker, one worker alone could fill
 every place: so each worker counts its steps on the parameter servers, takes
 its first step once every worker has started, and stops when another's count
-stands still. `MonitoredTrainingSession`
-lets worker 0, the chief, initialise the variables and write the checkpoints
-and summaries into a run folder that `predict.py`, `export.py` and
-`cnn.py --restore` read. Each step sees (workers x --batch-size) images.
+stands still. `MonitoredTrainingSession` lets worker 0, the chief,
+initialise the variables and write the checkpoints and summaries into a run
+folder that `predict.py`, `export.py` and `cnn.py --restore` read. Each step
+sees (workers x --batch-size) images.
 
 The cluster comes from flags or from $TF_CONFIG, as TensorFlow users already
 describe clusters. One machine, three processes:
@@ -32,12 +32,13 @@ Several machines: the same commands, one per machine, with their addresses
 
 No process waits forever: the parameter servers exit once every worker has
 said it is done or has gone (it said it started, or its port was seen open,
-and its port has since been closed); a worker stops with one line
-when no step finishes within --step-timeout, or another worker has taken no
-step for that long (a worker died: synchronous training cannot go on without
-it), or when the cluster has not all started within --startup-timeout. Each worker's session sees only the parameter servers and
-itself (`device_filters`), so the chief does not hang in `close()` after
-another worker has gone; should anything else hang once steps have stopped,
+and its port has since been closed); a worker stops with one line when no
+step finishes within --step-timeout, or another worker has taken no step for
+that long (a worker died: synchronous training cannot go on without it), or
+when the others have not all started --startup-timeout after its session did.
+Each worker's session sees only the parameter servers and itself
+(`device_filters`), so the chief does not hang in `close()` after another
+worker has gone; should anything else hang once steps have stopped,
 a watchdog ends the worker with the same line --step-timeout + 30 s after
 its last step.
 """
@@ -55,6 +56,7 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import cnn  # noqa: E402
 import data_helpers  # noqa: E402
@@ -228,11 +230,12 @@ class SamplerHook(tf.train.SessionRunHook):
         self.sampler.initialize(session)
 
 
-class StepCountHook(tf.train.SessionRunHook):
-    """Counts this worker's steps in a vector on the parameter servers, one
-    count per worker, and watches the others': this worker's first step waits
-    until every worker has started (its count is 1), and a worker whose count
-    has not moved for --step-timeout stops this one with one line.
+class WorkersAliveHook(tf.train.SessionRunHook):
+    """Counts the steps this worker begins in a vector on the parameter
+    servers, one count per worker, and watches the others': this worker's
+    first step waits until every worker has started (every count >= 1), and a
+    worker whose count has not moved for --step-timeout stops this one with
+    one line.
 
     Needed because SyncReplicasOptimizer takes its gradients from whichever
     worker gives them: one worker alone fills every place, before the others
@@ -245,28 +248,29 @@ class StepCountHook(tf.train.SessionRunHook):
         self.count_step = tf.scatter_add(step_counts, [task], tf.ones([1], tf.int64))
 
     def after_create_session(self, session, coord):
-        counts = session.run(self.count_step)          # started: this worker's count is 1
-        deadline = time.time() + self.startup_timeout
+        wait = tf.RunOptions(timeout_in_ms=int(self.startup_timeout * 1000))
+        counts = session.run(self.count_step, options=wait)     # this worker: started
+        deadline = time.monotonic() + self.startup_timeout
         while not counts.all():
-            if time.time() > deadline:
+            if time.monotonic() > deadline:
                 raise DataError('worker %d: worker %s did not start within %g s '
                                 '(--startup-timeout)' % (self.task, task_list(counts == 0),
                                                          self.startup_timeout))
             time.sleep(0.2)
-            counts = session.run(self.step_counts)
-        self.counts, self.moved = counts, np.full(len(counts), time.time())
+            counts = session.run(self.step_counts, options=wait)
+        self.counts, self.moved = counts, np.full(len(counts), time.monotonic())
 
     def before_run(self, run_context):
         return tf.train.SessionRunArgs(self.count_step)
 
     def after_run(self, run_context, run_values):
-        counts, now = run_values.results, time.time()
+        counts, now = run_values.results, time.monotonic()
         self.moved[counts != self.counts] = now
         self.counts = counts
         stalled = now - self.moved > self.step_timeout
         if stalled.any():
-            raise DataError('worker %d: worker %s took no step in %g s (--step-timeout): it '
-                            'has probably stopped, and synchronous training cannot go on '
+            raise DataError('worker %d: worker %s took no step in %g s (--step-timeout): '
+                            'stopped, probably, and synchronous training cannot go on '
                             'without it' % (self.task, task_list(stalled), self.step_timeout))
 
 
@@ -323,8 +327,12 @@ def train_worker(server, args):
                               sampler_device=worker_device + '/cpu:0',
                               wrap_optimizer=synchronous)
         tf.summary.scalar('loss', ops.loss)
+        # Each worker's steps, counted where all see them (WorkersAliveHook),
+        # made after the model so that a seed draws the same weights as
+        # before, and saved with it, as a restarted parameter server needs
         step_counts = tf.Variable(tf.zeros([num_workers], tf.int64), trainable=False,
                                   name='worker_step_counts')
+        saver = checkpoints.saver(max_to_keep=3)
     queues = [news_queue(i) for i in range(len(args.cluster['ps']))]
     started = [queue.enqueue((task, STARTED)) for queue in queues]
     done = [queue.enqueue((task, DONE)) for queue in queues]
@@ -332,10 +340,13 @@ def train_worker(server, args):
     # The session: this worker sees the parameter servers and itself only
     config = sessions.session_config()
     config.device_filters.extend(['/job:ps', worker_device])
-    hooks = [sync_optimizer.make_session_run_hook(is_chief), SamplerHook(ops.sampler),
-             AnnounceHook(started),
-             StepCountHook(step_counts, task, args.step_timeout, args.startup_timeout),
-             tf.train.StopAtStepHook(last_step=args.max_steps)]
+    # Hooks run in order, the chief's own first, then its checkpoint saver: so
+    # on the chief the wait for the others comes before the first checkpoint,
+    # and a cluster that never assembles leaves no untrained one behind
+    first = [sync_optimizer.make_session_run_hook(is_chief),
+             WorkersAliveHook(step_counts, task, args.step_timeout, args.startup_timeout)]
+    rest = [SamplerHook(ops.sampler), AnnounceHook(started),
+            tf.train.StopAtStepHook(last_step=args.max_steps)]
     # Each worker its own order of the training set (seeded by --seed and its index)
     rng = np.random.default_rng(None if args.seed is None else [args.seed, task])
     batches = data_helpers.epoch_indices(len(train_images), args.batch_size, 10 ** 12, rng)
@@ -348,8 +359,9 @@ def train_worker(server, args):
     local_steps, step, session_ready = 0, 0, False
     try:
         with tf.train.MonitoredTrainingSession(
-                master=server.target, is_chief=is_chief, checkpoint_dir=run_dir, hooks=hooks,
-                scaffold=tf.train.Scaffold(saver=ops.saver),     # relative paths, keep 3
+                master=server.target, is_chief=is_chief, checkpoint_dir=run_dir,
+                chief_only_hooks=first, hooks=rest if is_chief else first + rest,
+                scaffold=tf.train.Scaffold(saver=saver),
                 save_checkpoint_steps=args.log_every, save_summaries_steps=args.log_every,
                 config=config, max_wait_secs=args.startup_timeout,
                 stop_grace_period_secs=10) as session:

@@ -1,6 +1,7 @@
 """distributed.py: 1 parameter server and 2 workers on 127.0.0.1, as subprocesses
 with a hard time limit; a synchronous run, then a worker killed mid-run."""
 
+import glob
 import os
 import re
 import signal
@@ -84,8 +85,9 @@ def test_synchronous_run_on_one_ps_and_two_workers(cluster, tmp_path, fake_cifar
     finals = [re.search(r'Worker %d: done at global step (\d+)' % task,
                         c.output('worker%d' % task)).group(1) for task in (0, 1)]
     assert finals == ['12', '12'], c.everything()      # one global step, shared
-    assert 'Parameter server 0: every worker has finished' in c.output('ps')
-    assert 'Traceback' not in c.output('worker0') + c.output('worker1') + c.output('ps')
+    assert 'Parameter server 0: every worker has finished' in c.output('ps'), c.everything()
+    assert 'Traceback' not in c.output('worker0') + c.output('worker1') + c.output('ps'), \
+        c.everything()
     # The chief's run folder: checkpoints that predict.py and cnn.py --restore read
     runs = os.listdir(tmp_path / 'runs')
     assert len(runs) == 1 and runs[0].startswith('small-')
@@ -208,6 +210,8 @@ def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10):
     assert processes['lone chief'].returncode == 1
     assert outputs['lone chief'] == ('distributed.py: error: worker 0: worker 1 did not start '
                                      'within 30 s (--startup-timeout)')
+    # ... before its first checkpoint: nothing untrained for predict.py to find
+    assert glob.glob(str(tmp_path / 'runs' / '*' / '*.index')) == []
     assert processes['chief'].returncode == 1
     assert re.fullmatch(r'distributed.py: error: no parameter server at 127.0.0.1:\d+ after '
                         r'30 s \(--startup-timeout\)', outputs['chief']), outputs['chief']
