@@ -93,8 +93,8 @@ def parse_args(argv=None):
     parser.add_argument('--log-every', type=cli.positive_int, default=100,
                         help='steps between progress lines and checkpoints (default: 100)')
     parser.add_argument('--step-timeout', type=cli.positive_float, default=300,
-                        help='seconds a step may take before a worker is presumed gone '
-                             '(default: 300)')
+                        help='seconds a step may take, or another worker may take no '
+                             'step, before a worker is presumed gone (default: 300)')
     parser.add_argument('--startup-timeout', type=cli.positive_float, default=300,
                         help='seconds to wait for the rest of the cluster, at least 30 '
                              '(TensorFlow looks every 30 s; default: 300)')
