@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -161,6 +162,31 @@ def test_a_worker_that_said_it_started_and_went_is_gone_after_the_grace(monkeypa
     assert 3 < time.time() - start < 20           # not the 60 s of --startup-timeout
 
 
+def test_a_worker_starts_once_the_chief_has_initialised_the_variables():
+    # Not TensorFlow's next look, 30 s later; and never past --startup-timeout
+    ps, = distributed.local_addresses(1)
+    server = tf.distribute.Server(tf.train.ClusterSpec({'ps': [ps]}), job_name='ps',
+                                  task_index=0, start=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        with tf.device('/job:ps/task:0'):
+            weights = tf.Variable(1.0)
+        with pytest.raises(DataError, match=r'^worker 1: the cluster was not ready within 0.5 s '
+                                            r'\(--startup-timeout\)$'):
+            distributed.wait_for_the_chief(server.target, None, 1, 0.5)
+
+    def chief_initialises():
+        with graph.as_default(), tf.Session(server.target) as session:
+            session.run(weights.initializer)
+    chief = threading.Timer(1, chief_initialises)
+    start = time.monotonic()
+    chief.start()
+    with graph.as_default():
+        distributed.wait_for_the_chief(server.target, None, 1, 60)
+    chief.join()
+    assert 1 <= time.monotonic() - start < 10
+
+
 def test_cluster_from_tf_config_and_bad_flags(monkeypatch, capsys):
     monkeypatch.setenv('TF_CONFIG', '{"cluster": {"ps": ["a:1"], "worker": ["b:2", "c:3"]}, '
                                     '"task": {"type": "worker", "index": 1}}')
@@ -188,7 +214,7 @@ def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10):
     def start(hosts, argv):
         return subprocess.Popen(
             [sys.executable, os.path.join(ROOT, 'distributed.py'), '--ps-hosts', hosts[0],
-             '--worker-hosts', hosts[1] + ',' + hosts[2], '--startup-timeout', '30'] + argv,
+             '--worker-hosts', hosts[1] + ',' + hosts[2], '--startup-timeout', '15'] + argv,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path))
 
     chief = ['--job-name', 'worker', '--task-index', '0', '--data-dir', fake_cifar10,
@@ -209,9 +235,9 @@ def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10):
                              'finish')
     assert processes['lone chief'].returncode == 1
     assert outputs['lone chief'] == ('distributed.py: error: worker 0: worker 1 did not start '
-                                     'within 30 s (--startup-timeout)')
+                                     'within 15 s (--startup-timeout)')
     # ... before its first checkpoint: nothing untrained for predict.py to find
     assert glob.glob(str(tmp_path / 'runs' / '*' / '*.index')) == []
     assert processes['chief'].returncode == 1
     assert re.fullmatch(r'distributed.py: error: no parameter server at 127.0.0.1:\d+ after '
-                        r'30 s \(--startup-timeout\)', outputs['chief']), outputs['chief']
+                        r'15 s \(--startup-timeout\)', outputs['chief']), outputs['chief']
