@@ -12,9 +12,10 @@ takes those gradients from whichever worker, one worker alone could fill
 every place: so each worker counts its steps on the parameter servers, takes
 its first step once every worker has started, and stops when another's count
 stands still. `MonitoredTrainingSession` lets worker 0, the chief,
-initialise the variables and write the checkpoints and summaries into a run
-folder that `predict.py`, `export.py` and `cnn.py --restore` read. Each step
-sees (workers x --batch-size) images.
+initialise the variables (the others begin as soon as it has, not at
+TensorFlow's next look 30 s later) and write the checkpoints and summaries
+into a run folder that `predict.py`, `export.py` and `cnn.py --restore`
+read. Each step sees (workers x --batch-size) images.
 
 The cluster comes from flags or from $TF_CONFIG, as TensorFlow users already
 describe clusters. One machine, three processes:

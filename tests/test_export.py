@@ -26,7 +26,6 @@ import softmax
 import two_layer_mlp
 from conftest import needs_native_bf16, run_as_main, write_fake_cifar10, write_fake_mnist
 
-REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each kind of run: its script, its flags for a few steps on the fake data, and
@@ -331,23 +330,3 @@ def test_a_run_of_unknown_kind_is_refused(exported, tmp_path, capsys):
     status, line = run_as_main(export, export.export, [old, '--out', tmp_path / 'x'], capsys)
     assert status and 'does not say which script trained it' in line
     assert not os.path.exists(tmp_path / 'x')
-
-
-@pytest.mark.skipif(not REAL_CIFAR10, reason='real CIFAR-10 not available: set $CIFAR10_DIR '
-                    '(CI builds it from ../shared)')
-def test_exported_small_cnn_scores_what_the_script_printed(tmp_path, capsys):
-    # fp32: the export computes in float32, so only an fp32 run scores the same digits
-    cnn.main(cnn.parse_args(['--model', 'small', '--epochs', '1', '--seed', '0', '--data-dir',
-                             REAL_CIFAR10, '--train-dir', str(tmp_path / 'run'), '--no-plots',
-                             '--precision', 'fp32']))
-    printed = [line for line in capsys.readouterr().out.splitlines()
-               if line.startswith('Test accuracy ')][0]
-    out = export.export(export.parse_args([str(tmp_path / 'run'), '--out',
-                                           str(tmp_path / 'export')]))
-    images, labels = data_helpers.load_test_batch(REAL_CIFAR10)
-    session, image, probabilities, _ = predict.load_exported_model(os.path.join(out, '1'))
-    with session:
-        predicted = np.concatenate([
-            session.run(probabilities, {image: data_helpers.to_nhwc(images[i:i + 1000])})
-            for i in range(0, len(images), 1000)]).argmax(1)
-    assert printed == 'Test accuracy {:.4f}'.format(np.mean(predicted == labels))

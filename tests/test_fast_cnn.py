@@ -543,16 +543,17 @@ def test_batch_larger_than_the_training_set_is_one_line(fake_cifar10):
                                            '--batch-size', '1000']))
 
 
-# Measured on official CIFAR-10 (2026-11-24), one fp32 epoch, seed 0 (seed 1):
-# airbench94 0.7149 (0.7083) in 151 s, muon 0.7982 (0.7798) in 180 s here.
-# Each bar sits below its seed spread.
+# Measured on official CIFAR-10 (2026-11-24), one fp32 epoch of the default
+# recipe, muon: 0.7982 (seed 0), 0.7798 (seed 1) in 180 s on an AMX host, about
+# 6 minutes on AVX2. The bar sits below the seed spread. (airbench94's epoch,
+# 0.7149, is left to BENCHMARKS.md: on AVX2 it would cost CI 5 more minutes.)
 @pytest.mark.skipif(not REAL_CIFAR10, reason='needs $CIFAR10_DIR (real CIFAR-10; '
                     'CI builds it from ../shared)')
-@pytest.mark.parametrize('recipe, bar', [('airbench94', 0.68), ('muon', 0.75)])
-def test_one_epoch_on_real_cifar10(tmp_path, recipe, bar):
-    args = fast_cnn.parse_args(['--recipe', recipe, '--data-dir', REAL_CIFAR10, '--epochs', '1',
-                                '--seed', '0', '--precision', 'fp32', '--train-dir', str(tmp_path)])
-    assert fast_cnn.main(args) >= bar
+def test_one_epoch_of_the_default_recipe_on_real_cifar10(tmp_path):
+    args = fast_cnn.parse_args(['--data-dir', REAL_CIFAR10, '--epochs', '1', '--seed', '0',
+                                '--precision', 'fp32', '--train-dir', str(tmp_path)])
+    assert args.recipe == 'muon'
+    assert fast_cnn.main(args) >= 0.75
 
 
 def test_more_steps_than_the_schedule_may_hold_is_one_line(fake_cifar10, monkeypatch):
