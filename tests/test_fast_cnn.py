@@ -543,17 +543,19 @@ def test_batch_larger_than_the_training_set_is_one_line(fake_cifar10):
                                            '--batch-size', '1000']))
 
 
-# Measured on official CIFAR-10 (2026-11-24), one fp32 epoch of the default
-# recipe, muon: 0.7982 (seed 0), 0.7798 (seed 1) in 180 s on an AMX host, about
-# 6 minutes on AVX2. The bar sits below the seed spread. (airbench94's epoch,
-# 0.7149, is left to BENCHMARKS.md: on AVX2 it would cost CI 5 more minutes.)
+# The default recipe, muon, learns on official CIFAR-10: half an epoch (13
+# steps) in fp32, without test-time augmentation. Measured (2026-12-02, Intel
+# Xeon with AMX): 0.6495, 0.6168, 0.6710 for seeds 0-2, 130 s of training
+# each; the bar sits below the seed spread, another CPU's rounding moving a
+# seed as another seed would. A whole epoch with TTA (0.7982 for seed 0 on
+# 2026-11-24) cost 591 s under the AVX2 cap; BENCHMARKS.md holds the full runs.
 @pytest.mark.skipif(not REAL_CIFAR10, reason='needs $CIFAR10_DIR (real CIFAR-10; '
                     'CI builds it from ../shared)')
-def test_one_epoch_of_the_default_recipe_on_real_cifar10(tmp_path):
-    args = fast_cnn.parse_args(['--data-dir', REAL_CIFAR10, '--epochs', '1', '--seed', '0',
-                                '--precision', 'fp32', '--train-dir', str(tmp_path)])
+def test_half_an_epoch_of_the_default_recipe_learns_on_real_cifar10(tmp_path):
+    args = fast_cnn.parse_args(['--data-dir', REAL_CIFAR10, '--epochs', '0.5', '--tta', '0',
+                                '--seed', '0', '--precision', 'fp32', '--train-dir', str(tmp_path)])
     assert args.recipe == 'muon'
-    assert fast_cnn.main(args) >= 0.75
+    assert fast_cnn.main(args) >= 0.58
 
 
 def test_more_steps_than_the_schedule_may_hold_is_one_line(fake_cifar10, monkeypatch):
