@@ -334,6 +334,11 @@ def train_worker(server, args):
     queues = [news_queue(i) for i in range(len(args.cluster['ps']))]
     started = [queue.enqueue((task, STARTED)) for queue in queues]
     done = [queue.enqueue((task, DONE)) for queue in queues]
+    # A worker's step ends when it takes a token, and tokens come only from
+    # updates: once one worker stops at --max-steps, another that had fallen
+    # behind (its gradients dropped as stale) would wait for a token forever.
+    # Leaving, each worker puts one token for every worker
+    release_the_others = sync_optimizer.get_init_tokens_op(num_workers)
 
     # The session: this worker sees the parameter servers and itself only
     config = sessions.session_config()
@@ -356,7 +361,7 @@ def train_worker(server, args):
     global_step = tf.train.get_global_step()
     local_steps, step, session_ready = 0, 0, False
     try:
-        if not is_chief:
+        if not is_chief:     # (also what lets --startup-timeout be under 30 s)
             wait_for_the_chief(server.target, config, task, args.startup_timeout)
         with tf.train.MonitoredTrainingSession(
                 master=server.target, is_chief=is_chief, checkpoint_dir=run_dir,
@@ -393,6 +398,10 @@ def train_worker(server, args):
         wait_for(args.cluster['ps'], 10, 'parameter server')
         with tf.Session(server.target, config=config) as session:
             step = session.run(global_step)
+            try:
+                session.run(release_the_others, options=tf.RunOptions(timeout_in_ms=10000))
+            except tf.errors.OpError:
+                pass        # the chief has left and closed the token queue: nobody waits
             session.run(done, options=tf.RunOptions(timeout_in_ms=10000))
     except (DataError, tf.errors.OpError) as e:
         print('distributed.py: worker %d could not tell the parameter servers it is done '
@@ -440,18 +449,37 @@ def wait_for(addresses, timeout, what):
 
 
 def wait_for_the_chief(target, config, task, timeout):
-    """Returns once the chief has initialised the variables. A worker's
-    MonitoredTrainingSession looks only every 30 s (its SessionManager's
-    recovery_wait_secs), so it would start up to 30 s after the chief; this
-    looks every 0.2 s, within --startup-timeout."""
+    """Returns once the chief has initialised the variables.
+
+    A worker's MonitoredTrainingSession looks only every 30 s (its
+    SessionManager's recovery_wait_secs), so it would start up to 30 s after
+    the chief, and with less than 30 s of --startup-timeout left it would give
+    up at its first look; this looks every 0.2 s.
+
+    Args:
+      target: this worker's server target.
+      config: the worker's session ConfigProto (its device filters).
+      task: this worker's index, for the message.
+      timeout: seconds to wait in all (--startup-timeout).
+
+    Raises:
+      DataError: the variables were not initialised within `timeout`.
+    """
     uninitialized = tf.report_uninitialized_variables(tf.global_variables())
     deadline = time.monotonic() + timeout
-    options = tf.RunOptions(timeout_in_ms=int(timeout * 1000))
+    late = DataError('worker %d: the cluster was not ready within %g s (--startup-timeout)'
+                     % (task, timeout))
     with tf.Session(target, config=config) as session:
-        while session.run(uninitialized, options=options).size:
-            if time.monotonic() > deadline:
-                raise DataError('worker %d: the cluster was not ready within %g s '
-                                '(--startup-timeout)' % (task, timeout))
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise late
+            try:
+                if not session.run(uninitialized, options=tf.RunOptions(
+                        timeout_in_ms=max(1, int(left * 1000)))).size:
+                    return
+            except tf.errors.DeadlineExceededError:
+                raise late from None
             time.sleep(0.2)
 
 

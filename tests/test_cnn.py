@@ -12,6 +12,8 @@ import checkpoints
 import cli
 import cnn
 import data_helpers
+import export
+import predict
 import reporting
 from conftest import needs_bf16_kernels, needs_native_bf16
 
@@ -297,8 +299,6 @@ def test_scores_of_a_class_never_predicted_are_zero_not_nan():
 @pytest.mark.skipif(not REAL_CIFAR10, reason='real CIFAR-10 not available: set $CIFAR10_DIR '
                     '(CI builds it from ../shared)')
 def test_small_model_one_epoch_on_real_cifar10_and_its_export_scores_the_same(tmp_path, capsys):
-    import export
-    import predict
     run_dir = str(tmp_path / 'run')
     accuracy, out = run(capsys, '--model', 'small', '--epochs', '1', '--seed', '0',
                         '--data-dir', REAL_CIFAR10, '--train-dir', run_dir, '--no-plots',
