@@ -94,6 +94,22 @@ def run_as_main(module, entry, argv, capsys):
     return stopped.value.code, capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def narrow_fast_cnn_recipes(monkeypatch):
+    """fast_cnn's recipes 32 channels wide in every block instead of
+    64/256/256: a twentieth of the arithmetic, for tests of what the width
+    does not change (a seed's run, run folders, towers, exports). Muon's
+    logits stay divided by the head's width, as that recipe has it."""
+    import fast_cnn
+    for hyp in fast_cnn.RECIPES.values():
+        monkeypatch.setitem(hyp, 'widths', (32, 32, 32))
+    monkeypatch.setitem(fast_cnn.RECIPES['muon'], 'scaling_factor', 1 / 32)
+
+
+@pytest.fixture
+def narrow_fast_cnn(monkeypatch):
+    narrow_fast_cnn_recipes(monkeypatch)
+
+
 @pytest.fixture
 def fake_cifar10(tmp_path):
     """Path of a tiny fake cifar-10-batches-py with str keys."""

@@ -24,7 +24,8 @@ import fast_cnn
 import predict
 import softmax
 import two_layer_mlp
-from conftest import needs_native_bf16, run_as_main, write_fake_cifar10, write_fake_mnist
+from conftest import (narrow_fast_cnn_recipes, needs_native_bf16, run_as_main,
+                      write_fake_cifar10, write_fake_mnist)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,9 +101,15 @@ def training_graph_probabilities(run_dir, images):
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-    """Each kind trained a few steps and exported with --tflite; the eager
-    process's results; the training graphs' probabilities on the same images."""
-    root = tmp_path_factory.mktemp('export')
+    """Each kind trained a few steps (fast_cnn's 32 channels wide) and exported
+    with --tflite; the eager process's results; the training graphs'
+    probabilities on the same images."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        narrow_fast_cnn_recipes(monkeypatch)
+        return export_every_kind(tmp_path_factory.mktemp('export'))
+
+
+def export_every_kind(root):
     cifar = write_fake_cifar10(str(root / 'cifar'))
     mnist = write_fake_mnist(str(root / 'mnist'), train=5200)
     rng = np.random.default_rng(0)

@@ -485,7 +485,8 @@ def test_progress_is_shown_on_a_terminal():
 # Train, predict and export on a folder
 # -----------------------------------------------------------------------------
 
-def test_fast_cnn_trains_on_a_folder_at_64_pixels_with_its_own_statistics(tmp_path):
+def test_fast_cnn_trains_on_a_folder_at_64_pixels_with_its_own_statistics(tmp_path,
+                                                                          narrow_fast_cnn):
     root = class_tree(tmp_path / 'pictures', {'cats': 12, 'dogs': 12, 'owls': 12},
                       size=(80, 60))
     run_dir = str(tmp_path / 'runs')
