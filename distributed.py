@@ -32,8 +32,9 @@ Several machines: the same commands, one per machine, with their addresses
                 "task": {"type": "worker", "index": 0}}' python distributed.py --model small
 
 No process waits forever: the parameter servers exit once every worker has
-said it is done or has gone (it said it started, or its port was seen open,
-and its port has since been closed); a worker stops with one line when no
+said it is done or has gone (a worker stopping with an error says so; a killed
+one has gone when it had said it started, or its port was seen open, and its
+port has since been closed for 10 s); a worker stops with one line when no
 step finishes within --step-timeout, or another worker has taken no step for
 that long (a worker died: synchronous training cannot go on without it), or
 when the others have not all started --startup-timeout after its session did.
@@ -68,8 +69,8 @@ from errors import DataError, error_line  # noqa: E402
 tf.disable_eager_execution()
 tf.logging.set_verbosity(tf.logging.ERROR)   # the v1 distributed APIs print 'deprecated'
 
-NEWS_QUEUE = 'worker_news'    # each parameter server's queue of (worker, STARTED or DONE)
-STARTED, DONE = b'started', b'done'
+NEWS_QUEUE = 'worker_news'    # each parameter server's queue of (worker, news)
+STARTED, DONE, FAILED = b'started', b'done', b'failed'
 GONE_AFTER = 10               # seconds a started worker's port may stay closed before it has gone
 
 
@@ -156,7 +157,8 @@ def local_addresses(count):
 
 def news_queue(ps_task):
     """The queue on parameter server `ps_task` where each worker puts
-    (its index, STARTED) once its session exists and (its index, DONE) at the end."""
+    (its index, STARTED) once its session exists and (its index, DONE) at the
+    end, or (its index, FAILED) when it stops with an error."""
     with tf.device('/job:ps/task:%d' % ps_task):
         return tf.FIFOQueue(1000, [tf.int32, tf.string], shared_name='%s_%d' % (NEWS_QUEUE, ps_task))
 
@@ -164,10 +166,10 @@ def news_queue(ps_task):
 def serve_parameters(server, args):
     """Runs a parameter server; returns when each worker has finished or gone.
 
-    A worker has gone when its port has been closed for GONE_AFTER s after it said it
-    started (or its port was seen open), or was never seen within
-    --startup-timeout. Its own word matters: a worker can start, train and die
-    between two looks at its port.
+    A worker has gone when it said it failed, or when its port has been
+    closed for GONE_AFTER s after it said it started (or its port was seen
+    open), or it was never seen within --startup-timeout. Its own word
+    matters: a worker can start, train and die between two looks at its port.
 
     Raises:
       DataError: a worker went without finishing (after the others finished).
@@ -182,7 +184,7 @@ def serve_parameters(server, args):
         while len(finished | gone) < len(workers):
             try:
                 task, news = session.run(next_news, options=tf.RunOptions(timeout_in_ms=1000))
-                (finished if news == DONE else seen).add(task)
+                {DONE: finished, FAILED: gone, STARTED: seen}[news].add(task)
                 continue
             except tf.errors.DeadlineExceededError:
                 pass
@@ -202,6 +204,23 @@ def serve_parameters(server, args):
         raise DataError('parameter server %d: worker %s did not finish'
                         % (args.task_index, ', '.join(str(task) for task in sorted(gone))))
     print('Parameter server %d: every worker has finished' % args.task_index)
+
+
+def report_failure(server, args):
+    """Tells the parameter servers that this worker stops without finishing,
+    so that they need not wait GONE_AFTER s for its port to close; nothing
+    if one of them cannot be reached (the failure may be theirs)."""
+    if not all(reachable(address) for address in args.cluster['ps']):
+        return
+    with tf.Graph().as_default():
+        failed = [news_queue(i).enqueue((args.task_index, FAILED))
+                  for i in range(len(args.cluster['ps']))]
+        config = tf.ConfigProto(device_filters=['/job:ps'])
+        try:
+            with tf.Session(server.target, config=config) as session:
+                session.run(failed, options=tf.RunOptions(timeout_in_ms=5000))
+        except tf.errors.OpError:
+            pass
 
 
 def reachable(address):
@@ -510,7 +529,11 @@ def main(args):
     # SyncReplicasOptimizer's token thread on the chief ends with an uncaught
     # CancelledError when the session closes; nothing went wrong, so say nothing
     quiet_cancelled_queue_runners()
-    return train_worker(server, args)
+    try:
+        return train_worker(server, args)
+    except DataError:
+        report_failure(server, args)
+        raise
 
 
 if __name__ == '__main__':

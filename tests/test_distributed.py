@@ -15,6 +15,7 @@ import time
 import pytest
 import tensorflow.compat.v1 as tf
 
+import cnn
 import distributed
 import predict
 from errors import DataError
@@ -103,10 +104,9 @@ def test_synchronous_run_on_one_ps_and_two_workers(cluster, tmp_path, fake_cifar
     assert predict.main(predict.parse_args([run_dir, '--test-index', '0', '--data-dir',
                                             fake_cifar10])) == 0
     assert 'test image 0' in capsys.readouterr().out
-    restored = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'cnn.py'), '--model', 'small', '--restore', run_dir,
-         '--data-dir', fake_cifar10], capture_output=True, text=True, timeout=LIMIT)
-    assert restored.returncode == 0 and 'model.ckpt-12' in restored.stdout, restored.stderr
+    cnn.main(cnn.parse_args(['--model', 'small', '--restore', run_dir,
+                             '--data-dir', fake_cifar10]))
+    assert 'model.ckpt-12' in capsys.readouterr().out
 
 
 def test_a_killed_worker_stops_the_others_in_bounded_time(cluster):
@@ -152,11 +152,9 @@ def test_the_watchdog_ends_a_stuck_process_with_one_line_unless_disarmed(monkeyp
         dog.seconds = float('inf')     # its thread lives on in this process
 
 
-def test_a_worker_that_said_it_started_and_went_is_gone_after_the_grace(monkeypatch):
-    # The race the port checks alone lost: a worker starts, trains and dies
-    # between two looks at its port. Its word that it started is enough; the
-    # parameter server (in this process) need never see its port open.
-    monkeypatch.setattr(distributed, 'GONE_AFTER', 3)
+def parameter_server_here(*news):
+    """Parameter server 0 of 1 ps and 2 workers, in this process, its queue
+    holding `news`: (server, its parsed flags)."""
     ps, w0, w1 = distributed.local_addresses(3)
     args = distributed.parse_args(['--ps-hosts', ps, '--worker-hosts', w0 + ',' + w1,
                                    '--job-name', 'ps', '--task-index', '0',
@@ -166,13 +164,40 @@ def test_a_worker_that_said_it_started_and_went_is_gone_after_the_grace(monkeypa
     config = tf.ConfigProto(device_filters=['/job:ps/task:0'])
     with tf.Graph().as_default(), tf.Session(server.target, config=config) as session:
         queue = distributed.news_queue(0)
-        for news in [(0, distributed.STARTED), (1, distributed.STARTED), (0, distributed.DONE)]:
-            session.run(queue.enqueue(news))
+        for item in news:
+            session.run(queue.enqueue(item))
+    return server, args
+
+
+def test_a_worker_that_said_it_started_and_went_is_gone_after_the_grace(monkeypatch):
+    # The race the port checks alone lost: a worker starts, trains and dies
+    # between two looks at its port. Its word that it started is enough; the
+    # parameter server (in this process) need never see its port open.
+    monkeypatch.setattr(distributed, 'GONE_AFTER', 3)
+    server, args = parameter_server_here((0, distributed.STARTED), (1, distributed.STARTED),
+                                         (0, distributed.DONE))
     start = time.time()
     with tf.Graph().as_default(), pytest.raises(
             DataError, match='^parameter server 0: worker 1 did not finish$'):
         distributed.serve_parameters(server, args)
     assert 3 < time.time() - start < 20           # not the 60 s of --startup-timeout
+
+
+def test_a_worker_that_reports_its_failure_is_gone_at_once(monkeypatch):
+    # What a worker stopping with an error does (report_failure, here as worker 1
+    # through the parameter server's own target): no grace to wait out
+    monkeypatch.setattr(distributed, 'GONE_AFTER', 60)
+    server, args = parameter_server_here((0, distributed.STARTED), (1, distributed.STARTED),
+                                         (0, distributed.DONE))
+    worker_1 = distributed.parse_args(['--ps-hosts', ','.join(args.cluster['ps']),
+                                       '--worker-hosts', ','.join(args.cluster['worker']),
+                                       '--job-name', 'worker', '--task-index', '1'])
+    distributed.report_failure(server, worker_1)
+    start = time.time()
+    with tf.Graph().as_default(), pytest.raises(
+            DataError, match='^parameter server 0: worker 1 did not finish$'):
+        distributed.serve_parameters(server, args)
+    assert time.time() - start < 10
 
 
 def test_a_worker_starts_once_the_chief_has_initialised_the_variables():
