@@ -279,15 +279,15 @@ def test_a_damaged_or_live_folder_uses_the_newest_complete_checkpoint(
     assert predicted(capsys, damaged, cifar) == expected
 
 
-def test_no_usable_checkpoint_is_one_line(two_checkpoints, tmp_path):
+def test_no_usable_checkpoint_is_one_line(two_checkpoints, tmp_path, capsys):
     run_dir, _ = two_checkpoints
     damaged = tmp_path / 'damaged'
     shutil.copytree(run_dir, damaged)
     for data in damaged.glob('*.data-*'):
         data.write_bytes(b'\0' * 7)
-    result = run_cli(damaged, '--test-index', '0')
-    assert result.returncode == 1 and 'Traceback' not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
+    status, line = run_as_main(predict, predict.main, [damaged, '--test-index', '0'], capsys)
+    assert status == 1
+    assert line.startswith(
         'predict.py: error: no usable checkpoint: %s is damaged' % (damaged / 'model.ckpt-1001'))
 
 
