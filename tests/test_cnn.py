@@ -143,7 +143,7 @@ def test_bf16_computes_what_fp32_does_with_float32_weights(model):
     pytest.param('batchnorm', 'bf16', marks=needs_native_bf16)])
 def test_a_few_steps_lower_the_loss(fake_cifar10, model, precision):
     data = data_helpers.load_data(fake_cifar10, normalization='scale', layout='nhwc')
-    x, y = data['images_train'][:32], data['labels_train'][:32]
+    x, y = data['images_train'][:16], data['labels_train'][:16]
     with tf.Graph().as_default():
         tf.set_random_seed(0)
         images, train_logits, _ = build(model, precision)
