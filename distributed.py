@@ -32,12 +32,13 @@ Several machines: the same commands, one per machine, with their addresses
                 "task": {"type": "worker", "index": 0}}' python distributed.py --model small
 
 No process waits forever: the parameter servers exit once every worker has
-said it is done or has gone (a worker stopping with an error says so; a killed
-one has gone when it had said it started, or its port was seen open, and its
-port has since been closed for 10 s); a worker stops with one line when no
-step finishes within --step-timeout, or another worker has taken no step for
-that long (a worker died: synchronous training cannot go on without it), or
-when the others have not all started --startup-timeout after its session did.
+said it is done or has gone (a worker stopping with one of its error lines
+says so; one killed, or ended by the watchdog below, has gone when it had said
+it started, or its port was seen open, and its port has since been closed for
+10 s); a worker stops with one line when no step finishes within
+--step-timeout, or another worker has taken no step for that long (a worker
+died: synchronous training cannot go on without it), or when the others have
+not all started --startup-timeout after its session did.
 Each worker's session sees only the parameter servers and itself
 (`device_filters`), so the chief does not hang in `close()` after another
 worker has gone; should anything else hang once steps have stopped,
@@ -184,7 +185,7 @@ def serve_parameters(server, args):
         while len(finished | gone) < len(workers):
             try:
                 task, news = session.run(next_news, options=tf.RunOptions(timeout_in_ms=1000))
-                {DONE: finished, FAILED: gone, STARTED: seen}[news].add(task)
+                {DONE: finished, FAILED: gone}.get(news, seen).add(task)
                 continue
             except tf.errors.DeadlineExceededError:
                 pass
@@ -215,7 +216,9 @@ def report_failure(server, args):
     with tf.Graph().as_default():
         failed = [news_queue(i).enqueue((args.task_index, FAILED))
                   for i in range(len(args.cluster['ps']))]
-        config = tf.ConfigProto(device_filters=['/job:ps'])
+        # (a bound on creating the session too: a parameter server that
+        # accepts connections but does not answer would hold it forever)
+        config = tf.ConfigProto(device_filters=['/job:ps'], operation_timeout_in_ms=5000)
         try:
             with tf.Session(server.target, config=config) as session:
                 session.run(failed, options=tf.RunOptions(timeout_in_ms=5000))
@@ -531,7 +534,7 @@ def main(args):
     quiet_cancelled_queue_runners()
     try:
         return train_worker(server, args)
-    except DataError:
+    except (DataError, OSError, KeyboardInterrupt):    # the ones that end in one line
         report_failure(server, args)
         raise
 

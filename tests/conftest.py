@@ -96,7 +96,7 @@ def run_as_main(module, entry, argv, capsys):
 
 def narrow_fast_cnn_recipes(monkeypatch):
     """fast_cnn's recipes 32 channels wide in every block instead of
-    64/256/256: a twentieth of the arithmetic, for tests of what the width
+    64/256/256: a tenth of the arithmetic, for tests of what the width
     does not change (a seed's run, run folders, towers, exports). Muon's
     logits stay divided by the head's width, as that recipe has it."""
     import fast_cnn
@@ -107,6 +107,7 @@ def narrow_fast_cnn_recipes(monkeypatch):
 
 @pytest.fixture
 def narrow_fast_cnn(monkeypatch):
+    """fast_cnn's recipes 32 channels wide for this test (above)."""
     narrow_fast_cnn_recipes(monkeypatch)
 
 
