@@ -409,8 +409,7 @@ def train_worker(server, args):
             watchdog.disarm()      # done: the final checkpoint may take its time
     except tf.errors.DeadlineExceededError:
         if not session_ready:
-            raise DataError('worker %d: the cluster was not ready within %g s '
-                            '(--startup-timeout)' % (task, args.startup_timeout)) from None
+            raise not_ready(task, args.startup_timeout) from None
         raise DataError(lost) from None
     except tf.errors.OpError as e:
         raise DataError('worker %d: the cluster failed (%s)' % (task, error_line(e)))
@@ -489,8 +488,7 @@ def wait_for_the_chief(target, config, task, timeout):
     """
     uninitialized = tf.report_uninitialized_variables(tf.global_variables())
     deadline = time.monotonic() + timeout
-    late = DataError('worker %d: the cluster was not ready within %g s (--startup-timeout)'
-                     % (task, timeout))
+    late = not_ready(task, timeout)
     with tf.Session(target, config=config) as session:
         while True:
             left = deadline - time.monotonic()
@@ -503,6 +501,12 @@ def wait_for_the_chief(target, config, task, timeout):
             except tf.errors.DeadlineExceededError:
                 raise late from None
             time.sleep(0.2)
+
+
+def not_ready(task, timeout):
+    """The error of a worker whose cluster did not assemble in --startup-timeout."""
+    return DataError('worker %d: the cluster was not ready within %g s (--startup-timeout)'
+                     % (task, timeout))
 
 
 def quiet_cancelled_queue_runners():
