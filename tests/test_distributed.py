@@ -140,11 +140,9 @@ def test_the_watchdog_ends_a_stuck_process_with_one_line_unless_disarmed(monkeyp
             'dog.step_finished()\n'
             'time.sleep(4)\n'
             'print("still here")\n')
-    stuck = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
-                           text=True, timeout=LIMIT)
-    assert stuck.returncode == 1 and 'still here' not in stuck.stdout
-    assert stuck.stderr.strip().splitlines()[-1] == '-c: error: worker 0: stuck'
-    # Disarmed, it lets the process live (here, not to pay another start-up)
+    stuck = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    # Meanwhile, disarmed, it lets this process live (not to pay another start-up)
     exits = []
     monkeypatch.setattr(os, '_exit', exits.append)
     dog = distributed.Watchdog(1, 'worker 0: stuck')
@@ -155,6 +153,12 @@ def test_the_watchdog_ends_a_stuck_process_with_one_line_unless_disarmed(monkeyp
         assert exits == []
     finally:
         dog.seconds = float('inf')     # its thread lives on in this process
+    try:
+        out, err = stuck.communicate(timeout=LIMIT)
+    finally:
+        stuck.kill()
+    assert stuck.returncode == 1 and 'still here' not in out
+    assert err.strip().splitlines()[-1] == '-c: error: worker 0: stuck'
 
 
 def parameter_server_here(*news):
