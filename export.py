@@ -33,6 +33,7 @@ appears complete or not at all.
 """
 
 import argparse
+import itertools
 import os
 import shutil
 import tempfile
@@ -106,7 +107,7 @@ def frozen_inference_graph(run_dir, tta):
             if node.name == input_name:     # cut the default that feeds training batches
                 cut_input(node)
         frozen = tf.graph_util.convert_variables_to_constants(session, graph_def, [output_name])
-    return in_float32(frozen), info, checkpoint, input_name, output_name
+    return portable(frozen), info, checkpoint, input_name, output_name
 
 
 def cut_input(node):
@@ -119,19 +120,44 @@ def cut_input(node):
             del node.attr[key]
 
 
-def in_float32(graph_def):
-    """The GraphDef with bfloat16 arithmetic and constants made float32."""
-    bf16, f32 = tf.bfloat16.as_datatype_enum, tf.float32.as_datatype_enum
-    for node in graph_def.node:
-        for attr in node.attr.values():
-            if attr.type == bf16:
-                attr.type = f32
-            if bf16 in attr.list.type:
-                attr.list.type[:] = [f32 if t == bf16 else t for t in attr.list.type]
-            if attr.HasField('tensor') and attr.tensor.dtype == bf16:
-                value = tf.make_ndarray(attr.tensor).astype(np.float32)
-                attr.tensor.CopyFrom(tf.make_tensor_proto(value))
+def portable(graph_def):
+    """The GraphDef as every runtime runs it: bfloat16 arithmetic and constants
+    made float32, in the graph and in the bodies of the functions it calls
+    (fast_cnn's GELU), and those functions free to be inlined, not marked for
+    XLA (TFLite's converter inlines them or fails; TensorFlow Serving, for
+    one, compiles with XLA only when told to, and fails such calls)."""
+    bodies = [function.node_def for function in graph_def.library.function]
+    for node in itertools.chain(graph_def.node, *bodies):
+        in_float32(node.attr)
+        drop(node.attr, XLA_MUST_COMPILE)
+    for function in graph_def.library.function:
+        drop(function.attr, XLA_MUST_COMPILE, NO_INLINE)
+        for arg in itertools.chain(function.signature.input_arg, function.signature.output_arg):
+            if arg.type == BF16:
+                arg.type = F32
     return graph_def
+
+
+BF16, F32 = tf.bfloat16.as_datatype_enum, tf.float32.as_datatype_enum
+XLA_MUST_COMPILE, NO_INLINE = '_XlaMustCompile', '_noinline'
+
+
+def drop(attrs, *keys):
+    for key in keys:
+        if key in attrs:
+            del attrs[key]
+
+
+def in_float32(attrs):
+    """Makes a node's bfloat16 types and constants float32, in place."""
+    for attr in attrs.values():
+        if attr.type == BF16:
+            attr.type = F32
+        if BF16 in attr.list.type:
+            attr.list.type[:] = [F32 if t == BF16 else t for t in attr.list.type]
+        if attr.HasField('tensor') and attr.tensor.dtype == BF16:
+            value = tf.make_ndarray(attr.tensor).astype(np.float32)
+            attr.tensor.CopyFrom(tf.make_tensor_proto(value))
 
 
 def export_graph(frozen, info, input_name, output_name):

@@ -253,14 +253,21 @@ def gelu(x):
     Its five elementwise ops, and the ten of its gradient, are compiled by
     XLA into one loop each: TensorFlow fuses only ReLU into batch norm on a
     CPU, and unfused GELU took 45% of a training step here (BENCHMARKS.md).
+    It is one function, so every activation of a shape and type calls the
+    same compiled loop: XLA compiles it once, not once per layer.
     1/sqrt(2) is a float32 constant cast to x's type: written in bfloat16 it
     would stay rounded (0.70703) in an exported float32 model, where TFLite's
     converter, which has no Erf, then no longer recognises GELU. (Computing
     all of GELU in float32 instead made a training step 16% slower.)
     """
-    with tf.name_scope('gelu'), tf.xla.experimental.jit_scope():
-        rsqrt2 = tf.cast(tf.constant(1 / math.sqrt(2), tf.float32), x.dtype)
-        return 0.5 * x * (1 + tf.math.erf(x * rsqrt2))
+    with tf.name_scope('gelu'):
+        return _compiled_gelu(x)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _compiled_gelu(x):
+    rsqrt2 = tf.cast(tf.constant(1 / math.sqrt(2), tf.float32), x.dtype)
+    return 0.5 * x * (1 + tf.math.erf(x * rsqrt2))
 
 
 def batch_norm(x, is_training, name, momentum):

@@ -242,6 +242,11 @@ def test_exported_graph_has_only_the_inference_path(exported):
         assert placeholders == ['image'], kind          # no training switch, no batch
         assert not ops & {'Switch', 'Merge', 'If', 'StatelessIf', 'VarHandleOp',
                           'VariableV2', 'RandomUniform', 'RandomUniformInt'}, kind
+        # Nothing left for XLA to compile (fast_cnn's GELU): a model server may have no XLA
+        library = meta_graph.graph_def.library.function
+        bodies = [node for function in library for node in function.node_def]
+        assert not [item for item in list(meta_graph.graph_def.node) + bodies + list(library)
+                    if '_XlaMustCompile' in item.attr], kind
         assert list(meta_graph.meta_info_def.tags) == ['serve']
         signature = meta_graph.signature_def['serving_default']
         assert signature.inputs['image'].dtype == tf.uint8.as_datatype_enum

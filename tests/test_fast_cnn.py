@@ -69,23 +69,50 @@ def test_bf16_network_is_close_to_fp32(recipe):
     assert np.allclose(full_value, half_value, atol=0.05 * np.abs(full_value).max())
 
 
+def called_functions(graph):
+    """{call op's name: the FunctionDef it calls} for the graph's function calls."""
+    library = {f.signature.name: f for f in graph.as_graph_def().library.function}
+    return {op.name: library[op.get_attr('f').name] for op in graph.get_operations()
+            if op.type in ('PartitionedCall', 'StatefulPartitionedCall')}
+
+
 def test_gelu_and_its_gradient_are_the_exact_formula_compiled_by_xla():
     values = np.array([-3, -1, -0.5, 0, 0.25, 1, 2.5], np.float64)
     phi = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in values])
     density = np.exp(-values ** 2 / 2) / math.sqrt(2 * math.pi)
-    with tf.Graph().as_default():
+    with tf.Graph().as_default() as graph:
         x = tf.constant(values, tf.float32)
         y = fast_cnn.gelu(x)
         gradient = tf.gradients(y, x)[0]
-        compiled = [op for op in tf.get_default_graph().get_operations()
-                    if '_XlaCompile' in op.node_def.attr and op.get_attr('_XlaCompile')]
         with tf.Session() as sess:
             y, gradient = sess.run([y, gradient])
     np.testing.assert_allclose(y, values * phi, atol=1e-6)
     np.testing.assert_allclose(gradient, phi + values * density, atol=1e-6)
-    # Forward and backward marked for XLA (one cluster each)
-    assert {'Erf', 'Mul', 'AddV2'} <= {op.type for op in compiled}
-    assert {'Exp', 'Square'} <= {op.type for op in compiled if op.name.startswith('gradients/')}
+    # Forward and backward are each one function that XLA must compile
+    calls = called_functions(graph)
+    forward = [f for name, f in calls.items() if not name.startswith('gradients/')]
+    backward = [f for name, f in calls.items() if name.startswith('gradients/')]
+    assert len(forward) == len(backward) == 1
+    for function in forward + backward:
+        assert function.attr['_XlaMustCompile'].b
+    assert {'Erf', 'Mul', 'AddV2'} <= {node.op for node in forward[0].node_def}
+    assert {'Exp', 'Square'} <= {node.op for node in backward[0].node_def}
+
+
+def test_gelu_is_one_function_for_all_the_activations_of_a_shape():
+    with tf.Graph().as_default() as graph:
+        x = tf.zeros([2, 4, 4, 8])
+        y = fast_cnn.gelu(fast_cnn.gelu(x) + 1)
+        other_shape = fast_cnn.gelu(tf.zeros([2, 2, 2, 8]))
+        tf.gradients(y, x)
+    calls = called_functions(graph)
+    name = {op: f.signature.name for op, f in calls.items()}
+    # The two activations of one shape call one function (compiled once), and
+    # their gradients one backward function; another shape has its own.
+    assert name['gelu/PartitionedCall'] == name['gelu_1/PartitionedCall']
+    assert (name['gradients/gelu/PartitionedCall_grad/PartitionedCall']
+            == name['gradients/gelu_1/PartitionedCall_grad/PartitionedCall'])
+    assert name[other_shape.op.name] != name['gelu/PartitionedCall']
 
 
 def test_gelu_of_bfloat16_keeps_its_constant_exact_in_float32():
@@ -101,8 +128,9 @@ def test_gelu_of_bfloat16_keeps_its_constant_exact_in_float32():
     np.testing.assert_allclose(result, exact, rtol=2 ** -7, atol=0.01)
     # 1/sqrt(2) is stored in float32 (an export makes the graph float32 and
     # TFLite's converter wants that exact value) and cast for the product
-    constants = [op.get_attr('value') for op in graph.get_operations() if op.type == 'Const'
-                 and op.name.startswith('gelu/') and op.get_attr('dtype') == tf.float32]
+    function, = called_functions(graph).values()
+    constants = [node.attr['value'].tensor for node in function.node_def
+                 if node.op == 'Const' and node.attr['dtype'].type == tf.float32.as_datatype_enum]
     assert [tf.make_ndarray(c) for c in constants] == [np.float32(1 / math.sqrt(2))]
 
 
