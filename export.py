@@ -122,7 +122,7 @@ def cut_input(node):
 
 def portable(graph_def):
     """The GraphDef as every runtime runs it: bfloat16 arithmetic and constants
-    made float32, in the graph and in the bodies of the functions it calls
+    made float32, in the graph and in the bodies of its library's functions
     (fast_cnn's GELU), and those functions free to be inlined, not marked for
     XLA (TFLite's converter inlines them or fails; TensorFlow Serving, for
     one, compiles with XLA only when told to, and fails such calls)."""
@@ -176,9 +176,28 @@ def export_graph(frozen, info, input_name, output_name):
         probabilities = tf.identity(probabilities, name='probabilities')
         tf.argmax(probabilities, 1, name='classes')
     # The imported graph's own input placeholder is left unconnected: drop it
-    graph_def = tf.graph_util.extract_sub_graph(graph.as_graph_def(),
-                                                ['probabilities', 'classes'])
+    graph_def = only_called_functions(tf.graph_util.extract_sub_graph(
+        graph.as_graph_def(), ['probabilities', 'classes']))
     return graph_def, 'image:0', {'probabilities': 'probabilities:0', 'classes': 'classes:0'}
+
+
+def only_called_functions(graph_def):
+    """The GraphDef without the library functions that nothing in it calls
+    (training's backward functions of fast_cnn's GELU, its other variants)."""
+    library = {function.signature.name: function for function in graph_def.library.function}
+    called, callers = set(), list(graph_def.node)
+    while callers:
+        for attr in callers.pop().attr.values():
+            for name in [attr.func.name] + [func.name for func in attr.list.func]:
+                if name in library and name not in called:
+                    called.add(name)
+                    callers.extend(library[name].node_def)
+    gradients = [g for g in graph_def.library.gradient
+                 if g.function_name in called and g.gradient_func in called]
+    del graph_def.library.function[:], graph_def.library.gradient[:]
+    graph_def.library.function.extend(library[name] for name in sorted(called))
+    graph_def.library.gradient.extend(gradients)
+    return graph_def
 
 
 # -----------------------------------------------------------------------------

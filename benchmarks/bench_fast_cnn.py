@@ -95,9 +95,8 @@ KINDS = [   # (kind, test on the op's type and name), first match wins
     ('layout reorder / transpose', lambda t, n: 'Reorder' in t or 'Transpose' in t
      or 'ToTf' in t),
     ('batch norm', lambda t, n: 'FusedBatchNorm' in t),
-    # GELU forward and backward run as XLA clusters (_XlaRun), the only ones in the graph
-    ('activation', lambda t, n: t in ('Relu', 'ReluGrad', 'Erf', '_MklRelu', '_MklReluGrad',
-                                      '_XlaRun')
+    # GELU forward and backward are calls of XLA-compiled functions, named gelu
+    ('activation', lambda t, n: t in ('Relu', 'ReluGrad', 'Erf', '_MklRelu', '_MklReluGrad')
      or '/Gelu' in n or 'gelu' in n.lower()),
     ('pooling', lambda t, n: 'MaxPool' in t or 'Max' == t),
     ('data and augmentation', lambda t, n: 'sampler' in n or 'GatherV2' in t),

@@ -223,6 +223,27 @@ def test_bf16_run_is_exported_in_float32_close_to_its_training_graph(exported, k
     assert 'DT_BFLOAT16' not in str(graph_def)
 
 
+def test_a_bf16_graph_with_functions_is_made_float32_throughout():
+    # (on every CPU: the bf16 runs above train only where bfloat16 is native)
+    values = np.array([-3, -1, -0.5, 0, 0.25, 1, 2.5], np.float32)
+    exact = values * np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in values])
+    with tf.Graph().as_default() as graph:
+        x = tf.placeholder_with_default(tf.constant(values, tf.bfloat16), [7], name='x')
+        y = tf.identity(fast_cnn.gelu(x), name='y')
+        tf.gradients(y, x)                      # backward functions in the library too
+    graph_def = export.portable(graph.as_graph_def())
+    assert 'DT_BFLOAT16' not in str(graph_def)
+    assert len(graph_def.library.function) >= 2
+    for function in graph_def.library.function:
+        assert not {'_XlaMustCompile', '_noinline'} & set(function.attr)
+    with tf.Graph().as_default():
+        y, = tf.import_graph_def(graph_def, return_elements=['y:0'])
+        with tf.Session() as sess:
+            result = sess.run(y, {'import/x:0': values})
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result, exact, atol=1e-6)     # float32 now: no bfloat16 rounding
+
+
 def saved_graph(folder):
     """The MetaGraphDef in an export's saved_model.pb."""
     proto = saved_model_pb2.SavedModel()
@@ -242,11 +263,15 @@ def test_exported_graph_has_only_the_inference_path(exported):
         assert placeholders == ['image'], kind          # no training switch, no batch
         assert not ops & {'Switch', 'Merge', 'If', 'StatelessIf', 'VarHandleOp',
                           'VariableV2', 'RandomUniform', 'RandomUniformInt'}, kind
-        # Nothing left for XLA to compile (fast_cnn's GELU): a model server may have no XLA
+        # Functions (fast_cnn's GELU): only those called, free to be inlined (for
+        # TFLite's converter), nothing left for XLA to compile (a server may have no XLA)
         library = meta_graph.graph_def.library.function
+        called = {node.attr['f'].func.name for node in meta_graph.graph_def.node
+                  if node.op in ('PartitionedCall', 'StatefulPartitionedCall')}
+        assert {function.signature.name for function in library} == called, kind
         bodies = [node for function in library for node in function.node_def]
         assert not [item for item in list(meta_graph.graph_def.node) + bodies + list(library)
-                    if '_XlaMustCompile' in item.attr], kind
+                    if {'_XlaMustCompile', '_noinline'} & set(item.attr)], kind
         assert list(meta_graph.meta_info_def.tags) == ['serve']
         signature = meta_graph.signature_def['serving_default']
         assert signature.inputs['image'].dtype == tf.uint8.as_datatype_enum
