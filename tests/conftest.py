@@ -81,7 +81,7 @@ def run_as_main(module, entry, argv, capsys):
     """`python <module>.py argv` run in this process as its __main__ runs it,
     cli.exit_on_error(entry, parse_args(argv)), for a run that must stop:
     (exit status, the last line on stderr). Each script's own process is
-    tested once elsewhere; this spares the others TensorFlow's start-up."""
+    tested once (test_scripts.py); this spares the others TensorFlow's start-up."""
     program = sys.argv[0]
     sys.argv[0] = os.path.basename(module.__file__)
     try:

@@ -312,21 +312,14 @@ def test_quantized_tflite_is_smaller(tmp_path, exported):
     assert os.path.getsize(os.path.join(out, 'model.tflite')) < 0.5 * float_size
 
 
-def run_export(*argv):
-    """export.py as a user runs it: (exit status, stderr)."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'export.py')] + list(argv),
-                            capture_output=True, text=True, timeout=300)
-    return result.returncode, result.stderr.strip().splitlines()[-1]
-
-
 def test_errors_are_one_line(exported, tmp_path, capsys):
     root, exports, _, _, _ = exported
-    status, line = run_export(str(tmp_path / 'nothing'))      # as a user runs it
-    assert status and line == 'export.py: error: run folder %s does not exist' % (
-        tmp_path / 'nothing')
 
     def run_export_here(*argv):
         return run_as_main(export, export.export, argv, capsys)
+    status, line = run_export_here(str(tmp_path / 'nothing'))
+    assert status and line == 'export.py: error: run folder %s does not exist' % (
+        tmp_path / 'nothing')
     empty = tmp_path / 'empty'
     empty.mkdir()
     status, line = run_export_here(str(empty))

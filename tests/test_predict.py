@@ -4,8 +4,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,8 +16,6 @@ import predict
 import softmax
 import two_layer_mlp
 from conftest import run_as_main, write_fake_cifar10, write_fake_mnist
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def encode(pixels, kind):
@@ -168,19 +164,6 @@ def test_center_crop_keeps_the_aspect_ratio(tmp_path):
     squeezed = predict.ImageReader(32, 3, 'none').read(str(path))
     assert cropped.min() == 255                         # only the white square is left
     assert squeezed.min() < 100                         # the black sides are squeezed in
-
-
-def run_cli(*argv):
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py')]
-                          + [str(a) for a in argv], capture_output=True, text=True,
-                          timeout=300)
-
-
-def test_missing_run_folder_is_one_line(tmp_path, pictures):
-    result = run_cli(tmp_path / 'nowhere', pictures)
-    assert result.returncode == 1 and 'Traceback' not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        'predict.py: error: run folder %s does not exist' % (tmp_path / 'nowhere'))
 
 
 def test_folder_without_checkpoint_is_one_line(tmp_path, pictures, capsys):

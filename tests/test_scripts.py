@@ -1,7 +1,11 @@
-"""What every training script does alike: a bad --train-dir is found before
-training, a batch larger than the data is one line."""
+"""What every script does alike: run as a user runs it, a bad input ends in one
+line; a bad --train-dir is found before training; a batch larger than the data
+is one line."""
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +14,50 @@ import fast_cnn
 import softmax
 import two_layer_mlp
 from errors import DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Each script once in its own process, `python <script>.py ...`, with an input
+# it cannot use: exit status 1, no traceback, the last line on stderr says why. (Elsewhere
+# the tests run such errors in the test process: conftest.run_as_main.)
+# {tmp} is an empty folder, {cifar} fake CIFAR-10.
+ONE_LINE_ENDS = {
+    'softmax.py': (['--data-dir', '{tmp}'],
+                   'softmax.py: error: --data-dir {tmp} holds no CIFAR-10 '),
+    'two_layer_mlp.py': (['--restore', '--data-dir', '{cifar}', '--train-dir', '{tmp}/none'],
+                         'two_layer_mlp.py: error: no complete checkpoint in {tmp}/none'),
+    'cnn.py': (['--data-dir', '{tmp}'], 'cnn.py: error: --data-dir {tmp} holds no CIFAR-10 '),
+    'fast_cnn.py': (['--data-dir', '{tmp}'],
+                    'fast_cnn.py: error: --data-dir {tmp} holds no CIFAR-10 '),
+    'predict.py': (['{tmp}/nowhere', '{tmp}'],
+                   'predict.py: error: run folder {tmp}/nowhere does not exist'),
+    'export.py': (['{tmp}/nowhere'], 'export.py: error: run folder {tmp}/nowhere does not exist'),
+}
+
+
+def test_each_script_run_as_a_user_runs_it_ends_a_bad_input_in_one_line(tmp_path,
+                                                                        fake_cifar10):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    # All at once: TensorFlow's start-up is most of each process's time
+    processes = {
+        script: subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, script)]
+            + [arg.format(tmp=empty, cifar=fake_cifar10) for arg in argv],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+        for script, (argv, _) in ONE_LINE_ENDS.items()}
+    try:
+        ends = {script: process.communicate(timeout=300) + (process.returncode,)
+                for script, process in processes.items()}
+    finally:
+        for process in processes.values():
+            process.kill()
+    for script, (_, expected) in ONE_LINE_ENDS.items():
+        _, err, status = ends[script]
+        lines = err.strip().splitlines()
+        assert status == 1 and 'Traceback' not in err, (script, err)
+        assert lines[-1].startswith(expected.format(tmp=empty)), (script, err)
+
 
 SCRIPTS = {
     'softmax': (softmax, ['--max-steps', '500']),

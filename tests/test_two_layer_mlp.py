@@ -112,15 +112,6 @@ def test_runner_summaries_checkpoints_and_restore(fake_cifar10, tmp_path, capsys
     assert 'Parameters' not in out
 
 
-def test_restore_without_checkpoint_is_one_clear_line(tmp_path, fake_cifar10):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'two_layer_mlp.py'), '--restore',
-         '--data-dir', fake_cifar10, '--train-dir', str(tmp_path / 'none')],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1 and 'Traceback' not in result.stderr
-    assert 'error: no complete checkpoint in %s' % (tmp_path / 'none') in result.stderr
-
-
 def test_mnist_preset_prints_the_articles_epoch_lines(fake_mnist, tmp_path, capsys):
     train_dir = tmp_path / 'logs'
     accuracy, out = run(capsys, '--preset', 'mnist', '--epochs', '3', '--batch-size', '20',
