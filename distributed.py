@@ -391,7 +391,11 @@ def train_worker(server, args):
                 scaffold=tf.train.Scaffold(saver=saver),
                 save_checkpoint_steps=args.log_every, save_summaries_steps=args.log_every,
                 config=config, max_wait_secs=args.startup_timeout,
-                stop_grace_period_secs=10) as session:
+                # Closing, the chief's SyncReplicasOptimizer thread still waits
+                # for the next step's gradients, which no longer come; it ends
+                # when the session closes, after this grace (at 10 s, every
+                # run's chief sat 10 s at the end)
+                stop_grace_period_secs=1) as session:
             session_ready = True
             watchdog.step_finished()     # armed from here: the first step counts too
             while not session.should_stop():
