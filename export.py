@@ -28,7 +28,8 @@ the checkpoint the run reports its accuracy with (the averaged weights of
 fast_cnn) become constants, so the exported model holds no variables, no
 training switch and no batch size, and is for inference only. A run trained in
 bfloat16 is exported in float32 (its weights are float32; only the arithmetic
-changes). The whole folder is written under a temporary name and renamed, so it
+changes). The functions the graph calls (fast_cnn's GELU) go with it, no longer
+marked for XLA, so that every runtime can run them. The whole folder is written under a temporary name and renamed, so it
 appears complete or not at all.
 """
 
