@@ -29,8 +29,8 @@ fast_cnn) become constants, so the exported model holds no variables, no
 training switch and no batch size, and is for inference only. A run trained in
 bfloat16 is exported in float32 (its weights are float32; only the arithmetic
 changes). The functions the graph calls (fast_cnn's GELU) go with it, no longer
-marked for XLA, so that every runtime can run them. The whole folder is written under a temporary name and renamed, so it
-appears complete or not at all.
+marked for XLA, so that every runtime can run them. The whole folder is written
+under a temporary name and renamed, so it appears complete or not at all.
 """
 
 import argparse
@@ -144,6 +144,7 @@ XLA_MUST_COMPILE, NO_INLINE = '_XlaMustCompile', '_noinline'
 
 
 def drop(attrs, *keys):
+    """Removes those keys from a node's or function's attributes, where present."""
     for key in keys:
         if key in attrs:
             del attrs[key]
