@@ -394,7 +394,8 @@ def train_worker(server, args):
                 # Closing, the chief's SyncReplicasOptimizer thread still waits
                 # for the next step's gradients, which no longer come; it ends
                 # when the session closes, after this grace (at 10 s, every
-                # run's chief sat 10 s at the end)
+                # run's chief sat 10 s at the end). The final checkpoint and
+                # summaries are written before it, by the hooks.
                 stop_grace_period_secs=1) as session:
             session_ready = True
             watchdog.step_finished()     # armed from here: the first step counts too

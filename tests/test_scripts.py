@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,9 +18,10 @@ from errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Each script once in its own process, `python <script>.py ...`, with an input
-# it cannot use: exit status 1, no traceback, the last line on stderr says why. (Elsewhere
-# the tests run such errors in the test process: conftest.run_as_main.)
+# Each script once in its own process, `python <script>.py ...`, with an
+# input it cannot use: exit status 1, no traceback, the last line on stderr
+# says why. (Elsewhere the tests run such errors in the test process,
+# conftest.run_as_main; distributed.py's processes: test_distributed.py.)
 # {tmp} is an empty folder, {cifar} fake CIFAR-10.
 ONE_LINE_ENDS = {
     'softmax.py': (['--data-dir', '{tmp}'],
@@ -44,19 +46,23 @@ def test_each_script_run_as_a_user_runs_it_ends_a_bad_input_in_one_line(tmp_path
         script: subprocess.Popen(
             [sys.executable, os.path.join(ROOT, script)]
             + [arg.format(tmp=empty, cifar=fake_cifar10) for arg in argv],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
         for script, (argv, _) in ONE_LINE_ENDS.items()}
+    deadline = time.monotonic() + 300
     try:
-        ends = {script: process.communicate(timeout=300) + (process.returncode,)
+        ends = {script: (process.communicate(timeout=max(1, deadline - time.monotonic()))[1],
+                         process.returncode)
                 for script, process in processes.items()}
     finally:
         for process in processes.values():
-            process.kill()
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     for script, (_, expected) in ONE_LINE_ENDS.items():
-        _, err, status = ends[script]
-        lines = err.strip().splitlines()
+        err, status = ends[script]
+        last = (err.strip().splitlines() or [''])[-1]
         assert status == 1 and 'Traceback' not in err, (script, err)
-        assert lines[-1].startswith(expected.format(tmp=empty)), (script, err)
+        assert last.startswith(expected.format(tmp=empty)), (script, err)
 
 
 SCRIPTS = {
