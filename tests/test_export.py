@@ -57,6 +57,8 @@ KINDS = {
 }
 
 # Run in a fresh process in eager mode, as a TensorFlow 2 or Keras 3 user would.
+# It starts before the training, so that its imports overlap it, and reads
+# what to load from stdin once the exports exist (nothing at end of input).
 EAGER_CHECK = textwrap.dedent('''
     import json, sys
     import numpy as np
@@ -66,7 +68,10 @@ EAGER_CHECK = textwrap.dedent('''
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:        # TensorFlow's own, deprecated but still in 2.21
         Interpreter = tf.lite.Interpreter
-    exports, images_file, out_file = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+    job = sys.stdin.readline()
+    if not job:
+        sys.exit(0)
+    exports, images_file, out_file = json.loads(job)
     images, results = np.load(images_file), {}
     for kind, folder in exports.items():
         x = images[kind]
@@ -110,6 +115,26 @@ def exported(tmp_path_factory):
 
 
 def export_every_kind(root):
+    eager = subprocess.Popen([sys.executable, '-c', EAGER_CHECK], stdin=subprocess.PIPE,
+                             text=True, cwd=ROOT)
+    try:
+        exports, images, expected = train_and_export_every_kind(root)
+        np.savez(str(root / 'images.npz'), **images)
+        eager.stdin.write(json.dumps([exports, str(root / 'images.npz'),
+                                      str(root / 'results.npz')]) + '\n')
+        eager.stdin.close()
+        assert eager.wait(timeout=600) == 0
+    finally:
+        if eager.poll() is None:     # the training failed, or the check is stuck
+            eager.kill()
+            eager.wait()
+    results = dict(np.load(str(root / 'results.npz')))
+    return root, exports, images, expected, results
+
+
+def train_and_export_every_kind(root):
+    """Each kind trained and exported: {kind: export folder}, {kind: 7
+    images}, {kind: the training graph's probabilities for them}."""
     cifar = write_fake_cifar10(str(root / 'cifar'))
     mnist = write_fake_mnist(str(root / 'mnist'), train=5200)
     rng = np.random.default_rng(0)
@@ -130,12 +155,7 @@ def export_every_kind(root):
                         else rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8))
         exports[kind] = out
         expected[kind] = training_graph_probabilities(run_dir, images[kind])
-    np.savez(str(root / 'images.npz'), **images)
-    subprocess.run([sys.executable, '-c', EAGER_CHECK, json.dumps(exports),
-                    str(root / 'images.npz'), str(root / 'results.npz')],
-                   check=True, cwd=ROOT, timeout=600)
-    results = dict(np.load(str(root / 'results.npz')))
-    return root, exports, images, expected, results
+    return exports, images, expected
 
 
 BF16_KINDS = ['fast-bf16', 'fast-muon-bf16', 'batchnorm-bf16']

@@ -4,9 +4,9 @@ is one line."""
 
 import os
 import re
+import runpy
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,11 +18,13 @@ from errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Each script once in its own process, `python <script>.py ...`, with an
-# input it cannot use: exit status 1, no traceback, the last line on stderr
-# says why. (Elsewhere the tests run such errors in the test process,
-# conftest.run_as_main; distributed.py's processes: test_distributed.py.)
-# {tmp} is an empty folder, {cifar} fake CIFAR-10.
+# Each script run as `python <script>.py ...` runs it, with an input it
+# cannot use: exit status 1, no traceback, the last line on stderr says why.
+# softmax.py in its own process, as a user runs it (TensorFlow's start-up and
+# its lines on stderr included); every script's file executed as __main__ in
+# the test process, which spares five more start-ups of 6 s each. (Elsewhere
+# the tests call such errors through conftest.run_as_main; distributed.py's
+# processes: test_distributed.py.) {tmp} is an empty folder, {cifar} fake CIFAR-10.
 ONE_LINE_ENDS = {
     'softmax.py': (['--data-dir', '{tmp}'],
                    'softmax.py: error: --data-dir {tmp} holds no CIFAR-10 '),
@@ -37,32 +39,38 @@ ONE_LINE_ENDS = {
 }
 
 
-def test_each_script_run_as_a_user_runs_it_ends_a_bad_input_in_one_line(tmp_path,
-                                                                        fake_cifar10):
+def bad_input(script, tmp_path, fake_cifar10):
+    """The script's argv and the start of its last line, for an empty folder."""
     empty = tmp_path / 'empty'
     empty.mkdir()
-    # All at once: TensorFlow's start-up is most of each process's time
-    processes = {
-        script: subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, script)]
-            + [arg.format(tmp=empty, cifar=fake_cifar10) for arg in argv],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
-        for script, (argv, _) in ONE_LINE_ENDS.items()}
-    deadline = time.monotonic() + 300
-    try:
-        ends = {script: (process.communicate(timeout=max(1, deadline - time.monotonic()))[1],
-                         process.returncode)
-                for script, process in processes.items()}
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    for script, (_, expected) in ONE_LINE_ENDS.items():
-        err, status = ends[script]
-        last = (err.strip().splitlines() or [''])[-1]
-        assert status == 1 and 'Traceback' not in err, (script, err)
-        assert last.startswith(expected.format(tmp=empty)), (script, err)
+    argv, expected = ONE_LINE_ENDS[script]
+    return ([arg.format(tmp=empty, cifar=fake_cifar10) for arg in argv],
+            expected.format(tmp=empty))
+
+
+def test_softmax_run_as_a_user_runs_it_ends_a_bad_input_in_one_line(tmp_path, fake_cifar10):
+    argv, expected = bad_input('softmax.py', tmp_path, fake_cifar10)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'softmax.py')] + argv,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=str(tmp_path), timeout=300)
+    last = (result.stderr.strip().splitlines() or [''])[-1]
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert last.startswith(expected), result.stderr
+
+
+@pytest.mark.parametrize('script', sorted(ONE_LINE_ENDS))
+def test_each_script_as_main_ends_a_bad_input_in_one_line(script, tmp_path, fake_cifar10,
+                                                         monkeypatch, capsys):
+    argv, expected = bad_input(script, tmp_path, fake_cifar10)
+    monkeypatch.setattr(sys, 'argv', [script] + argv)
+    monkeypatch.chdir(tmp_path)
+    # Any other exception than SystemExit (a traceback) fails the test here
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(os.path.join(ROOT, script), run_name='__main__')
+    # sys.exit(line): Python prints the line to stderr and exits with status 1
+    assert isinstance(stopped.value.code, str), stopped.value.code
+    assert stopped.value.code.startswith(expected), stopped.value.code
+    assert 'Traceback' not in capsys.readouterr().err
 
 
 SCRIPTS = {
