@@ -278,7 +278,7 @@ def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10):
     def start(hosts, argv):
         return subprocess.Popen(
             [sys.executable, os.path.join(ROOT, 'distributed.py'), '--ps-hosts', hosts[0],
-             '--worker-hosts', hosts[1] + ',' + hosts[2], '--startup-timeout', '10'] + argv,
+             '--worker-hosts', hosts[1] + ',' + hosts[2], '--startup-timeout', '5'] + argv,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path))
 
     chief = ['--job-name', 'worker', '--task-index', '0', '--data-dir', fake_cifar10,
@@ -301,9 +301,9 @@ def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10):
                              'finish')
     assert processes['lone chief'].returncode == 1
     assert outputs['lone chief'] == ('distributed.py: error: worker 0: worker 1 did not start '
-                                     'within 10 s (--startup-timeout)')
+                                     'within 5 s (--startup-timeout)')
     # ... before its first checkpoint: nothing untrained for predict.py to find
     assert glob.glob(str(tmp_path / 'runs' / '*' / '*.index')) == []
     assert processes['chief'].returncode == 1
     assert re.fullmatch(r'distributed.py: error: no parameter server at 127.0.0.1:\d+ after '
-                        r'10 s \(--startup-timeout\)', outputs['chief']), outputs['chief']
+                        r'5 s \(--startup-timeout\)', outputs['chief']), outputs['chief']
