@@ -17,6 +17,7 @@ import cli
 import data_helpers
 import fast_cnn
 import predict
+from conftest import needs_native_bf16
 
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
 AIRBENCH94, MUON = fast_cnn.RECIPES['airbench94'], fast_cnn.RECIPES['muon']
@@ -145,6 +146,75 @@ def test_gelu_of_bfloat16_keeps_its_constant_exact_in_float32():
     constants = [node.attr['value'].tensor for node in function.node_def
                  if node.op == 'Const' and node.attr['dtype'].type == tf.float32.as_datatype_enum]
     assert [tf.make_ndarray(c) for c in constants] == [np.float32(1 / math.sqrt(2))]
+
+
+def conv_and_gradients(conv2d, x, kernel, dy, dtype=tf.float32):
+    """conv2d(x, kernel) and the gradients of sum(conv2d(x, kernel) * dy) for
+    x and kernel (arrays, computed in dtype), as float32 arrays."""
+    with tf.Graph().as_default():
+        x, kernel, dy = (tf.constant(value, dtype) for value in (x, kernel, dy))
+        y = conv2d(x, kernel)
+        gradients = tf.gradients(y, [x, kernel], grad_ys=dy)
+        with tf.Session() as sess:
+            return sess.run([tf.cast(t, tf.float32) for t in [y] + gradients])
+
+
+def test_conv2d_by_taps_is_conv2d_with_tensorflows_gradients():
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(shape) for shape in [(5, 4, 6, 3), (3, 3, 3, 7), (5, 4, 6, 7)]]
+    expected = conv_and_gradients(lambda x, k: tf.nn.conv2d(x, k, 1, 'SAME'), *arrays)
+    result = conv_and_gradients(fast_cnn.conv2d_by_taps, *arrays)
+    for name, want, got in zip(['output', 'input gradient', 'filter gradient'], expected, result):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@needs_native_bf16
+def test_conv2d_by_taps_in_bfloat16_rounds_its_filter_gradient_once():
+    # Inputs exact in bfloat16; each tap's products summed in float32, then
+    # rounded once to bfloat16. (oneDNN's bfloat16 filter-gradient kernel,
+    # measured beside it: 14x the mean error of a correct rounding; BENCHMARKS.md)
+    rng = np.random.default_rng(1)
+    bfloat16 = tf.bfloat16.as_numpy_dtype
+    arrays = [rng.standard_normal(shape).astype(bfloat16).astype(np.float64)
+              for shape in [(64, 8, 8, 64), (3, 3, 64, 64), (64, 8, 8, 64)]]
+    exact = conv_and_gradients(lambda x, k: tf.nn.conv2d(x, k, 1, 'SAME'), *arrays,
+                               dtype=tf.float64)[2]
+    result = conv_and_gradients(fast_cnn.conv2d_by_taps, *arrays, dtype=tf.bfloat16)[2]
+    rounded = exact.astype(np.float32).astype(bfloat16).astype(np.float32)
+    assert np.mean(result == rounded) > 0.99          # (a sum within float32's error of a tie)
+    np.testing.assert_allclose(result, exact, rtol=2 ** -7)
+
+
+def filter_gradient_source(gradient):
+    """The op type that computed a kernel's gradient, behind its casts and
+    reshapes: Conv2DBackpropFilter, or MatMul (one tap's product)."""
+    op = gradient.op
+    while op.type in ('Cast', 'Reshape', 'Pack', 'Identity'):
+        op = op.inputs[0].op
+    return op.type
+
+
+@pytest.mark.parametrize('precision, by_taps', [
+    ('fp32', []), ('bf16', ['block2/conv2', 'block3/conv1', 'block3/conv2'])])
+def test_bf16_training_takes_the_small_maps_filter_gradients_by_taps(precision, by_taps):
+    # The maps: block 1 at 31x31 and 15x15, block 2 at 15x15 and 7x7, block 3
+    # at 7x7 and 3x3. The graph is only built (every CPU)
+    hyp = dict(MUON, widths=(32, 32, 32))
+    with tf.Graph().as_default() as graph:
+        images = tf.placeholder(tf.float32, [None, 32, 32, 3])
+        logits = fast_cnn.inference(images, whitening_for_tests(), True, hyp, precision)
+        kernels = [v for v in tf.trainable_variables() if v.op.name.endswith('conv1/kernel')
+                   or v.op.name.endswith('conv2/kernel')]
+        sources = {kernel.op.name[len('net/'):-len('/kernel')]: filter_gradient_source(gradient)
+                   for kernel, gradient in zip(kernels, tf.gradients(logits, kernels))}
+        fast_cnn.inference(images, whitening_for_tests(), False, hyp, precision)
+    assert len(sources) == 6
+    assert sorted(name for name, source in sources.items() if source == 'MatMul') == by_taps
+    assert all(source == 'Conv2DBackpropFilter' for name, source in sources.items()
+               if name not in by_taps), sources
+    # Only training has the custom gradient: the evaluation graph, which
+    # predict.py and the exports take, is plain convolutions
+    assert len([op for op in graph.get_operations() if op.type == 'IdentityN']) == len(by_taps)
 
 
 def test_whitening_filters_whiten_the_patch_covariance():
