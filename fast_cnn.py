@@ -26,6 +26,9 @@ reaches on a CPU, in what time, on which kind of CPU: BENCHMARKS.md,
   scales, Nesterov SGD with a large batch, label smoothing (Szegedy et al.
   2016), weight decay decoupled from the learning rate, random 2-pixel
   translations: David Page, "How to train your ResNet" (2018).
+* This project's, for CPUs: in bfloat16 training, the filter gradients of the
+  convolutions on 7x7 and 3x3 maps taken as nine matrix products
+  (`conv2d_by_taps`), faster with AMX and more exact than oneDNN's kernel.
 
     python fast_cnn.py                      # the default recipe, muon, 8 epochs
     python fast_cnn.py --epochs 6           # less accuracy in less time
