@@ -243,37 +243,51 @@ def _uniform_dirac(shape, dtype=tf.float32, partition_info=None):
 
 
 def conv(x, filters, name, is_training=False):
-    """3x3 'same' convolution, no bias (batch norm follows). Training in
-    bfloat16 on maps of 8x8 or smaller, its filter gradient is taken as nine
-    matrix products (conv2d_by_taps)."""
+    """3x3 'same' convolution, no bias (batch norm follows)."""
     kernel = tf.get_variable(name + '/kernel', [3, 3, x.shape[-1], filters],
                              initializer=_uniform_dirac)
     kernel = tf.cast(kernel, x.dtype)
-    if is_training and x.dtype == tf.bfloat16 and x.shape[1] is not None and x.shape[1] <= 8:
+    # Only where measured faster (BENCHMARKS.md, "The filter gradient as nine
+    # matrix products"): bfloat16 training, maps of 8x8 or less (on CPUs; a
+    # GPU's bfloat16 was never measured)
+    height, width = x.shape[1:3]
+    if (is_training and x.dtype == tf.bfloat16 and height is not None and width is not None
+            and max(height, width) <= 8):
         return conv2d_by_taps(x, kernel)
     return tf.nn.conv2d(x, kernel, 1, 'SAME')
 
 
-@tf.custom_gradient
 def conv2d_by_taps(x, kernel):
-    """tf.nn.conv2d(x, kernel, 1, 'SAME') for a 3x3 kernel, the same forward
-    and input gradient, but the filter gradient as nine matrix products, one
-    per tap: the tap (i, j) gets the input shifted by (i, j), as [images *
-    height * width, channels_in], transposed, times the output gradient as
-    [images * height * width, channels_out]. oneDNN's filter-gradient kernel
-    with AMX ran 2x slower than this on 8x8 maps and 5x on 4x4 (bfloat16,
-    batch 2000, 256 channels); on 16x16 maps, and in float32, it is as fast or
-    faster (BENCHMARKS.md)."""
-    def gradient(dy):
-        dx = tf.nn.conv2d_backprop_input(tf.shape(x), kernel, dy, [1, 1, 1, 1], 'SAME')
-        height, width, channels_in = x.shape[1:]
-        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        dy_rows = tf.reshape(dy, [-1, dy.shape[-1]])
-        taps = [tf.matmul(tf.reshape(padded[:, i:i + height, j:j + width], [-1, channels_in]),
-                          dy_rows, transpose_a=True)
-                for i in range(3) for j in range(3)]
-        return dx, tf.reshape(tf.stack(taps), kernel.shape)
-    return tf.nn.conv2d(x, kernel, 1, 'SAME'), gradient
+    """tf.nn.conv2d(x, kernel, 1, 'SAME') for a 3x3 kernel and a map of known
+    height and width: the same forward and input gradient, its filter
+    gradient taken as nine matrix products (_conv2d_gradient_by_taps)."""
+    with tf.get_default_graph().gradient_override_map({'Conv2D': 'Conv2DByTaps'}):
+        return tf.nn.conv2d(x, kernel, 1, 'SAME')
+
+
+def _conv2d_gradient_by_taps(op, dy):
+    """The gradients of conv2d_by_taps: the input's as TensorFlow takes it;
+    the filter's one matrix product per tap, the tap (i, j) getting the input
+    shifted by (i, j) as [images * height * width, channels in], transposed,
+    times the output gradient as [images * height * width, channels out].
+    oneDNN's filter-gradient kernel with AMX is 2-5x slower on small maps,
+    and its bfloat16 result errs 14x a correct rounding (BENCHMARKS.md)."""
+    x, kernel = op.inputs
+    dx = tf.nn.conv2d_backprop_input(tf.shape(x), kernel, dy, [1, 1, 1, 1], 'SAME')
+    height, width = x.shape[1:3]
+    channels_in, channels_out = kernel.shape[2:]
+    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    dy_rows = tf.reshape(dy, [-1, channels_out])
+    taps = [tf.matmul(tf.reshape(padded[:, i:i + height, j:j + width], [-1, channels_in]),
+                      dy_rows, transpose_a=True)
+            for i in range(3) for j in range(3)]
+    return dx, tf.reshape(tf.stack(taps), kernel.shape)
+
+
+try:        # once per process, though this file may run twice (as __main__, and imported)
+    tf.RegisterGradient('Conv2DByTaps')(_conv2d_gradient_by_taps)
+except KeyError:
+    pass
 
 
 def gelu(x):

@@ -120,9 +120,12 @@ def export_every_kind(root):
     try:
         exports, images, expected = train_and_export_every_kind(root)
         np.savez(str(root / 'images.npz'), **images)
-        eager.stdin.write(json.dumps([exports, str(root / 'images.npz'),
-                                      str(root / 'results.npz')]) + '\n')
-        eager.stdin.close()
+        try:
+            eager.stdin.write(json.dumps([exports, str(root / 'images.npz'),
+                                          str(root / 'results.npz')]) + '\n')
+            eager.stdin.close()
+        except BrokenPipeError:      # it died first: its exit status says so below
+            pass
         assert eager.wait(timeout=600) == 0
     finally:
         if eager.poll() is None:     # the training failed, or the check is stuck

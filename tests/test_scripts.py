@@ -22,7 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # cannot use: exit status 1, no traceback, the last line on stderr says why.
 # softmax.py in its own process, as a user runs it (TensorFlow's start-up and
 # its lines on stderr included); every script's file executed as __main__ in
-# the test process, which spares five more start-ups of 6 s each. (Elsewhere
+# the test process, which spares five more start-ups of 6 s each (what only
+# a fresh process shows, TensorFlow's own lines and those at exit, is the
+# same for all and checked on softmax.py). (Elsewhere
 # the tests call such errors through conftest.run_as_main; distributed.py's
 # processes: test_distributed.py.) {tmp} is an empty folder, {cifar} fake CIFAR-10.
 ONE_LINE_ENDS = {
