@@ -25,6 +25,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 tf.disable_eager_execution()
 
 import cli  # noqa: E402
+import sessions  # noqa: E402,F401  (as every script imports it: TensorFlow's CPU allocator)
 
 IMAGES_PER_BATCH = 30
 

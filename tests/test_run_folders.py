@@ -56,6 +56,15 @@ def test_fresh_graph_resets_and_seeds():
     np.testing.assert_array_equal(first[1], second[1])
 
 
+def test_importing_sessions_gives_the_cpu_the_bfc_allocator():
+    # conftest imports sessions first, as every script does; only the BFC
+    # allocator keeps statistics (the default one raises ValueError here)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        sess.run(tf.reduce_sum(tf.ones([1000, 1000])))
+    assert os.environ['TF_CPU_ALLOCATOR_USE_BFC'] == 'true'
+    assert tf.config.experimental.get_memory_info('CPU:0')['peak'] >= 4 * 1000 * 1000
+
+
 def test_run_dirs_are_created_whole_and_unique(tmp_path):
     train_dir = tmp_path / 'runs'                           # created when missing
     first = run_folders.start_run_dir(str(train_dir), 'small-', ['a', 'b'], 'cifar10', 'nhwc')
