@@ -247,14 +247,18 @@ def conv(x, filters, name, is_training=False):
     kernel = tf.get_variable(name + '/kernel', [3, 3, x.shape[-1], filters],
                              initializer=_uniform_dirac)
     kernel = tf.cast(kernel, x.dtype)
-    # Only where measured faster (BENCHMARKS.md, "The filter gradient as nine
-    # matrix products"): bfloat16 training, maps of 8x8 or less (on CPUs; a
-    # GPU's bfloat16 was never measured)
+    if not is_training:
+        return tf.nn.conv2d(x, kernel, 1, 'SAME')
+    # Each only where measured faster (BENCHMARKS.md, "The filter gradient as
+    # nine matrix products" and "On a real AVX2 CPU"; on CPUs: a GPU was never
+    # measured): in bfloat16, the filter gradient by taps on maps of 8x8 or
+    # less; in float32, the input gradient by a forward convolution
     height, width = x.shape[1:3]
-    if (is_training and x.dtype == tf.bfloat16 and height is not None and width is not None
-            and max(height, width) <= 8):
-        return conv2d_by_taps(x, kernel)
-    return tf.nn.conv2d(x, kernel, 1, 'SAME')
+    if x.dtype == tf.bfloat16:
+        if height is not None and width is not None and max(height, width) <= 8:
+            return conv2d_by_taps(x, kernel)
+        return tf.nn.conv2d(x, kernel, 1, 'SAME')
+    return conv2d_input_gradient_by_forward(x, kernel)
 
 
 def conv2d_by_taps(x, kernel):
@@ -284,10 +288,35 @@ def _conv2d_gradient_by_taps(op, dy):
     return dx, tf.reshape(tf.stack(taps), kernel.shape)
 
 
-try:        # once per process, though this file may run twice (as __main__, and imported)
-    tf.RegisterGradient('Conv2DByTaps')(_conv2d_gradient_by_taps)
-except KeyError:
-    pass
+def conv2d_input_gradient_by_forward(x, kernel):
+    """tf.nn.conv2d(x, kernel, 1, 'SAME') for a 3x3 kernel: the same forward
+    and filter gradient, its input gradient taken by a forward convolution
+    (_conv2d_gradient_input_by_forward)."""
+    with tf.get_default_graph().gradient_override_map({'Conv2D': 'Conv2DInputByForward'}):
+        return tf.nn.conv2d(x, kernel, 1, 'SAME')
+
+
+def _conv2d_gradient_input_by_forward(op, dy):
+    """The gradients of conv2d_input_gradient_by_forward: the filter's as
+    TensorFlow takes it; the input's as the 'same' convolution of the output
+    gradient with the kernel turned by 180 degrees and its channels in and
+    out swapped (each input pixel gets back what each tap sent forward from
+    it). On an AVX2 AMD EPYC oneDNN's float32 input-gradient kernel ran 1.4-6x
+    slower than its forward kernel on these shapes, 2x in all (BENCHMARKS.md)."""
+    x, kernel = op.inputs
+    turned = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+    dx = tf.nn.conv2d(dy, turned, 1, 'SAME')
+    dkernel = tf.nn.conv2d_backprop_filter(x, tf.shape(kernel), dy, [1, 1, 1, 1], 'SAME')
+    return dx, dkernel
+
+
+# Once per process, though this file may run twice (as __main__, and imported)
+for _name, _gradient in [('Conv2DByTaps', _conv2d_gradient_by_taps),
+                         ('Conv2DInputByForward', _conv2d_gradient_input_by_forward)]:
+    try:
+        tf.RegisterGradient(_name)(_gradient)
+    except KeyError:
+        pass
 
 
 def gelu(x):

@@ -90,7 +90,9 @@ KINDS = [   # (kind, test on the op's type and name), first match wins
     ('optimiser', lambda t, n: n.startswith(('filters/', 'biases/', 'head/', 'whiten/',
                                               'lookahead/'))),
     ('conv filter gradient', lambda t, n: 'BackpropFilter' in t),
-    ('conv input gradient', lambda t, n: 'BackpropInput' in t),
+    # (in float32 fast_cnn takes it as a forward convolution, under gradients)
+    ('conv input gradient', lambda t, n: 'BackpropInput' in t or (
+        'Conv2D' in t and any(part.startswith('gradients') for part in n.split('/')))),
     ('conv forward', lambda t, n: 'Conv2D' in t),
     ('layout reorder / transpose', lambda t, n: 'Reorder' in t or 'Transpose' in t
      or 'ToTf' in t),

@@ -1,6 +1,7 @@
 """fast_cnn.py: network, whitening, augmentation, loss, schedules, optimisers (SGD
 groups, Muon), lookahead, TTA, FLOP count, runs of both recipes."""
 
+import collections
 import gc
 import json
 import math
@@ -159,11 +160,12 @@ def conv_and_gradients(conv2d, x, kernel, dy, dtype=tf.float32):
             return sess.run([tf.cast(t, tf.float32) for t in [y] + gradients])
 
 
-def test_conv2d_by_taps_is_conv2d_with_tensorflows_gradients():
+@pytest.mark.parametrize('conv2d', ['conv2d_by_taps', 'conv2d_input_gradient_by_forward'])
+def test_conv2d_with_other_gradients_is_conv2d_with_tensorflows_gradients(conv2d):
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal(shape) for shape in [(5, 4, 6, 3), (3, 3, 3, 7), (5, 4, 6, 7)]]
     expected = conv_and_gradients(lambda x, k: tf.nn.conv2d(x, k, 1, 'SAME'), *arrays)
-    result = conv_and_gradients(fast_cnn.conv2d_by_taps, *arrays)
+    result = conv_and_gradients(getattr(fast_cnn, conv2d), *arrays)
     for name, want, got in zip(['output', 'input gradient', 'filter gradient'], expected, result):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
 
@@ -194,9 +196,10 @@ def filter_gradient_source(gradient):
     return op.type
 
 
-@pytest.mark.parametrize('precision, by_taps', [
-    ('fp32', []), ('bf16', ['block2/conv2', 'block3/conv1', 'block3/conv2'])])
-def test_bf16_training_takes_the_small_maps_filter_gradients_by_taps(precision, by_taps):
+@pytest.mark.parametrize('precision, by_taps, gradients', [
+    ('fp32', [], {b'Conv2DInputByForward': 6}),
+    ('bf16', ['block2/conv2', 'block3/conv1', 'block3/conv2'], {b'Conv2DByTaps': 3})])
+def test_training_takes_the_gradients_measured_faster(precision, by_taps, gradients):
     # The maps: block 1 at 31x31 and 15x15, block 2 at 15x15 and 7x7, block 3
     # at 7x7 and 3x3. The graph is only built (every CPU)
     hyp = dict(MUON, widths=(32, 32, 32))
@@ -212,11 +215,18 @@ def test_bf16_training_takes_the_small_maps_filter_gradients_by_taps(precision, 
     assert sorted(name for name, source in sources.items() if source == 'MatMul') == by_taps
     assert all(source == 'Conv2DBackpropFilter' for name, source in sources.items()
                if name not in by_taps), sources
-    # Only training has the custom gradient: the evaluation graph, which
+    # In float32 every input gradient is a forward convolution, in bfloat16
+    # oneDNN's input-gradient kernel
+    has_input_gradient_kernel = any(op.type == 'Conv2DBackpropInput'
+                                    for op in graph.get_operations())
+    assert has_input_gradient_kernel == (precision == 'bf16')
+    # Only training has other gradients: the evaluation graph, which
     # predict.py and the exports take, is plain convolutions
-    overridden = [op for op in graph.get_operations()
-                  if op.node_def.attr['_gradient_op_type'].s == b'Conv2DByTaps']
-    assert len(overridden) == len(by_taps)
+    overridden = collections.Counter(op.node_def.attr['_gradient_op_type'].s
+                                     for op in graph.get_operations()
+                                     if op.type == 'Conv2D' and not op.name.startswith('gradients'))
+    plain = 6 - sum(gradients.values()) + 6 + 2     # training's others, evaluation, whitening
+    assert overridden == {**gradients, b'': plain}
 
 
 def test_a_graph_whose_filter_gradients_went_by_taps_is_freed_with_it():
