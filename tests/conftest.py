@@ -78,6 +78,15 @@ def write_fake_cifar10(folder, keys='str', per_batch=IMAGES_PER_BATCH, seed=0):
     return folder
 
 
+def end_processes(processes):
+    """Kills those of `processes` (subprocess.Popen) still running and reaps
+    them, their pipes closed: for a test's `finally`, whatever it failed at."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def run_as_main(module, entry, argv, capsys):
     """`python <module>.py argv` run in this process as its __main__ runs it,
     cli.exit_on_error(entry, parse_args(argv)), for a run that must stop:

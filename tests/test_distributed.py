@@ -19,6 +19,7 @@ import tensorflow.compat.v1 as tf
 import cnn
 import distributed
 import predict
+from conftest import end_processes
 from errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,10 +76,7 @@ class Cluster:
         return ends
 
     def close(self):
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        end_processes(self.processes.values())
         for log in self.logs.values():
             log.close()
 
@@ -173,7 +171,7 @@ def test_the_watchdog_ends_a_stuck_process_with_one_line_unless_disarmed(monkeyp
     try:
         out, err = stuck.communicate(timeout=LIMIT)
     finally:
-        stuck.kill()
+        end_processes([stuck])
     assert stuck.returncode == 1 and 'still here' not in out
     assert err.strip().splitlines()[-1] == '-c: error: worker 0: stuck'
 
@@ -292,10 +290,7 @@ def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10):
         outputs = {name: p.communicate(timeout=LIMIT)[0].strip().splitlines()[-1]
                    for name, p in processes.items()}
     finally:
-        for p in processes.values():
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+        end_processes(processes.values())
     assert processes['ps'].returncode == 1
     assert outputs['ps'] == ('distributed.py: error: parameter server 0: worker 0, 1 did not '
                              'finish')

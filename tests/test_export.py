@@ -24,7 +24,7 @@ import fast_cnn
 import predict
 import softmax
 import two_layer_mlp
-from conftest import (narrow_fast_cnn_recipes, needs_native_bf16, run_as_main,
+from conftest import (end_processes, narrow_fast_cnn_recipes, needs_native_bf16, run_as_main,
                       write_fake_cifar10, write_fake_mnist)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,10 +127,8 @@ def export_every_kind(root):
         except BrokenPipeError:      # it died first: its exit status says so below
             pass
         assert eager.wait(timeout=600) == 0
-    finally:
-        if eager.poll() is None:     # the training failed, or the check is stuck
-            eager.kill()
-            eager.wait()
+    finally:                         # the training failed, or the check is stuck
+        end_processes([eager])
     results = dict(np.load(str(root / 'results.npz')))
     return root, exports, images, expected, results
 
