@@ -14,6 +14,9 @@
    reorders, batch norm, activation, pooling, the optimiser, the rest.
    With one op at a time on both cores (the session config), the kinds add
    up to the step.
+4. With --gradients: each convolution's forward, its input gradient as
+   TensorFlow takes it and as fast_cnn takes it in float32 (a forward
+   convolution of the kernel turned), and its filter gradient, in ms.
 
 Median of --repeats timings after a warm-up; nothing else should run.
 """
@@ -83,6 +86,26 @@ def measure_ceiling(widths, batch, dtype, repeats):
             results[name] = flops / seconds / 1e9
             total_flops, total_seconds = total_flops + flops, total_seconds + seconds
         results['convolutions, FLOP-weighted'] = total_flops / total_seconds / 1e9
+    return results
+
+
+def measure_gradients(widths, batch, dtype, repeats):
+    """{name: ms of forward, input gradient (TensorFlow's, fast_cnn's), filter gradient}."""
+    results = {}
+    with tf.Graph().as_default(), tf.Session(config=sessions.session_config()) as sess:
+        ops = []
+        for name, input_shape, kernel_shape in conv_shapes(widths, batch):
+            x = tf.Variable(tf.cast(tf.random.normal(input_shape), dtype))
+            k = tf.Variable(tf.cast(tf.random.normal(kernel_shape), dtype))
+            dy = tf.Variable(tf.cast(tf.random.normal(input_shape[:3] + kernel_shape[3:]), dtype))
+            ops.append((name, [
+                tf.nn.conv2d(x, k, 1, 'SAME').op,
+                tf.nn.conv2d_backprop_input(tf.shape(x), k, dy, [1, 1, 1, 1], 'SAME').op,
+                tf.gradients(fast_cnn.conv2d_input_gradient_by_forward(x, k), x, dy)[0].op,
+                tf.nn.conv2d_backprop_filter(x, tf.shape(k), dy, [1, 1, 1, 1], 'SAME').op]))
+        sess.run(tf.global_variables_initializer())
+        for name, timed in ops:
+            results[name] = [1000 * median_seconds(lambda: sess.run(op), repeats) for op in timed]
     return results
 
 
@@ -168,6 +191,8 @@ def main():
     parser.add_argument('--batch-size', type=cli.positive_int,
                         help="the model's batch (default: the recipe's)")
     parser.add_argument('--data-dir', default=None)
+    parser.add_argument('--gradients', action='store_true',
+                        help="also time each convolution's gradients (batch --batch)")
     options = parser.parse_args()
     hyp = fast_cnn.RECIPES[options.recipe]
     precision = cli.precision(options.precision)
@@ -192,6 +217,15 @@ def main():
     for kind, ms in by_kind.most_common():
         print('  %-28s %7.1f ms  %5.1f%%' % (kind, ms, 100 * ms / total))
     print('  other, by op type: ' + ', '.join('%s %.1f ms' % item for item in others.most_common(6)))
+
+    if options.gradients:
+        print('Each convolution and its gradients (%s, batch %d), ms: forward, input gradient '
+              "(TensorFlow's / fast_cnn's fp32), filter gradient" % (precision, options.batch))
+        results = measure_gradients(hyp['widths'], options.batch, dtype, options.repeats)
+        results['all six'] = [sum(column) for column in zip(*results.values())]
+        for name, (forward, tensorflows, ours, filters) in results.items():
+            print('  %-14s %7.1f   %7.1f / %7.1f   %7.1f' % (name, forward, tensorflows, ours,
+                                                            filters))
 
 
 if __name__ == '__main__':
