@@ -128,13 +128,16 @@ REAL_DATA = os.environ.get('CIFAR10_DIR')   # read before the fixtures hide it
 @pytest.mark.skipif(not REAL_DATA, reason='real CIFAR-10 not available: set $CIFAR10_DIR '
                     '(CI builds it from ../shared) to run the article reproduction')
 def test_article_defaults_on_real_cifar10():
-    # Measured on official CIFAR-10 (BENCHMARKS.md): seed 1 gives 0.2892; ten
-    # seeds 0.2571-0.3190. A fixed seed makes a tight bar possible; the room
-    # is for another CPU's rounding, not for seed noise.
+    # Measured on official CIFAR-10 (BENCHMARKS.md, README): seeds 1-10 gave
+    # 0.2571-0.3190 on one CPU, and seed 1 itself 0.2892, 0.2808 and 0.2507 on
+    # three kinds of CPU: each sums in its own order, and 1000 steps of a large
+    # learning rate on raw pixels carry the rounding as far as another seed
+    # does. So the bar is the article's 25-31% with a point of room each side,
+    # on every CPU; a broken model scores about 0.10.
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'softmax.py'), '--data-dir', REAL_DATA,
          '--seed', '1'], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     print(result.stdout)
     accuracy = float(re.search(r'^Test accuracy (\S+)$', result.stdout, re.M).group(1))
-    assert accuracy == pytest.approx(0.2892, abs=0.01)
+    assert 0.24 <= accuracy <= 0.32
