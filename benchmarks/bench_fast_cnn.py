@@ -16,7 +16,8 @@
    up to the step.
 4. With --gradients: each convolution's forward, its input gradient as
    TensorFlow takes it and as fast_cnn takes it in float32 (a forward
-   convolution of the kernel turned), and its filter gradient, in ms.
+   convolution of the kernel turned), and its filter gradient as TensorFlow
+   takes it and as fast_cnn takes it in bfloat16 on small maps (by taps), in ms.
 
 Median of --repeats timings after a warm-up; nothing else should run.
 """
@@ -24,6 +25,7 @@ Median of --repeats timings after a warm-up; nothing else should run.
 import argparse
 import collections
 import os
+import re
 import statistics
 import sys
 import time
@@ -90,7 +92,9 @@ def measure_ceiling(widths, batch, dtype, repeats):
 
 
 def measure_gradients(widths, batch, dtype, repeats):
-    """{name: ms of forward, input gradient (TensorFlow's, fast_cnn's), filter gradient}."""
+    """{name: ms of the forward; the input gradient as TensorFlow takes it and
+    by a forward convolution; the filter gradient as TensorFlow takes it and
+    by taps}."""
     results = {}
     with tf.Graph().as_default(), tf.Session(config=sessions.session_config()) as sess:
         ops = []
@@ -102,7 +106,8 @@ def measure_gradients(widths, batch, dtype, repeats):
                 tf.nn.conv2d(x, k, 1, 'SAME').op,
                 tf.nn.conv2d_backprop_input(tf.shape(x), k, dy, [1, 1, 1, 1], 'SAME').op,
                 tf.gradients(fast_cnn.conv2d_input_gradient_by_forward(x, k), x, dy)[0].op,
-                tf.nn.conv2d_backprop_filter(x, tf.shape(k), dy, [1, 1, 1, 1], 'SAME').op]))
+                tf.nn.conv2d_backprop_filter(x, tf.shape(k), dy, [1, 1, 1, 1], 'SAME').op,
+                tf.gradients(fast_cnn.conv2d_by_taps(x, k), k, dy)[0].op]))
         sess.run(tf.global_variables_initializer())
         for name, timed in ops:
             results[name] = [1000 * median_seconds(lambda: sess.run(op), repeats) for op in timed]
@@ -112,7 +117,10 @@ def measure_gradients(widths, batch, dtype, repeats):
 KINDS = [   # (kind, test on the op's type and name), first match wins
     ('optimiser', lambda t, n: n.startswith(('filters/', 'biases/', 'head/', 'whiten/',
                                               'lookahead/'))),
-    ('conv filter gradient', lambda t, n: 'BackpropFilter' in t),
+    # (in bfloat16 fast_cnn takes it on small maps by taps: slices of the
+    # padded input, nine MatMuls)
+    ('conv filter gradient', lambda t, n: 'BackpropFilter' in t or (
+        t in ('MatMul', 'StridedSlice', 'Pad') and re.search(r'/Conv2D(_\d+)?_grad/', n))),
     # (in float32 fast_cnn takes it as a forward convolution, under gradients)
     ('conv input gradient', lambda t, n: 'BackpropInput' in t or (
         'Conv2D' in t and any(part.startswith('gradients') for part in n.split('/')))),
@@ -219,13 +227,14 @@ def main():
     print('  other, by op type: ' + ', '.join('%s %.1f ms' % item for item in others.most_common(6)))
 
     if options.gradients:
-        print('Each convolution and its gradients (%s, batch %d), ms: forward, input gradient '
-              "(TensorFlow's / fast_cnn's fp32), filter gradient" % (precision, options.batch))
+        print('Each convolution and its gradients (%s, batch %d), ms: forward; input gradient '
+              "as TensorFlow takes it / by a forward convolution; filter gradient as "
+              'TensorFlow takes it / by taps' % (precision, options.batch))
         results = measure_gradients(hyp['widths'], options.batch, dtype, options.repeats)
         results['all six'] = [sum(column) for column in zip(*results.values())]
-        for name, (forward, tensorflows, ours, filters) in results.items():
-            print('  %-14s %7.1f   %7.1f / %7.1f   %7.1f' % (name, forward, tensorflows, ours,
-                                                            filters))
+        for name, (forward, inputs, inputs_ours, filters, filters_ours) in results.items():
+            print('  %-14s %7.1f   %7.1f / %7.1f   %7.1f / %7.1f' % (
+                name, forward, inputs, inputs_ours, filters, filters_ours))
 
 
 if __name__ == '__main__':
