@@ -267,8 +267,7 @@ def conv2d_by_taps(x, kernel):
     """tf.nn.conv2d(x, kernel, 1, 'SAME') for a 3x3 kernel and a map of known
     height and width: the same forward and input gradient, its filter
     gradient taken as nine matrix products (_conv2d_gradient_by_taps)."""
-    with tf.get_default_graph().gradient_override_map({'Conv2D': 'Conv2DByTaps'}):
-        return tf.nn.conv2d(x, kernel, 1, 'SAME')
+    return _conv2d_with_gradient(x, kernel, 'Conv2DByTaps')
 
 
 def _conv2d_gradient_by_taps(op, dy):
@@ -294,8 +293,7 @@ def conv2d_input_gradient_by_forward(x, kernel):
     """tf.nn.conv2d(x, kernel, 1, 'SAME') for a 3x3 kernel: the same forward
     and filter gradient, its input gradient taken by a forward convolution
     (_conv2d_gradient_input_by_forward)."""
-    with tf.get_default_graph().gradient_override_map({'Conv2D': 'Conv2DInputByForward'}):
-        return tf.nn.conv2d(x, kernel, 1, 'SAME')
+    return _conv2d_with_gradient(x, kernel, 'Conv2DInputByForward')
 
 
 def _conv2d_gradient_input_by_forward(op, dy):
@@ -312,13 +310,24 @@ def _conv2d_gradient_input_by_forward(op, dy):
     return dx, dkernel
 
 
-# Once per process, though this file may run twice (as __main__, and imported)
-for _name, _gradient in [('Conv2DByTaps', _conv2d_gradient_by_taps),
-                         ('Conv2DInputByForward', _conv2d_gradient_input_by_forward)]:
-    try:
-        tf.RegisterGradient(_name)(_gradient)
-    except KeyError:
-        pass
+def _conv2d_with_gradient(x, kernel, gradient_name):
+    """tf.nn.conv2d(x, kernel, 1, 'SAME'), its gradients the function
+    registered as gradient_name (_register_gradients)."""
+    with tf.get_default_graph().gradient_override_map({'Conv2D': gradient_name}):
+        return tf.nn.conv2d(x, kernel, 1, 'SAME')
+
+
+def _register_gradients():
+    """Once per process, though this file may run twice (as __main__, and imported)."""
+    for name, gradient in [('Conv2DByTaps', _conv2d_gradient_by_taps),
+                           ('Conv2DInputByForward', _conv2d_gradient_input_by_forward)]:
+        try:
+            tf.RegisterGradient(name)(gradient)
+        except KeyError:
+            pass
+
+
+_register_gradients()
 
 
 def gelu(x):
