@@ -318,7 +318,8 @@ def _conv2d_with_gradient(x, kernel, gradient_name):
 
 
 def _register_gradients():
-    """Once per process, though this file may run twice (as __main__, and imported)."""
+    """Registers the two gradients; a second run of this file (as __main__,
+    then imported) finds them registered and skips them."""
     for name, gradient in [('Conv2DByTaps', _conv2d_gradient_by_taps),
                            ('Conv2DInputByForward', _conv2d_gradient_input_by_forward)]:
         try:
