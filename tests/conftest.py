@@ -18,14 +18,17 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # as the scripts do: quiet start-up
-import tensorflow.compat.v1 as tf  # noqa: E402
-
-# Graph mode, as every script sets on import: tests of the helper modules then
-# run the same whichever test file runs first.
-tf.disable_eager_execution()
-
 import cli  # noqa: E402
-import sessions  # noqa: E402,F401  (as every script imports it: TensorFlow's CPU allocator)
+
+
+def pytest_collection(session):
+    """Graph mode, as every script sets on import, before the first test file
+    is imported: tests of the helper modules then run the same whichever test
+    file runs first. Here, not at the top: pytest-xdist's controller process,
+    which collects and runs no test, then never imports TensorFlow (5 s)."""
+    import sessions  # noqa: F401  (as every script imports it: TensorFlow's CPU allocator)
+    import tensorflow.compat.v1 as tf
+    tf.disable_eager_execution()
 
 IMAGES_PER_BATCH = 30
 
