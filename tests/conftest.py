@@ -18,6 +18,18 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # as the scripts do: quiet start-up
+
+# In several processes (pytest-xdist's -n), each one's share of the cores,
+# before TensorFlow starts: each process's TensorFlow otherwise takes every
+# core, and its idle threads spin for the cores the other process is working
+# on. Two processes on two cores, no data: 140 s -> 129 s (median of 3,
+# 2026-12-02); with the longest files first, alternated, 108 and 120 s ->
+# 108 and 110 s, 167-184 -> 166-169 CPU-seconds (BENCHMARKS.md). Subprocesses
+# the tests start (the scripts, a cluster's tasks) inherit it.
+_processes = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if _processes > 1:
+    os.environ.setdefault('TF_NUM_INTRAOP_THREADS', str(max(1, (os.cpu_count() or 1) // _processes)))
+    os.environ.setdefault('TF_NUM_INTEROP_THREADS', '1')
 import cli  # noqa: E402
 
 
@@ -29,6 +41,23 @@ def pytest_collection(session):
     import sessions  # noqa: F401  (as every script imports it: TensorFlow's CPU allocator)
     import tensorflow.compat.v1 as tf
     tf.disable_eager_execution()
+
+
+# The files whose tests take longest in all (pytest --durations=0, 2026-12-02),
+# longest first: run first, so that in two processes (pytest-xdist, --dist
+# loadfile, which hands out whole files in the order collected) none of them
+# starts last while the other process has nothing left to do.
+LONGEST_FILES = ['test_distributed.py', 'test_fast_cnn.py', 'test_export.py', 'test_towers.py',
+                 'test_cnn.py', 'test_image_folders.py']
+
+
+def pytest_collection_modifyitems(items):
+    """The tests of LONGEST_FILES first, in that order; each file's own order kept."""
+    def rank(item):
+        name = os.path.basename(str(item.path))
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+    items.sort(key=rank)
+
 
 IMAGES_PER_BATCH = 30
 
