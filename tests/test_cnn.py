@@ -153,9 +153,12 @@ def test_a_few_steps_lower_the_loss(fake_cifar10, model, precision):
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             before = sess.run(loss, {images: x, labels: y})
+            # Within 15 steps (here augmented took 10, small 8, batchnorm 2), no more
             for _ in range(15):
                 sess.run(train_step, {images: x, labels: y})
-            after = sess.run(loss, {images: x, labels: y})
+                after = sess.run(loss, {images: x, labels: y})
+                if after < 0.8 * before:
+                    break
     assert after < 0.8 * before
 
 
