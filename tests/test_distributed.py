@@ -1,8 +1,9 @@
-"""distributed.py: 1 parameter server and 2 workers on 127.0.0.1, as subprocesses
-with a hard time limit: a synchronous run, a worker killed mid-run, clusters
-that never assemble. In the test process: the watchdog, the wait
-for the chief, the parameter server's grace, a worker's report of its failure,
-the flags and $TF_CONFIG."""
+"""distributed.py: 2 workers on 127.0.0.1 as subprocesses with a hard time
+limit and their parameter server in this process: a synchronous run, a worker
+killed mid-run; clusters that never assemble (a parameter server's own
+process). In the test process: the watchdog, the wait for the chief, the
+parameter server's grace, a worker's report of its failure, the flags and
+$TF_CONFIG."""
 
 import glob
 import os
@@ -26,25 +27,61 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT = 150          # seconds any process of a test may live
 
 
+class ParameterServer(threading.Thread):
+    """Parameter server 0, in a thread of this process (a third TensorFlow
+    start-up spared, 4 CPU-s), read as its process would be: returncode 0
+    once every worker has finished, 1 once it stopped with an error (`error`).
+    It cannot be killed: it ends by itself, as its process would."""
+
+    def __init__(self, args):
+        super().__init__(daemon=True)
+        self.flags, self.returncode, self.error = args, None, None
+        self.server = tf.distribute.Server(tf.train.ClusterSpec(args.cluster), job_name='ps',
+                                           task_index=0, start=True)
+        self.start()
+
+    def run(self):
+        try:
+            with tf.Graph().as_default():
+                distributed.serve_parameters(self.server, self.flags)
+            self.returncode = 0
+        except Exception as e:       # any: the test that fails says which
+            self.error, self.returncode = e, 1
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout):
+        self.join(timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired('parameter server 0', timeout)
+        return self.returncode
+
+
 class Cluster:
-    """1 ps + 2 workers; every process killed when the test ends, whatever happens."""
+    """1 ps (here) + 2 workers (subprocesses); every process killed when the
+    test ends, whatever happens."""
 
     def __init__(self, tmp_path, data_dir, *worker_flags):
         ps, w0, w1 = distributed.local_addresses(3)
         hosts = ['--ps-hosts', ps, '--worker-hosts', w0 + ',' + w1]
         flags = ['--data-dir', data_dir, '--train-dir', str(tmp_path / 'runs'),
                  '--batch-size', '16', '--seed', '0', '--startup-timeout', '60'] + list(worker_flags)
-        self.logs, self.processes = {}, {}
-        for name, job, task, extra in (('ps', 'ps', 0, []), ('worker1', 'worker', 1, flags),
-                                       ('worker0', 'worker', 0, flags)):
+        self.logs = {}
+        self.processes = {'ps': ParameterServer(distributed.parse_args(
+            hosts + ['--job-name', 'ps', '--task-index', '0', '--startup-timeout', '60']))}
+        for name, task in (('worker1', 1), ('worker0', 0)):
             self.logs[name] = open(tmp_path / (name + '.log'), 'w+')
             self.processes[name] = subprocess.Popen(
                 [sys.executable, os.path.join(ROOT, 'distributed.py')] + hosts +
-                ['--job-name', job, '--task-index', str(task)] + extra,
+                ['--job-name', 'worker', '--task-index', str(task)] + flags,
                 stdout=self.logs[name], stderr=subprocess.STDOUT, cwd=str(tmp_path))
         self.start = time.time()
 
     def output(self, name):
+        """A worker's output; the parameter server's error, if any."""
+        if name == 'ps':
+            return '' if self.processes['ps'].error is None else str(self.processes['ps'].error)
         self.logs[name].flush()
         self.logs[name].seek(0)
         return self.logs[name].read()
@@ -76,7 +113,7 @@ class Cluster:
         return ends
 
     def close(self):
-        end_processes(self.processes.values())
+        end_processes([self.processes['worker0'], self.processes['worker1']])
         for log in self.logs.values():
             log.close()
 
@@ -109,9 +146,8 @@ def test_synchronous_run_on_one_ps_and_two_workers(cluster, tmp_path, fake_cifar
     finals = [re.search(r'Worker %d: done at global step (\d+)' % task,
                         c.output('worker%d' % task)).group(1) for task in (0, 1)]
     assert finals == ['12', '12'], c.everything()      # one global step, shared
-    assert 'Parameter server 0: every worker has finished' in c.output('ps'), c.everything()
-    assert 'Traceback' not in c.output('worker0') + c.output('worker1') + c.output('ps'), \
-        c.everything()
+    assert 'Parameter server 0: every worker has finished' in capsys.readouterr().out
+    assert 'Traceback' not in c.output('worker0') + c.output('worker1'), c.everything()
     # The chief's run folder: checkpoints that predict.py and cnn.py --restore read
     runs = os.listdir(tmp_path / 'runs')
     assert len(runs) == 1 and runs[0].startswith('small-')
@@ -142,8 +178,8 @@ def test_a_killed_worker_stops_the_others_in_bounded_time(cluster):
     assert re.match(r'distributed.py: error: worker 0: (no step finished|worker 1 took no step) '
                     r'in 10 s \(--step-timeout\)', last), c.everything()
     assert c.wait('ps') == 1, c.everything()
-    assert c.output('ps').strip().splitlines()[-1] == (
-        'distributed.py: error: parameter server 0: worker 0, 1 did not finish'), c.everything()
+    assert isinstance(c.processes['ps'].error, DataError), c.everything()
+    assert c.output('ps') == 'parameter server 0: worker 0, 1 did not finish', c.everything()
     # Worker 0 said it failed: the parameter server did not wait for its port
     # to stay closed 10 s (worker 1's 10 s ran out while worker 0 timed out)
     assert time.time() - stopped < 5, c.everything()
