@@ -28,7 +28,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # as the scripts do: quiet 
 # the tests start (the scripts, a cluster's tasks) inherit it.
 _processes = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
 if _processes > 1:
-    os.environ.setdefault('TF_NUM_INTRAOP_THREADS', str(max(1, (os.cpu_count() or 1) // _processes)))
+    _cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')   # Linux: ours
+              else os.cpu_count() or 1)
+    os.environ.setdefault('TF_NUM_INTRAOP_THREADS', str(max(1, _cores // _processes)))
     os.environ.setdefault('TF_NUM_INTEROP_THREADS', '1')
 import cli  # noqa: E402
 
@@ -44,7 +46,7 @@ def pytest_collection(session):
 
 
 # The files whose tests take longest in all (pytest --durations=0, 2026-12-03:
-# 52, 26, 23, 11, 10, 10, 7, 7, 5 and 3 s), longest first: run first, so that
+# 42, 23, 18, 10, 9, 9, 6, 6, 4 and 3 s), longest first: run first, so that
 # in two processes (pytest-xdist, --dist loadfile, which hands out whole files
 # in the order collected) none of them starts last while the other process
 # has nothing left to do; the rest take a second or two.

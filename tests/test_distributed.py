@@ -1,9 +1,9 @@
 """distributed.py: 2 workers on 127.0.0.1 as subprocesses with a hard time
 limit and their parameter server in this process: a synchronous run, a worker
-killed mid-run; clusters that never assemble (a parameter server's own
-process). In the test process: the watchdog, the wait for the chief, the
-parameter server's grace, a worker's report of its failure, the flags and
-$TF_CONFIG."""
+killed mid-run; clusters that never assemble (a parameter server and a chief
+as subprocesses, a chief without its parameter server here). In the test
+process: the watchdog, the wait for the chief, the parameter server's grace,
+a worker's report of its failure, the flags and $TF_CONFIG."""
 
 import glob
 import os
@@ -46,7 +46,10 @@ class ParameterServer(threading.Thread):
                 distributed.serve_parameters(self.server, self.flags)
             self.returncode = 0
         except Exception as e:       # any: the test that fails says which
-            self.error, self.returncode = e, 1
+            self.error = e
+        finally:
+            if self.returncode is None:
+                self.returncode = 1
 
     def poll(self):
         return self.returncode
@@ -189,28 +192,35 @@ def test_a_killed_worker_stops_the_others_in_bounded_time(cluster, monkeypatch):
 
 
 def test_the_watchdog_ends_a_stuck_process_with_one_line_unless_disarmed(monkeypatch, capsys):
-    # Two dogs in this process, os._exit recorded rather than done (not to pay
-    # a process's start-up): the armed one ends the process, the disarmed one
-    # lets it live
+    # Three dogs in this process (not to pay a process's start-up): the armed
+    # one past its time ends the process, the disarmed one and the one whose
+    # time has not come let it live. os._exit is recorded, and stops the dog
+    # that called it, as ending the process would (no second call, and none
+    # once the real os._exit is back)
     exits = []
-    monkeypatch.setattr(os, '_exit', lambda status: exits.append((status, time.time())))
+
+    def exit_here(status):
+        exits.append((status, time.time()))
+        stuck.disarm()
+    monkeypatch.setattr(os, '_exit', exit_here)
     monkeypatch.setattr(sys, 'argv', ['distributed.py'])
     stuck = distributed.Watchdog(0.5, 'worker 0: stuck')
     disarmed = distributed.Watchdog(0.5, 'worker 1: stuck')
-    stuck.step_finished()
-    disarmed.step_finished()
+    patient = distributed.Watchdog(60, 'worker 2: stuck')
+    for dog in (stuck, disarmed, patient):
+        dog.step_finished()
     disarmed.disarm()
     start = time.time()
     try:
         while not exits and time.time() - start < LIMIT:
             time.sleep(0.1)
-        time.sleep(max(0, 2.5 - (time.time() - start)))   # the disarmed one's looks too
+        time.sleep(max(0, 2.5 - (time.time() - start)))   # the others' looks too
     finally:
-        stuck.seconds = disarmed.seconds = float('inf')     # their threads live on here
-    # (os._exit(1) would have ended it at the first; here it looks again each second)
-    assert exits and {status for status, _ in exits} == {1}
+        for dog in (stuck, disarmed, patient):
+            dog.seconds = float('inf')        # their threads live on here
+    assert len(exits) == 1 and exits[0][0] == 1
     assert 0.5 < exits[0][1] - start < 5
-    assert set(capsys.readouterr().err.splitlines()) == {'distributed.py: error: worker 0: stuck'}
+    assert capsys.readouterr().err.splitlines() == ['distributed.py: error: worker 0: stuck']
 
 
 def parameter_server_here(*news):
@@ -234,14 +244,16 @@ def test_a_worker_that_said_it_started_and_went_is_gone_after_the_grace(monkeypa
     # The race the port checks alone lost: a worker starts, trains and dies
     # between two looks at its port. Its word that it started is enough; the
     # parameter server (in this process) need never see its port open.
-    monkeypatch.setattr(distributed, 'GONE_AFTER', 1)
+    monkeypatch.setattr(distributed, 'GONE_AFTER', 2)
     server, args = parameter_server_here((0, distributed.STARTED), (1, distributed.STARTED),
                                          (0, distributed.DONE))
     start = time.time()
     with tf.Graph().as_default(), pytest.raises(
             DataError, match='^parameter server 0: worker 1 did not finish$'):
         distributed.serve_parameters(server, args)
-    assert 1 < time.time() - start < 20           # not the 60 s of --startup-timeout
+    # Its first look at the port (after 1 s) starts the 2 s, a later look ends
+    # them: no grace would end it at that first look, 60 s of --startup-timeout later
+    assert 2.5 < time.time() - start < 20
 
 
 def test_a_worker_that_reports_its_failure_is_gone_at_once(monkeypatch):

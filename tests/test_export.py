@@ -106,9 +106,9 @@ def training_graph_probabilities(run_dir, images):
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-    """Each kind trained a few steps (fast_cnn's 32 channels wide) and exported
-    with --tflite; the eager process's results; the training graphs'
-    probabilities on the same images."""
+    """Each kind trained a few steps (batchnorm one; fast_cnn's 32 channels
+    wide) and exported with --tflite; the eager process's results; the
+    training graphs' probabilities on the same images."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         narrow_fast_cnn_recipes(monkeypatch)
         return export_every_kind(tmp_path_factory.mktemp('export'))

@@ -630,7 +630,7 @@ def test_a_few_epochs_lower_the_loss_and_save_a_usable_run(fake_cifar10, capsys,
     # 32 channels wide, at rates set for 64/256/256, it learns slowly: below
     # the loss of a net that has learnt nothing (ln 10, uniform probabilities,
     # label smoothing or not) by 5% (2.12 against 2.30 here)
-    assert history['loss'][-1] < 0.95 * math.log(10)
+    assert history['loss'][-1] < min(0.95 * math.log(10), history['loss'][0])
     with open(os.path.join(run_dir, 'result.json')) as f:
         assert json.load(f)['test_accuracy'] == saved_run_accuracy(run_dir, fake_cifar10)
     out = capsys.readouterr().out
