@@ -216,8 +216,9 @@ def test_the_watchdog_ends_a_stuck_process_with_one_line_unless_disarmed(monkeyp
             time.sleep(0.1)
         time.sleep(max(0, 2.5 - (time.time() - start)))   # the others' looks too
     finally:
-        for dog in (stuck, disarmed, patient):
-            dog.seconds = float('inf')        # their threads live on here
+        for dog in (stuck, disarmed, patient):   # their threads live on here: keep them
+            dog.disarm()                         # quiet, even when one of the two is broken
+            dog.seconds = float('inf')
     assert len(exits) == 1 and exits[0][0] == 1
     assert 0.5 < exits[0][1] - start < 5
     assert capsys.readouterr().err.splitlines() == ['distributed.py: error: worker 0: stuck']
@@ -251,8 +252,9 @@ def test_a_worker_that_said_it_started_and_went_is_gone_after_the_grace(monkeypa
     with tf.Graph().as_default(), pytest.raises(
             DataError, match='^parameter server 0: worker 1 did not finish$'):
         distributed.serve_parameters(server, args)
-    # Its first look at the port (after 1 s) starts the 2 s, a later look ends
-    # them: no grace would end it at that first look, 60 s of --startup-timeout later
+    # Its first look at the port (after 1 s) starts the 2 s and a later look
+    # ends them (without the grace it ends at that first look); and it is not
+    # the 60 s of --startup-timeout
     assert 2.5 < time.time() - start < 20
 
 
