@@ -2,15 +2,22 @@
 bfloat16, against the same model in tf.keras (`model.fit` / `model.predict`,
 float32), one script on this machine.
 
-    python benchmarks/bench_cnn_keras.py [--steps 60] [--repeats 3]
+    python benchmarks/bench_cnn_keras.py [--steps 60] [--repeats 3] [--rounds 1]
 
 bfloat16 is skipped on a CPU without it (`cli.cpu_has_bf16`: AVX-512 BF16 or
 AMX; $ONEDNN_MAX_CPU_ISA=AVX2 counts as without), where oneDNN would emulate
 it. Both train with batch 128 on the training set held in memory; inference runs
 over 10,000 images. Reported: images/second (median of --repeats timings
-after a warm-up), the ratio, and the fraction of the 2-core fp32 convolution
-ceiling (~425 GFLOP/s, the issue's figure) reached at about 1.23 GFLOP per
-training image (forward and backward). Set $CIFAR10_DIR first.
+after a warm-up), the ratio, and each side's GFLOP/s (1.22 GFLOP per
+training image: the six convolutions' forward, input gradient and filter
+gradient) as a fraction of the ceiling measured here: the FLOP-weighted rate
+of those convolutions' forward in float32 at batch 128, what a training step
+would reach if both gradients ran as fast as the forward and nothing else
+took time. The graph side also traces one step and sums its ops' times by
+kind (convolution forward, input gradient, filter gradient, the rest).
+With --rounds N every side is measured N times in turn (a fresh process
+each) and the ratios, taken within each round, are reported as their median:
+this machine's speed drifts from minute to minute. Set $CIFAR10_DIR first.
 """
 
 import argparse
@@ -25,8 +32,20 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-GFLOP_PER_TRAINING_IMAGE = 1.23
-CEILING_GFLOPS = 425.0
+# The batchnorm net's 4x4 'same' convolutions: (map side, channels in, channels out)
+CONVOLUTIONS = [(32, 3, 64), (32, 64, 64), (16, 64, 128), (16, 128, 128),
+                (8, 128, 128), (8, 128, 128)]
+BATCH = 128
+
+
+def forward_flops(side, channels_in, channels_out):
+    """Multiplications and additions of one image through one convolution."""
+    return 2 * side * side * 4 * 4 * channels_in * channels_out
+
+
+# Forward, input gradient and filter gradient each do the forward's
+# arithmetic; the two dense layers add 0.3%, left out.
+GFLOP_PER_TRAINING_IMAGE = 3 * sum(forward_flops(*c) for c in CONVOLUTIONS) / 1e9
 
 
 def keras_model():
@@ -60,7 +79,46 @@ def time_it(function, repeats):
     return statistics.median(times)
 
 
-def measure_graph(x, y, x_test, batch, steps, repeats, precision):
+def measure_ceiling(repeats):
+    """GFLOP/s of the six convolutions' forward in float32 at BATCH, FLOP-weighted,
+    each at the fastest of its timings (a ceiling: the best these cores did)."""
+    import tensorflow.compat.v1 as tf
+
+    import sessions
+    with tf.Graph().as_default(), tf.Session(config=sessions.session_config()) as sess:
+        convolutions = []
+        for side, channels_in, channels_out in CONVOLUTIONS:
+            x = tf.Variable(tf.random.normal([BATCH, side, side, channels_in]))
+            kernel = tf.Variable(tf.random.normal([4, 4, channels_in, channels_out]))
+            convolutions.append(tf.nn.conv2d(x, kernel, 1, 'SAME').op)
+        sess.run(tf.global_variables_initializer())
+        seconds = sum(min(time_it(lambda: sess.run(op), 1) for _ in range(max(5, repeats)))
+                      for op in convolutions)
+    return BATCH * GFLOP_PER_TRAINING_IMAGE / 3 / seconds
+
+
+# A traced step's ops by kind: oneDNN's names for them, first match wins
+KINDS = [('conv filter gradient', 'BackpropFilter'), ('conv input gradient', 'BackpropInput'),
+         ('conv forward (with bias and ReLU)', 'Conv2D'), ('batch norm', 'BatchNorm')]
+
+
+def trace_step(sess, run_step):
+    """One training step traced: {kind: ms}, the kinds summing to the step
+    (one op at a time on all cores: sessions.session_config())."""
+    import tensorflow.compat.v1 as tf
+    metadata = tf.RunMetadata()
+    run_step(options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE),
+             run_metadata=metadata)
+    by_kind = dict.fromkeys([kind for kind, _ in KINDS] + ['the rest'], 0.0)
+    for device in metadata.step_stats.dev_stats:
+        for node in device.node_stats:
+            op_type = node.timeline_label.split('(')[0].split(' = ')[-1]
+            kind = next((kind for kind, part in KINDS if part in op_type), 'the rest')
+            by_kind[kind] += node.all_end_rel_micros / 1000
+    return by_kind
+
+
+def measure_graph(x, y, x_test, steps, repeats, precision):
     import tensorflow.compat.v1 as tf
 
     import cnn
@@ -68,77 +126,128 @@ def measure_graph(x, y, x_test, batch, steps, repeats, precision):
     import sessions
     with tf.Graph().as_default():
         # cnn.py's own graph: the training tower and the inference tower
-        ops = cnn.build_graph('batchnorm', x, y, batch, 1e-3, precision)
+        ops = cnn.build_graph('batchnorm', x, y, BATCH, 1e-3, precision)
         with tf.Session(config=sessions.session_config()) as sess:
             sess.run(tf.global_variables_initializer())
             ops.sampler.initialize(sess)
-            batches = data_helpers.epoch_indices(len(x), batch, 10 ** 9,
+            batches = data_helpers.epoch_indices(len(x), BATCH, 10 ** 9,
                                                  np.random.default_rng(0))
+
+            def train_step(**trace):
+                sess.run(ops.train_step, {ops.sampler.indices: next(batches)}, **trace)
 
             def train():
                 for _ in range(steps):
-                    sess.run(ops.train_step, {ops.sampler.indices: next(batches)})
+                    train_step()
 
             def infer():
                 for start in range(0, len(x_test), 500):
                     sess.run(ops.predictions, {ops.images: x_test[start:start + 500]})
 
-            return (steps * batch / time_it(train, repeats),
-                    len(x_test) / time_it(infer, repeats))
+            return (steps * BATCH / time_it(train, repeats),
+                    len(x_test) / time_it(infer, repeats), trace_step(sess, train_step))
 
 
-def measure_keras(x, y, x_test, batch, steps, repeats):
+def measure_keras(x, y, x_test, steps, repeats):
+    """Keras' images/s in its steps: from the end of a call's first batch to the
+    end of its last, as the graph side times only its steps. A call of `fit`
+    also pays a fixed cost outside its steps (on this 2-core VM, in some calls,
+    15 s after its last step: BENCHMARKS.md, 2026-12-03), which a user's fit of
+    20 epochs pays once and a timing of 20 steps would count 20 times over."""
+    import keras
+
+    class BatchEnds(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter())
+
+        on_predict_batch_end = on_train_batch_end
+
+    def images_per_second(run, batch_size):
+        clock, rates = BatchEnds(), []
+        for _ in range(1 + repeats):                # the first a warm-up: tracing
+            clock.times = []
+            run(clock)
+            rates.append((len(clock.times) - 1) * batch_size / (clock.times[-1] - clock.times[0]))
+        return statistics.median(rates[1:])
+
     model = keras_model()
     assert model.count_params() == 1517450, model.count_params()
-    steps_x, steps_y = x[:steps * batch], y[:steps * batch]
-    fit = lambda: model.fit(steps_x, steps_y, batch_size=batch, epochs=1, verbose=0)
-    predict = lambda: model.predict(x_test, batch_size=500, verbose=0)
-    return (steps * batch / time_it(fit, repeats), len(x_test) / time_it(predict, repeats))
+    steps_x, steps_y = x[:(steps + 1) * BATCH], y[:(steps + 1) * BATCH]
+    return (images_per_second(lambda clock: model.fit(steps_x, steps_y, batch_size=BATCH, epochs=1,
+                                                      verbose=0, callbacks=[clock]), BATCH),
+            images_per_second(lambda clock: model.predict(x_test, batch_size=500, verbose=0,
+                                                          callbacks=[clock]), 500))
+
+
+def print_round(results, sides):
+    """One round's figures: the ceiling, each side's rates, the graph's step, the ratios."""
+    ceiling = results['ceiling']
+    print('ceiling: the convolutions\' forward, fp32, batch %d: %.1f GFLOP/s' % (BATCH, ceiling))
+    for side in sides[1:]:
+        train, infer = results[side][:2]
+        print('%-10s training %6.0f images/s (%5.1f GFLOP/s, %3.0f%% of the ceiling)  '
+              'inference %6.0f images/s' % (
+                  side, train, train * GFLOP_PER_TRAINING_IMAGE,
+                  100 * train * GFLOP_PER_TRAINING_IMAGE / ceiling, infer))
+    for side in sides[1:-1]:
+        step = results[side][2]
+        print('%s, a traced step of %.0f ms: %s' % (side, sum(step.values()), ', '.join(
+            '%s %.0f%%' % (kind, 100 * ms / sum(step.values())) for kind, ms in step.items())))
+        print('%s / keras: training %.2fx, inference %.2fx'
+              % (side, results[side][0] / results['keras'][0],
+                 results[side][1] / results['keras'][1]))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--steps', type=int, default=60, help='training steps per timing')
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--only', choices=['graph', 'graph-bf16', 'keras'],
-                        help='(internal) measure one side in this process')
+    parser.add_argument('--repeats', type=int, default=3, help='timings per side (median)')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='times every side is measured in turn (median of the ratios)')
+    parser.add_argument('--only', choices=['ceiling', 'graph', 'graph-bf16', 'keras'],
+                        help='(internal) measure one thing in this process')
     args = parser.parse_args()
     if args.only is None:
         # Each side in a fresh process: cnn.py switches TensorFlow to graph
         # mode for its whole process, and Keras needs eager mode.
         import cli
-        sides = ['graph', 'graph-bf16', 'keras']
+        sides = ['ceiling', 'graph', 'graph-bf16', 'keras']
         if not cli.cpu_has_bf16():
             sides.remove('graph-bf16')
             print('graph-bf16 skipped: this CPU has no native bfloat16 (AVX-512 BF16 or AMX), '
                   'so oneDNN would emulate it, slower than fp32; cnn.py picks fp32 here')
-        results = {}
-        for side in sides:
-            out = subprocess.run([sys.executable, __file__, '--only', side, '--steps',
-                                  str(args.steps), '--repeats', str(args.repeats)],
-                                 capture_output=True, text=True, check=True).stdout
-            results[side] = json.loads(out.strip().splitlines()[-1])
-        for name, (train, infer) in results.items():
-            print('%-10s training %6.0f images/s (%5.1f GFLOP/s, %2.0f%% of the fp32 ceiling)  '
-                  'inference %6.0f images/s' % (
-                      name, train, train * GFLOP_PER_TRAINING_IMAGE,
-                      100 * train * GFLOP_PER_TRAINING_IMAGE / CEILING_GFLOPS, infer))
-        for side in sides[:-1]:
-            print('%s / keras: training %.2fx, inference %.2fx'
-                  % (side, results[side][0] / results['keras'][0],
-                     results[side][1] / results['keras'][1]))
+        rounds = []         # one {side: result} per round
+        for round_number in range(1, args.rounds + 1):
+            results = {}
+            for side in sides:
+                out = subprocess.run([sys.executable, __file__, '--only', side, '--steps',
+                                      str(args.steps), '--repeats', str(args.repeats)],
+                                     capture_output=True, text=True, check=True).stdout
+                results[side] = json.loads(out.strip().splitlines()[-1])
+            rounds.append(results)
+            print('round %d of %d' % (round_number, args.rounds))
+            print_round(results, sides)
+        if args.rounds > 1:
+            print('median over %d rounds:' % args.rounds)
+            for side in sides[1:-1]:
+                print('%s / keras: training %.2fx, inference %.2fx' % (side, *(
+                    statistics.median(r[side][i] / r['keras'][i] for r in rounds)
+                    for i in (0, 1))))
         default = 'graph-bf16' if cli.precision('auto') == 'bf16' else 'graph'
-        print("cnn.py's default here (auto: %s) / keras: training %.2fx"
-              % (default, results[default][0] / results['keras'][0]))
+        print("cnn.py's default here (auto: %s) / keras: training %.2fx" % (default, (
+            statistics.median(r[default][0] / r['keras'][0] for r in rounds))))
+        return
+    if args.only == 'ceiling':
+        print(json.dumps(measure_ceiling(args.repeats)))
         return
     import data_helpers
     data = data_helpers.load_data(normalization='scale', layout='nhwc')
     x, y = data['images_train'][:40000], data['labels_train'][:40000]
     test = data['images_test']
     if args.only == 'keras':
-        result = measure_keras(x, y, test, 128, args.steps, args.repeats)
+        result = measure_keras(x, y, test, args.steps, args.repeats)
     else:
-        result = measure_graph(x, y, test, 128, args.steps, args.repeats,
+        result = measure_graph(x, y, test, args.steps, args.repeats,
                                'bf16' if args.only == 'graph-bf16' else 'fp32')
     print(json.dumps(result))
 
