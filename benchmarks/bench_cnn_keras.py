@@ -69,14 +69,14 @@ def keras_model():
     return model
 
 
-def time_it(function, repeats):
+def time_it(function, repeats, summary=statistics.median):
     function()                                   # warm-up: graph building, tracing
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return summary(times)
 
 
 def measure_ceiling(repeats):
@@ -92,7 +92,7 @@ def measure_ceiling(repeats):
             kernel = tf.Variable(tf.random.normal([4, 4, channels_in, channels_out]))
             convolutions.append(tf.nn.conv2d(x, kernel, 1, 'SAME').op)
         sess.run(tf.global_variables_initializer())
-        seconds = sum(min(time_it(lambda: sess.run(op), 1) for _ in range(max(5, repeats)))
+        seconds = sum(time_it(lambda: sess.run(op), max(5, repeats), summary=min)
                       for op in convolutions)
     return BATCH * GFLOP_PER_TRAINING_IMAGE / 3 / seconds
 
