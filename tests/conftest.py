@@ -214,7 +214,9 @@ def http_server(tmp_path):
     root.mkdir()
     handler = functools.partial(_QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # (its loop looks for shutdown() every 0.05 s, not 0.5: each test ends sooner)
+    thread = threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.05},
+                              daemon=True)
     thread.start()
     try:
         yield root, 'http://127.0.0.1:%d' % server.server_address[1]
