@@ -194,9 +194,13 @@ def exit_on_error(main, args):
     try:
         return main(args)
     except DataError as e:
-        sys.exit('%s: error: %s' % (program, e))
+        line = '%s: error: %s' % (program, e)
     except OSError as e:     # a file that cannot be written: a full disk, a folder gone
         where = ('%s: ' % e.filename) if e.filename else ''
-        sys.exit('%s: error: %s%s' % (program, where, e.strerror or e))
+        line = '%s: error: %s%s' % (program, where, e.strerror or e)
     except KeyboardInterrupt:
-        sys.exit('%s: interrupted' % program)
+        line = '%s: interrupted' % program
+    # What the program printed goes out first: piped, stdout is buffered, and
+    # Python would flush it after printing the line to stderr
+    sys.stdout.flush()
+    sys.exit(line)

@@ -346,7 +346,9 @@ def train_worker(server, args):
                               args.learning_rate, args.precision,
                               sampler_device=worker_device + '/cpu:0',
                               wrap_optimizer=synchronous)
-        tf.summary.scalar('loss', ops.loss)
+        # (named so that its TensorBoard tag is unique, not 'loss_2' beside
+        # the model's 'loss' scopes)
+        tf.summary.scalar('training_loss', ops.loss)
         # Each worker's steps, counted where all see them (WorkersAliveHook),
         # made after the model so that a seed draws the same weights as
         # before, and saved with it, as a restarted parameter server needs
@@ -552,13 +554,20 @@ if __name__ == '__main__':
     try:
         cli.exit_on_error(main, parse_args())
     except SystemExit as e:
-        # The one line, and out at once: torn down at the interpreter's exit,
-        # this task's gRPC server could log its peers' broken connections
-        # after the line (seen in CI: "Error received from peer ... Broken pipe")
+        # The one line, last, and out at once: torn down at the interpreter's
+        # exit, this task's gRPC server could log its peers' broken
+        # connections after the line (seen in CI: "Error received from peer
+        # ... Broken pipe"). What it printed before goes first (stdout is
+        # buffered when piped); the chief's summaries are written out, as
+        # os._exit, which flushes no file, would lose them.
         if e.code in (None, 0):
             raise
+        sys.stdout.flush()
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
-        sys.stdout.flush()
         sys.stderr.flush()
+        try:
+            tf.summary.FileWriterCache.clear()     # closes them
+        except Exception:                          # any: the line is out, the status stands
+            pass
         os._exit(e.code if isinstance(e.code, int) else 1)

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import io
 import sys
 
 import pytest
@@ -74,6 +75,22 @@ def test_exit_on_error_is_one_line_and_exit_status_1(monkeypatch, capsys):
         cli.exit_on_error(interrupted, None)
     assert exit_info.value.code == 'tool.py: interrupted'
     assert cli.exit_on_error(lambda args: args + 1, 41) == 42
+
+
+def test_the_error_line_comes_after_what_the_program_printed(monkeypatch):
+    # stdout buffered, as when piped (`2>&1 | tee log`): what was printed is
+    # written out before the line, which Python prints to stderr on exit
+    written = io.BytesIO()
+    monkeypatch.setattr(sys, 'stdout', io.TextIOWrapper(written))
+    monkeypatch.setattr(sys, 'argv', ['tool.py'])
+
+    def prints_then_fails(args):
+        print('Writing to runs/x')
+        raise DataError('the disk is gone')
+
+    with pytest.raises(SystemExit):
+        cli.exit_on_error(prints_then_fails, None)
+    assert written.getvalue() == b'Writing to runs/x\n'
 
 
 @pytest.mark.parametrize('text', ['-1', '4294967296', '1.5', 'x'])

@@ -164,7 +164,7 @@ def test_synchronous_run_on_one_ps_and_two_workers(cluster, tmp_path, fake_cifar
     assert 'model.ckpt-12' in capsys.readouterr().out
 
 
-def test_a_killed_worker_stops_the_others_in_bounded_time(cluster, monkeypatch):
+def test_a_killed_worker_stops_the_others_in_bounded_time(cluster, monkeypatch, tmp_path):
     # The parameter server (here) counts a worker whose port stays closed
     # 5 s as gone, not GONE_AFTER's 10 s, and the step timeout is 5 s too
     monkeypatch.setattr(distributed, 'GONE_AFTER', 5)
@@ -183,6 +183,10 @@ def test_a_killed_worker_stops_the_others_in_bounded_time(cluster, monkeypatch):
     last = c.output('worker0').strip().splitlines()[-1]
     assert re.match(r'distributed.py: error: worker 0: (no step finished|worker 1 took no step) '
                     r'in 5 s \(--step-timeout\)', last), c.everything()
+    # The chief's summaries are in its run folder, though it left in a hurry
+    events, = glob.glob(str(tmp_path / 'runs' / '*' / 'events.out.tfevents.*'))
+    assert any(value.tag == 'training_loss' for event in tf.train.summary_iterator(events)
+               for value in event.summary.value), c.everything()
     assert c.wait('ps') == 1, c.everything()
     assert isinstance(c.processes['ps'].error, DataError), c.everything()
     assert c.output('ps') == 'parameter server 0: worker 0, 1 did not finish', c.everything()
@@ -324,10 +328,14 @@ def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10, monkey
     # alone could fill SyncReplicasOptimizer's every place and train on), and
     # a chief whose parameter server never comes (in this process, while they
     # run: not to pay another start-up): each stops by itself, in one line
+    # (their output buffered, as a user's is when piped: the line still last)
+    env = {name: value for name, value in os.environ.items() if name != 'PYTHONUNBUFFERED'}
+
     def start(hosts, argv):
         return subprocess.Popen(
             [sys.executable, os.path.join(ROOT, 'distributed.py')] + flags(hosts, argv),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path))
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path),
+            env=env)
 
     def flags(hosts, argv):
         return (['--ps-hosts', hosts[0], '--worker-hosts', hosts[1] + ',' + hosts[2],
