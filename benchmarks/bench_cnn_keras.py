@@ -10,14 +10,15 @@ it. Both train with batch 128 on the training set held in memory; inference runs
 over 10,000 images. Reported: images/second (median of --repeats timings
 after a warm-up), the ratio, and each side's GFLOP/s (1.22 GFLOP per
 training image: the six convolutions' forward, input gradient and filter
-gradient) as a fraction of the ceiling measured here: the FLOP-weighted rate
+gradient, the first one's input gradient left out: the images need none) as a fraction of the ceiling measured here: the FLOP-weighted rate
 of those convolutions' forward in float32 at batch 128, what a training step
 would reach if both gradients ran as fast as the forward and nothing else
 took time. The graph side also traces one step and sums its ops' times by
 kind (convolution forward, input gradient, filter gradient, the rest).
 With --rounds N every side is measured N times in turn (a fresh process
-each) and the ratios, taken within each round, are reported as their median:
-this machine's speed drifts from minute to minute. Set $CIFAR10_DIR first.
+each; the sides in the opposite order every other round) and the ratios,
+taken within each round, are reported as their median: this machine's
+speed drifts from minute to minute. Set $CIFAR10_DIR first.
 """
 
 import argparse
@@ -44,8 +45,11 @@ def forward_flops(side, channels_in, channels_out):
 
 
 # Forward, input gradient and filter gradient each do the forward's
-# arithmetic; the two dense layers add 0.3%, left out.
-GFLOP_PER_TRAINING_IMAGE = 3 * sum(forward_flops(*c) for c in CONVOLUTIONS) / 1e9
+# arithmetic, except the first convolution's input gradient, which is never
+# taken; the two dense layers add 0.3%, left out.
+GFLOP_FORWARD = sum(forward_flops(*c) for c in CONVOLUTIONS) / 1e9
+GFLOP_PER_TRAINING_IMAGE = 3 * GFLOP_FORWARD - forward_flops(*CONVOLUTIONS[0]) / 1e9
+MAX_STEPS = 40000 // BATCH - 1      # the held 40,000 images, in whole batches, and a warm-up
 
 
 def keras_model():
@@ -94,7 +98,7 @@ def measure_ceiling(repeats):
         sess.run(tf.global_variables_initializer())
         seconds = sum(time_it(lambda: sess.run(op), max(5, repeats), summary=min)
                       for op in convolutions)
-    return BATCH * GFLOP_PER_TRAINING_IMAGE / 3 / seconds
+    return BATCH * GFLOP_FORWARD / seconds
 
 
 # A traced step's ops by kind: oneDNN's names for them, first match wins
@@ -199,18 +203,24 @@ def print_round(results, sides):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--steps', type=int, default=60, help='training steps per timing')
-    parser.add_argument('--repeats', type=int, default=3, help='timings per side (median)')
-    parser.add_argument('--rounds', type=int, default=1,
+    import cli
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--steps', type=cli.positive_int, default=60,
+                        help='training steps per timing (at most %d)' % MAX_STEPS)
+    parser.add_argument('--repeats', type=cli.positive_int, default=3,
+                        help='timings per side (median)')
+    parser.add_argument('--rounds', type=cli.positive_int, default=1,
                         help='times every side is measured in turn (median of the ratios)')
     parser.add_argument('--only', choices=['ceiling', 'graph', 'graph-bf16', 'keras'],
-                        help='(internal) measure one thing in this process')
+                        help=argparse.SUPPRESS)    # measure one thing in this process
     args = parser.parse_args()
+    if args.steps > MAX_STEPS:
+        parser.error('--steps %d: the 40,000 training images held give at most %d'
+                     % (args.steps, MAX_STEPS))
     if args.only is None:
         # Each side in a fresh process: cnn.py switches TensorFlow to graph
         # mode for its whole process, and Keras needs eager mode.
-        import cli
         sides = ['ceiling', 'graph', 'graph-bf16', 'keras']
         if not cli.cpu_has_bf16():
             sides.remove('graph-bf16')
@@ -219,11 +229,9 @@ def main():
         rounds = []         # one {side: result} per round
         for round_number in range(1, args.rounds + 1):
             results = {}
-            for side in sides:
-                out = subprocess.run([sys.executable, __file__, '--only', side, '--steps',
-                                      str(args.steps), '--repeats', str(args.repeats)],
-                                     capture_output=True, text=True, check=True).stdout
-                results[side] = json.loads(out.strip().splitlines()[-1])
+            order = sides if round_number % 2 else sides[:1] + sides[:0:-1]
+            for side in order:
+                results[side] = measure_in_a_process(side, args)
             rounds.append(results)
             print('round %d of %d' % (round_number, args.rounds))
             print_round(results, sides)
@@ -238,7 +246,7 @@ def main():
             statistics.median(r[default][0] / r['keras'][0] for r in rounds))))
         return
     if args.only == 'ceiling':
-        print(json.dumps(measure_ceiling(args.repeats)))
+        print(RESULT + json.dumps(measure_ceiling(args.repeats)))
         return
     import data_helpers
     data = data_helpers.load_data(normalization='scale', layout='nhwc')
@@ -249,7 +257,22 @@ def main():
     else:
         result = measure_graph(x, y, test, args.steps, args.repeats,
                                'bf16' if args.only == 'graph-bf16' else 'fp32')
-    print(json.dumps(result))
+    print(RESULT + json.dumps(result))
+
+
+RESULT = 'result: '      # the line of a child's output that holds its result
+
+
+def measure_in_a_process(side, args):
+    """One side's result, measured in a fresh process; its error in one line."""
+    child = subprocess.run([sys.executable, __file__, '--only', side, '--steps', str(args.steps),
+                            '--repeats', str(args.repeats)], capture_output=True, text=True)
+    lines = [line for line in child.stdout.splitlines() if line.startswith(RESULT)]
+    if child.returncode != 0 or not lines:
+        last = (child.stderr.strip().splitlines() or ['(no output)'])[-1]
+        sys.exit('bench_cnn_keras.py: error: measuring %s failed (exit %d): %s'
+                 % (side, child.returncode, last))
+    return json.loads(lines[-1][len(RESULT):])
 
 
 if __name__ == '__main__':
