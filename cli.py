@@ -201,6 +201,10 @@ def exit_on_error(main, args):
     except KeyboardInterrupt:
         line = '%s: interrupted' % program
     # What the program printed goes out first: piped, stdout is buffered, and
-    # Python would flush it after printing the line to stderr
-    sys.stdout.flush()
+    # Python would flush it after printing the line to stderr (a reader gone,
+    # as `| head` goes, is no reason for a traceback)
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
     sys.exit(line)

@@ -562,12 +562,14 @@ if __name__ == '__main__':
         # os._exit, which flushes no file, would lose them.
         if e.code in (None, 0):
             raise
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except OSError:       # a reader gone (`| head`)
+            pass
         if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-        sys.stderr.flush()
+            print(e.code, file=sys.stderr, flush=True)
         try:
             tf.summary.FileWriterCache.clear()     # closes them
-        except Exception:                          # any: the line is out, the status stands
+        except Exception:     # any: the line is out, the status stands
             pass
         os._exit(e.code if isinstance(e.code, int) else 1)

@@ -92,6 +92,14 @@ def test_the_error_line_comes_after_what_the_program_printed(monkeypatch):
         cli.exit_on_error(prints_then_fails, None)
     assert written.getvalue() == b'Writing to runs/x\n'
 
+    class ReaderGone(io.StringIO):      # `| head` has read its lines and left
+        def flush(self):
+            raise BrokenPipeError(32, 'Broken pipe')
+    monkeypatch.setattr(sys, 'stdout', ReaderGone())
+    with pytest.raises(SystemExit) as stopped:
+        cli.exit_on_error(prints_then_fails, None)
+    assert stopped.value.code == 'tool.py: error: the disk is gone'
+
 
 @pytest.mark.parametrize('text', ['-1', '4294967296', '1.5', 'x'])
 def test_seed_refuses_what_numpy_would_refuse(text):
