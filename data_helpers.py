@@ -157,6 +157,12 @@ def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, see
         for CIFAR-10.
     """
     cifar100 = _batches_folder(data_dir, 'cifar100') if data_dir else dataset == 'cifar100'
+    if (not cifar100 and data_dir and os.path.isdir(data_dir)
+            and not is_picture_folder(data_dir) and not _batches_folder(data_dir)):
+        raise DataError('--data-dir %s holds no CIFAR-10 batches (data_batch_1..5, test_batch) '
+                        'and no class folders of pictures (one folder of pictures per class); '
+                        'fix the path, or unset it to use the download in %s'
+                        % (data_dir, cache_dir()))
     if not cifar100 and is_picture_folder(data_dir):
         return dict(image_folders.load_folder(data_dir, image_size, crop, test_split, seed,
                                               recorded=recorded),
@@ -416,9 +422,14 @@ def find_cifar10(data_dir=None, download=True, dataset='cifar10'):
         found = _batches_folder(named, dataset)
         if found is None:
             source = '--data-dir' if data_dir else '$' + spec['env']
-            raise DataError('%s %s holds no %s %s; fix the path, or unset it to use '
-                            'the download in %s' % (source, named, spec['title'], spec['what'],
-                                                    cache_dir()))
+            if not os.path.exists(named):
+                what = 'does not exist'
+            elif not os.path.isdir(named):
+                what = 'is a file, not a folder'
+            else:
+                what = 'holds no %s %s' % (spec['title'], spec['what'])
+            raise DataError('%s %s %s; fix the path, or unset it to use the download in %s'
+                            % (source, named, what, cache_dir()))
         return found
     for folder in (os.getcwd(), cache_dir()):
         found = _batches_folder(folder, dataset)

@@ -79,11 +79,21 @@ def test_environment_variable_and_working_directory(fake_cifar10, monkeypatch, t
 
 
 def test_named_folder_without_data_is_an_error(tmp_path, monkeypatch):
-    with pytest.raises(data_helpers.DataError, match='--data-dir .*empty holds no CIFAR-10'):
-        data_helpers.find_cifar10(str(tmp_path / 'empty'))
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'a file').write_text('x')
+    for name, what in [('empty', r'holds no CIFAR-10 batches \(data_batch_1..5, test_batch\)'),
+                       ('nowhere', 'does not exist'),
+                       ('a file', 'is a file, not a folder')]:
+        with pytest.raises(data_helpers.DataError,
+                           match='^--data-dir %s %s; fix the path' % (tmp_path / name, what)):
+            data_helpers.find_cifar10(str(tmp_path / name))
     monkeypatch.setenv('CIFAR10_DIR', str(tmp_path / 'nowhere'))
-    with pytest.raises(data_helpers.DataError, match=r'\$CIFAR10_DIR'):
+    with pytest.raises(data_helpers.DataError, match=r'^\$CIFAR10_DIR .*nowhere does not exist'):
         data_helpers.find_cifar10()
+    # cnn.py's and fast_cnn.py's data: a folder of pictures would do too, so say so
+    with pytest.raises(data_helpers.DataError, match='^--data-dir .*empty holds no CIFAR-10 '
+                                                     'batches .* and no class folders of pictures'):
+        data_helpers.load_images(str(tmp_path / 'empty'))
 
 
 def test_truncated_batch_names_the_file(fake_cifar10):
