@@ -463,6 +463,13 @@ def decode_worker():
         done[request['index']] = count
 
 
+# A terminal's Ctrl-C goes to every process of its foreground group: the
+# decoding processes are kept out of it (each would print its traceback), and
+# the parent, interrupted, ends them and says so in one line
+OUT_OF_CTRL_C = ({'creationflags': subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == 'nt'
+                 else {'start_new_session': True})
+
+
 def _decode_in_workers(output, jobs, size, crop, workers, failed, progress):
     """Decodes jobs [(row, path)] in `workers` processes, each writing its
     pictures into their rows of the memory-mapped .npy `output`.
@@ -508,7 +515,7 @@ def _decode_in_workers(output, jobs, size, crop, workers, failed, progress):
                     [sys.executable, os.path.abspath(__file__), '--decode-worker'],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                     env=dict(environment, PYTHONDONTWRITEBYTECODE='1', OMP_NUM_THREADS='1',
-                             OPENBLAS_NUM_THREADS='1'))
+                             OPENBLAS_NUM_THREADS='1'), **OUT_OF_CTRL_C)
                 process.stdin.write(json.dumps({
                     'size': size, 'crop': crop, 'output': output, 'digests': digests_path,
                     'done': done_path, 'index': index, 'jobs': share}))

@@ -5,6 +5,7 @@ cache, the workers, and each kind of bad input with its one line."""
 import io
 import os
 import struct
+import subprocess
 import time
 import zlib
 
@@ -93,11 +94,24 @@ def test_cifar10_pickles_still_load_and_refuse_another_size(tmp_path):
         data_helpers.load_images(pickles, image_size=64)
 
 
-def test_decoding_in_worker_processes_gives_the_same_arrays(tmp_path):
+def test_decoding_in_worker_processes_gives_the_same_arrays(tmp_path, monkeypatch):
     root = class_tree(tmp_path / 'pictures', {'a': 70, 'b': 60})
     one = load(root, workers=1, seed=0)
     os.environ['XDG_CACHE_HOME'] = str(tmp_path / 'other-cache')     # decode again
+    groups = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if hasattr(os, 'getpgid'):
+                groups.append(os.getpgid(self.pid))
+    monkeypatch.setattr(subprocess, 'Popen', Recorded)
     two = load(root, workers=2, seed=0)
+    # Out of this process's group, which a terminal's Ctrl-C reaches: the
+    # workers print no traceback, this process ends them (POSIX; Windows: a
+    # new process group, which Ctrl-C does not reach either)
+    if hasattr(os, 'getpgrp'):
+        assert len(groups) == 2 and os.getpgrp() not in groups
     for key in ('images_train', 'labels_train', 'images_test', 'labels_test'):
         np.testing.assert_array_equal(one[key], two[key])
     assert one['files_test'] == two['files_test']
