@@ -25,6 +25,7 @@ training images.
 """
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -66,7 +67,8 @@ def parse_args(argv=None):
                         'set and show its true label (repeatable)')
     parser.add_argument('--data-dir', default=None,
                         help='where CIFAR-10 is, for --test-index')
-    args = parser.parse_args(argv)
+    # (options anywhere: `predict.py RUN --top-k 5 cat.png` works too)
+    args = parser.parse_intermixed_args(argv)
     if not args.images and not args.test_index:
         parser.error('give at least one IMAGE_OR_FOLDER or --test-index')
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
@@ -222,16 +224,19 @@ def model_inputs(pixels, info):
         return session.run(run_folders.preprocess(x, info), {images: pixels})
 
 
-def expand(paths):
-    """Files as given; folders replaced by the pictures they hold, sorted."""
-    for path in paths:
-        if os.path.isdir(path):
-            for name in sorted(os.listdir(path)):
-                if (name.lower().endswith(image_folders.EXTENSIONS)
-                        and not image_folders.is_hidden(name)):
-                    yield os.path.join(path, name)
-        else:
-            yield path
+def pictures_named(path):
+    """A file as given; a folder as the pictures anywhere below it, sorted
+    (as training reads a class folder, so a folder of class folders works too).
+
+    Raises:
+      DataError: a folder that holds no picture, or cannot be listed.
+    """
+    if not os.path.isdir(path):
+        return [path]
+    found = image_folders.find_pictures(path, collections.Counter())
+    if not found:
+        raise DataError('%s holds no pictures (%s)' % (path, ', '.join(image_folders.EXTENSIONS)))
+    return found
 
 
 def read_pictures(args, info, reader):
@@ -242,14 +247,22 @@ def read_pictures(args, info, reader):
        how many could not be read; each was reported in one line).
     """
     items, failures = [], 0
-    for path in expand(args.images):
+
+    def report(error):
+        print('predict.py: error: %s' % error, file=sys.stderr)
+        return 1
+
+    for given in args.images:
         try:
-            pixels = reader.read(path)
+            paths = pictures_named(given)
         except DataError as e:
-            print('predict.py: error: %s' % e, file=sys.stderr)
-            failures += 1
+            failures += report(e)
             continue
-        items.append((path, None, pixels))
+        for path in paths:
+            try:
+                items.append((path, None, reader.read(path)))
+            except DataError as e:
+                failures += report(e)
 
     if args.test_index:
         if info['dataset'] != 'cifar10':
@@ -259,9 +272,8 @@ def read_pictures(args, info, reader):
         images_test, labels_test = data_helpers.load_test_batch(args.data_dir)
         for index in args.test_index:
             if not 0 <= index < len(images_test):
-                print('predict.py: error: --test-index %d is outside 0..%d'
-                      % (index, len(images_test) - 1), file=sys.stderr)
-                failures += 1
+                failures += report('--test-index %d is outside 0..%d'
+                                   % (index, len(images_test) - 1))
                 continue
             pixels = data_helpers.to_nhwc(images_test[index:index + 1])[0].astype(np.float32)
             items.append(('test image %d' % index, info['classes'][labels_test[index]],

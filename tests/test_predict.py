@@ -145,6 +145,26 @@ def test_corrupt_file_is_reported_and_the_others_still_classified(runs, pictures
     assert any('missing.png: cannot read' in line for line in lines)
 
 
+def test_pictures_anywhere_below_a_folder_options_anywhere_an_empty_folder_one_line(
+        runs, pictures, tmp_path, capsys):
+    # As training reads a class folder: pictures in folders below it too
+    nested = pictures / 'cats' / 'indoor'
+    nested.mkdir(parents=True)
+    (nested / 'copy.png').write_bytes((pictures / 'exact.png').read_bytes())
+    (tmp_path / 'empty').mkdir()
+    status, out, err = predict_main(capsys, runs['cnn'], pictures, '--json', tmp_path / 'empty',
+                                    '--top-k', '2')
+    assert status == 1
+    results = json.loads(out)
+    assert sorted(os.path.relpath(r['image'], str(pictures)) for r in results) == sorted(
+        [name for name in os.listdir(pictures) if name != 'cats'] +
+        [os.path.join('cats', 'indoor', 'copy.png')])
+    assert all(len(r['top']) == 2 for r in results)
+    assert err.strip().splitlines() == [
+        'predict.py: error: %s holds no pictures (%s)' % (tmp_path / 'empty',
+                                                          ', '.join(image_folders.EXTENSIONS))]
+
+
 def test_mnist_dark_on_light_is_inverted():
     info = {'dataset': 'mnist', 'layout': 'flat', 'normalization': 'scale', 'image_size': 28,
             'channels': 1}
