@@ -34,7 +34,7 @@ a confusion matrix and a per-class precision / recall / F1 table.
     python cnn.py                              # augmented, 150,000 steps (hours on a CPU)
     python cnn.py --max-steps 70000 --learning-rate 1e-3 --lr-schedule linear
                                                # augmented in under half the steps
-    python cnn.py --restore runs/small-...     # evaluate a saved run
+    python cnn.py --model small --restore runs/small-...   # evaluate a saved run
 """
 
 import argparse
@@ -472,8 +472,12 @@ def trained_precision(run_dir):
 def restored_split(args):
     """For --restore of a run trained on a folder of pictures: its split.json,
     and its image size and crop (model.json) put into args, so that the run is
-    scored on the pictures it was tested on, prepared as it trained. None
-    for other runs."""
+    scored on the pictures it was tested on, prepared as it trained; without
+    --data-dir, the folder it trained on. None for other runs.
+
+    Raises:
+      DataError: no --data-dir, and the folder the run trained on is gone.
+    """
     if not args.restore:
         return None
     try:
@@ -486,6 +490,11 @@ def restored_split(args):
     except (DataError, OSError, ValueError):   # the restore says what is wrong with the folder
         return None
     args.image_size, args.crop = info['image_size'], info.get('crop', 'center')
+    if args.data_dir is None:
+        if not os.path.isdir(split['root']):
+            raise DataError('%s was trained on the pictures in %s, which is not there now; '
+                            'give their folder with --data-dir' % (args.restore, split['root']))
+        args.data_dir = split['root']
     return split
 
 

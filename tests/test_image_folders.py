@@ -4,6 +4,7 @@ cache, the workers, and each kind of bad input with its one line."""
 
 import io
 import os
+import re
 import struct
 import subprocess
 import time
@@ -545,6 +546,13 @@ def test_restoring_a_folder_run_scores_its_own_test_pictures(tmp_path, capsys):
     restored = cnn.main(cnn.parse_args(['--model', 'small', '--data-dir', root, '--restore',
                                         run_dir, '--precision', 'fp32']))    # no seed, no size
     assert restored == accuracy
+    # Without --data-dir: the folder it trained on (not CIFAR-10's download)
+    assert cnn.main(cnn.parse_args(['--model', 'small', '--restore', run_dir])) == accuracy
+    os.rename(root, root + '-moved')
+    with pytest.raises(DataError, match='^%s was trained on the pictures in %s, which is not '
+                                        'there now; give their folder with --data-dir$'
+                                        % (re.escape(run_dir), re.escape(root))):
+        cnn.main(cnn.parse_args(['--model', 'small', '--restore', run_dir]))
 
 
 def test_a_folder_run_predicts_and_exports_with_its_folder_names(tmp_path, capsys):
