@@ -278,6 +278,20 @@ def list_folder(root):
     except OSError:
         pass
     split = {'train', 'test'} <= set(top) and class_folders(top['train'])
+    held_out = [name for name in ('val', 'valid', 'validation') if name in top]
+    if 'train' in top and held_out and not split and class_folders(top['train']):
+        # (else train/ and val/ would be two classes, learnt as such)
+        raise DataError('%s holds train/ and %s/: the held-out pictures go in test/ (rename '
+                        '%s/ to test/), or give %s as --data-dir to hold out a share of its '
+                        'pictures' % (root, held_out[0], held_out[0], top['train']))
+    if split:
+        notes['beside train/ and test/, not read'] += len(top) - 2
+        loose = [entry.name for entry in os.scandir(top['test'])
+                 if entry.is_file() and entry.name.lower().endswith(EXTENSIONS)]
+        if loose and not class_folders(top['test']):
+            raise DataError('%s holds %s pictures outside class folders: a test picture needs '
+                            'its class (test/<class>/...); sort them so, or remove test/ to '
+                            'hold out a share of train/' % (top['test'], format(len(loose), ',')))
     parts = {'train': top['train'], 'test': top['test']} if split else {'train': root}
     listed, classes = {}, None
     for part, folder in parts.items():

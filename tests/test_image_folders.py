@@ -371,6 +371,32 @@ def test_train_and_test_folders_classes_missing_and_duplicated(tmp_path):
         load(root)
 
 
+def test_train_and_val_a_third_folder_and_a_test_folder_of_loose_pictures(tmp_path):
+    # train/ and val/ (not test/): not two classes called train and val
+    root = tmp_path / 'pictures'
+    class_tree(root / 'train', {'cats': 4, 'dogs': 4})
+    class_tree(root / 'val', {'cats': 2, 'dogs': 2})
+    with pytest.raises(DataError, match=r'^%s holds train/ and val/: the held-out pictures go '
+                                        r'in test/ \(rename val/ to test/\), or give %s as '
+                                        r'--data-dir' % (root, root / 'train')):
+        load(root)
+    # ... and beside test/ it is left out, and said so
+    class_tree(root / 'test', {'cats': 2, 'dogs': 2})
+    lines = []
+    data = load(root, lines)
+    assert data['classes'] == ['cats', 'dogs'] and len(data['files_test']) == 4
+    assert 'Ignored 1 file or folder: beside train/ and test/, not read' in lines
+    # A test/ of unlabelled pictures (as some downloads come): not "empty"
+    loose = tmp_path / 'loose'
+    class_tree(loose / 'train', {'cats': 4, 'dogs': 4})
+    (loose / 'test').mkdir()
+    for name in ('1.png', '2.png', '3.png'):
+        save(str(loose / 'test' / name), np.zeros((10, 12, 3)))
+    with pytest.raises(DataError, match=r'^%s holds 3 pictures outside class folders: a test '
+                                        r'picture needs its class' % (loose / 'test')):
+        load(loose)
+
+
 def test_a_symlink_loop_ends(tmp_path):
     root = class_tree(tmp_path / 'pictures', {'cats': 3, 'dogs': 3})
     os.symlink(os.path.join(root, 'cats'), os.path.join(root, 'cats', 'again'))
