@@ -34,9 +34,12 @@ under a temporary name and renamed, so it appears complete or not at all.
 """
 
 import argparse
+import contextlib
+import io
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -232,6 +235,9 @@ def write_saved_model(graph_def, input_name, outputs, info, folder):
                 builder.save()
 
 
+CONVERTER_NOISE = "Use '@tf.function' or '@defun' to decorate the function.\n"
+
+
 def write_tflite(graph_def, input_name, outputs, path, quantize):
     """The exported graph as TFLite (float, or int8 weights with --quantize).
 
@@ -246,11 +252,17 @@ def write_tflite(graph_def, input_name, outputs, path, quantize):
                 [graph.get_tensor_by_name(name) for name in outputs.values()])
             if quantize:
                 converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            # It writes CONVERTER_NOISE to stderr once per op of a function in
+            # the graph (fast_cnn's GELU: 40 lines); every other line passes
+            said = io.StringIO()
             try:
-                data = converter.convert()
+                with contextlib.redirect_stderr(said):
+                    data = converter.convert()
             except Exception as e:   # the converter's own ConverterError is not public API
                 raise DataError('the TFLite converter refused the model (%s)'
                                 % error_line(e)) from None
+            finally:
+                sys.stderr.write(said.getvalue().replace(CONVERTER_NOISE, ''))
     with open(path, 'wb') as f:
         f.write(data)
 

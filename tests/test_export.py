@@ -369,6 +369,18 @@ def test_a_failure_while_writing_leaves_nothing(exported, tmp_path, monkeypatch,
     assert os.listdir(tmp_path / 'out') == []          # no folder, no temporary one
 
 
+def test_the_tflite_converters_line_per_function_op_is_kept_out(exported, tmp_path, capsys):
+    # fast_cnn's muon recipe has GELU as a function: the converter wrote one
+    # line per op of it to stderr (40 for the full network)
+    root, _, _, _, _ = exported
+    capsys.readouterr()
+    export.export(export.parse_args([str(root / 'runs' / 'fast-muon'), '--out',
+                                     str(tmp_path / 'again'), '--tflite']))
+    err = capsys.readouterr().err
+    assert export.CONVERTER_NOISE.strip() not in err
+    assert os.path.getsize(tmp_path / 'again' / 'model.tflite') > 0
+
+
 def test_a_run_of_unknown_kind_is_refused(exported, tmp_path, capsys):
     root, _, _, _, _ = exported
     old = tmp_path / 'old'
