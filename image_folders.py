@@ -79,7 +79,10 @@ def read_bytes(path):
             if info.st_size > MAX_PICTURE_BYTES:
                 raise DataError('%s: %.1f MB, more than the %g MB a picture may have'
                                 % (path, info.st_size / 2 ** 20, MAX_PICTURE_BYTES / 2 ** 20))
-            return f.read(MAX_PICTURE_BYTES + 1)
+            data = f.read(MAX_PICTURE_BYTES + 1)
+            if not data:            # (a copy cut short, a placeholder a sync left)
+                raise DataError('%s: an empty file' % path)
+            return data
     except OSError as e:
         raise DataError('%s: cannot read (%s)' % (path, e.strerror or e)) from None
 

@@ -418,6 +418,13 @@ def test_a_file_too_large_and_an_unreadable_one_are_skipped(tmp_path, monkeypatc
                for line in lines)
 
 
+def test_an_empty_file_is_called_so(tmp_path):
+    path = tmp_path / 'cut.jpg'
+    path.write_bytes(b'')
+    with pytest.raises(DataError, match='^%s: an empty file$' % re.escape(str(path))):
+        image_folders.read_picture(str(path), 4)
+
+
 @pytest.mark.skipif(hasattr(os, 'geteuid') and os.geteuid() == 0,
                     reason='root reads a file whatever its permissions')
 def test_an_unreadable_picture_is_named(tmp_path):
