@@ -302,10 +302,12 @@ def list_folder(root):
         if classes is None:
             classes = list(folders)
             if len(classes) < 2:
+                hint = ('; if train/ holds the class folders, give %s as --data-dir'
+                        % folders['train'] if classes == ['train'] else '')
                 raise DataError('%s holds %s: a classifier needs at least two class folders, '
-                                'each holding the pictures of one class'
+                                'each holding the pictures of one class%s'
                                 % (folder, 'one class folder (%s)' % classes[0] if classes
-                                   else 'no class folders'))
+                                   else 'no class folders', hint))
         else:
             unknown = sorted(set(folders) - set(classes))
             if unknown:

@@ -395,6 +395,13 @@ def test_train_and_val_a_third_folder_and_a_test_folder_of_loose_pictures(tmp_pa
     with pytest.raises(DataError, match=r'^%s holds 3 pictures outside class folders: a test '
                                         r'picture needs its class' % (loose / 'test')):
         load(loose)
+    # train/ alone: one class called train, unless the hint is taken
+    alone = tmp_path / 'alone'
+    class_tree(alone / 'train', {'cats': 4, 'dogs': 4})
+    with pytest.raises(DataError, match=r'holds one class folder \(train\): .*; if train/ holds '
+                                        r'the class folders, give %s as --data-dir$'
+                                        % (alone / 'train')):
+        load(alone)
 
 
 def test_a_symlink_loop_ends(tmp_path):
