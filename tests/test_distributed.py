@@ -169,8 +169,10 @@ def test_a_killed_worker_stops_the_others_in_bounded_time(cluster, monkeypatch, 
     # 5 s as gone, not GONE_AFTER's 10 s, and the step timeout is 5 s too
     monkeypatch.setattr(distributed, 'GONE_AFTER', 5)
     c = cluster('--max-steps', '100000', '--log-every', '5', '--step-timeout', '5')
-    while 'global step' not in c.output('worker1'):
+    # Both training (so the chief has steps, and summaries, behind it)
+    while not all('global step' in c.output(worker) for worker in ('worker0', 'worker1')):
         assert time.time() - c.start < LIMIT, c.everything()
+        assert c.processes['worker0'].poll() is None, c.everything()
         assert c.processes['worker1'].poll() is None, c.everything()
         time.sleep(0.2)
     c.processes['worker1'].send_signal(signal.SIGKILL)
