@@ -73,8 +73,9 @@ def start_run_dir(train_dir, prefix, classes, dataset, layout, mean_image=None, 
         finally:
             shutil.rmtree(work, ignore_errors=True)
     except OSError as e:
+        reason = 'a file, not a folder' if os.path.isfile(train_dir) else e.strerror or e
         raise DataError('cannot create a run folder in %s (%s): give a --train-dir you '
-                        'can write to' % (train_dir, e.strerror or e)) from None
+                        'can write to' % (train_dir, reason)) from None
 
 
 def write_json(path, content):

@@ -85,7 +85,10 @@ def test_an_unwritable_train_dir_is_one_clear_error(tmp_path, where):
             'read-only': readonly}[where]
     if where == 'read-only' and os.access(str(readonly), os.W_OK):
         pytest.skip('running as a user who can write anywhere')
-    with pytest.raises(DataError, match='cannot create a run folder in %s' % path):
+    reason = {'a file': r'\(a file, not a folder\)', 'under a file': r'\(Not a directory\)',
+              'read-only': r'\(Permission denied\)'}[where]
+    with pytest.raises(DataError, match='^cannot create a run folder in %s %s: give a '
+                                        '--train-dir you can write to$' % (path, reason)):
         run_folders.start_run_dir(str(path), '', ['a', 'b'], 'cifar10', 'flat')
 
 
