@@ -34,7 +34,7 @@ a confusion matrix and a per-class precision / recall / F1 table.
     python cnn.py                              # augmented, 150,000 steps (hours on a CPU)
     python cnn.py --max-steps 70000 --learning-rate 1e-3 --lr-schedule linear
                                                # augmented in under half the steps
-    python cnn.py --model small --restore runs/small-...   # evaluate a saved run
+    python cnn.py --restore runs/small-...     # evaluate a saved run
 """
 
 import argparse
@@ -328,8 +328,9 @@ def count_parameters():
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Convolutional networks on CIFAR-10 (graph mode).')
-    parser.add_argument('--model', choices=sorted(MODELS), default='augmented',
-                        help='which article to reproduce (default: augmented)')
+    parser.add_argument('--model', choices=sorted(MODELS), default=None,
+                        help="which article to reproduce (default: augmented; with "
+                             "--restore, the run's)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument('--epochs', type=cli.positive_int,
                         help='passes over the training set (default: the article\'s)')
@@ -355,6 +356,8 @@ def parse_args(argv=None):
     parser.add_argument('--no-plots', action='store_true',
                         help='skip the PNG pictures at the end')
     args = parser.parse_args(argv)
+    if args.model is None:
+        args.model = trained_setting(args.restore, 'model', 'augmented')
     defaults = MODELS[args.model]
     if args.epochs is None and args.max_steps is None:
         args.epochs, args.max_steps = defaults['epochs'], defaults['max_steps']
@@ -460,13 +463,19 @@ def learning_rate(base, schedule, max_steps):
     return base
 
 
-def trained_precision(run_dir):
-    """The precision a run folder was trained in: its model.json says so
-    since cnn.py chose it per model; older runs are fp32."""
+def trained_setting(run_dir, key, default):
+    """What the model.json of a run folder (or of the newest run in it) says
+    the run was trained with: 'model' or 'precision' (written since cnn.py
+    chose the precision per model). `default` without a run folder, or for a
+    run that does not say (an older one, a fast_cnn run's model)."""
+    if not run_dir:
+        return default
     try:
-        return run_folders.read_model_info(run_dir).get('precision', 'fp32')
+        info = run_folders.read_model_info(checkpoints.checkpoint_folder(run_dir))
     except DataError:      # the restore itself says what is wrong with the folder
-        return 'fp32'
+        return default
+    known = MODELS if key == 'model' else ('fp32', 'bf16')
+    return info[key] if info.get(key) in known else default
 
 
 def restored_split(args):
@@ -586,7 +595,7 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, report_set)
 def main(args):
     begin_time = time.time()
     rng = sessions.fresh_graph(args.seed)   # the same seed gives the same run
-    chosen = args.precision or trained_precision(args.restore)
+    chosen = args.precision or trained_setting(args.restore, 'precision', 'fp32')
     args.precision = cli.precision(chosen)
 
     # Load the data (CIFAR-10, or a folder of your own pictures): pixels

@@ -188,6 +188,10 @@ def test_run_writes_history_checkpoints_pictures_and_restores(fake_cifar10, tmp_
     restored, out = run(capsys, '--model', 'small', '--data-dir', fake_cifar10,
                         '--restore', str(run_dir))
     assert restored == pytest.approx(accuracy, abs=1e-9)
+    # Without --model: the run's, from its model.json (not augmented's)
+    restored, out = run(capsys, '--data-dir', fake_cifar10, '--restore', str(train_dir))
+    assert restored == pytest.approx(accuracy, abs=1e-9)
+    assert cnn.parse_args([]).model == 'augmented'
     with pytest.raises(data_helpers.DataError, match='does not match the model built with '
                        '--model batchnorm'):
         run(capsys, '--model', 'batchnorm', '--data-dir', fake_cifar10, '--restore',
