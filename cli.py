@@ -200,11 +200,19 @@ def exit_on_error(main, args):
         line = '%s: error: %s%s' % (program, where, e.strerror or e)
     except KeyboardInterrupt:
         line = '%s: interrupted' % program
-    # What the program printed goes out first: piped, stdout is buffered, and
-    # Python would flush it after printing the line to stderr (a reader gone,
-    # as `| head` goes, is no reason for a traceback)
+    flush_stdout()
+    sys.exit(line)
+
+
+def flush_stdout():
+    """What the program printed goes out before its error line: piped, stdout
+    is buffered, and Python would flush it after printing the line to stderr.
+    A reader gone (`| head`) gets nothing more, and no 'Exception ignored ...
+    BrokenPipeError' at exit (exit status 120): stdout then goes to devnull."""
     try:
         sys.stdout.flush()
-    except OSError:
-        pass
-    sys.exit(line)
+    except (OSError, ValueError, AttributeError):    # gone, closed, or none (pythonw)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass

@@ -459,10 +459,32 @@ class Watchdog:
         while True:
             time.sleep(1)
             if self.armed and time.time() - self.last_step > self.seconds:
-                sys.stdout.flush()
-                print('%s: error: %s' % (os.path.basename(sys.argv[0]), self.message),
-                      file=sys.stderr, flush=True)
-                os._exit(1)
+                leave_now('%s: error: %s' % (os.path.basename(sys.argv[0]), self.message), 1)
+
+
+def leave_now(line, status):
+    """Ends this process at once with `line` last: torn down at the
+    interpreter's exit, this task's gRPC server could log its peers' broken
+    connections after the line (seen in CI: "Error received from peer ...
+    Broken pipe"). What it printed goes first; the chief's summaries are
+    written out (os._exit flushes no file), within 10 s."""
+    cli.flush_stdout()
+    if line:
+        try:
+            print(line, file=sys.stderr, flush=True)
+        except (OSError, ValueError):     # a reader gone: the status still says it
+            pass
+    closing = threading.Thread(target=_close_summary_writers, daemon=True)
+    closing.start()
+    closing.join(10)
+    os._exit(status)
+
+
+def _close_summary_writers():
+    try:
+        tf.summary.FileWriterCache.clear()     # closes them
+    except Exception:                          # any: the line is out, the status stands
+        pass
 
 
 def wait_for(addresses, timeout, what):
@@ -553,23 +575,8 @@ def main(args):
 if __name__ == '__main__':
     try:
         cli.exit_on_error(main, parse_args())
-    except SystemExit as e:
-        # The one line, last, and out at once: torn down at the interpreter's
-        # exit, this task's gRPC server could log its peers' broken
-        # connections after the line (seen in CI: "Error received from peer
-        # ... Broken pipe"). What it printed before goes first (stdout is
-        # buffered when piped); the chief's summaries are written out, as
-        # os._exit, which flushes no file, would lose them.
+    except SystemExit as e:       # the one line, and out at once (leave_now)
         if e.code in (None, 0):
             raise
-        try:
-            sys.stdout.flush()
-        except OSError:       # a reader gone (`| head`)
-            pass
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr, flush=True)
-        try:
-            tf.summary.FileWriterCache.clear()     # closes them
-        except Exception:     # any: the line is out, the status stands
-            pass
-        os._exit(e.code if isinstance(e.code, int) else 1)
+        leave_now(e.code if isinstance(e.code, str) else None,
+                  e.code if isinstance(e.code, int) else 1)

@@ -3,13 +3,17 @@
 import argparse
 import importlib
 import io
+import os
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
 import cli
 from errors import DataError
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ['softmax', 'two_layer_mlp', 'cnn', 'fast_cnn']
 
 
@@ -92,13 +96,31 @@ def test_the_error_line_comes_after_what_the_program_printed(monkeypatch):
         cli.exit_on_error(prints_then_fails, None)
     assert written.getvalue() == b'Writing to runs/x\n'
 
-    class ReaderGone(io.StringIO):      # `| head` has read its lines and left
-        def flush(self):
-            raise BrokenPipeError(32, 'Broken pipe')
-    monkeypatch.setattr(sys, 'stdout', ReaderGone())
-    with pytest.raises(SystemExit) as stopped:
-        cli.exit_on_error(prints_then_fails, None)
-    assert stopped.value.code == 'tool.py: error: the disk is gone'
+
+def test_a_reader_gone_leaves_the_line_alone_and_the_status_1():
+    # `python x.py | head`, head gone before the error: no 'Exception ignored
+    # ... BrokenPipeError' after the line, no exit status 120
+    script = textwrap.dedent('''
+        import sys
+        sys.path.insert(0, %r)
+        import cli
+        from errors import DataError
+
+        def main(args):
+            print('a line for a reader that leaves')     # buffered: stdout is a pipe
+            sys.stdin.readline()                         # ... and the reader is gone
+            raise DataError('the disk is gone')
+        cli.exit_on_error(main, None)
+        ''' % ROOT)
+    read_end, write_end = os.pipe()
+    child = subprocess.Popen([sys.executable, '-c', script], stdin=subprocess.PIPE,
+                             stdout=write_end, stderr=subprocess.PIPE,
+                             env={name: value for name, value in os.environ.items()
+                                  if name != 'PYTHONUNBUFFERED'})
+    os.close(write_end)
+    os.close(read_end)
+    _, err = child.communicate(b'\n', timeout=60)
+    assert (child.returncode, err.decode().splitlines()) == (1, ['-c: error: the disk is gone'])
 
 
 @pytest.mark.parametrize('text', ['-1', '4294967296', '1.5', 'x'])
