@@ -482,11 +482,17 @@ def decode_worker():
         done[request['index']] = count
 
 
-# A terminal's Ctrl-C goes to every process of its foreground group: the
-# decoding processes are kept out of it (each would print its traceback), and
-# the parent, interrupted, ends them and says so in one line
-OUT_OF_CTRL_C = ({'creationflags': subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == 'nt'
-                 else {'start_new_session': True})
+# How a decoding process starts: `python image_folders.py --decode-worker`,
+# ignoring Ctrl-C from its first line. A terminal's Ctrl-C goes to its whole
+# foreground group, where each worker would print its traceback; the parent,
+# interrupted, ends them and says so in one line. (Other signals to the group,
+# a closed terminal's, end them as they end the parent.)
+LAUNCH_IGNORING_CTRL_C = '\n'.join([
+    'import os, runpy, signal, sys',
+    'signal.signal(signal.SIGINT, signal.SIG_IGN)',
+    'sys.argv = sys.argv[1:]',
+    'sys.path.insert(0, os.path.dirname(sys.argv[0]))',
+    'runpy.run_path(sys.argv[0], run_name="__main__")'])
 
 
 def _decode_in_workers(output, jobs, size, crop, workers, failed, progress):
@@ -531,16 +537,19 @@ def _decode_in_workers(output, jobs, size, crop, workers, failed, progress):
             for index in range(workers):
                 share = jobs[index::workers]   # every n-th: big and small pictures spread evenly
                 process = subprocess.Popen(
-                    [sys.executable, os.path.abspath(__file__), '--decode-worker'],
+                    [sys.executable, '-c', LAUNCH_IGNORING_CTRL_C, os.path.abspath(__file__),
+                     '--decode-worker'],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                     env=dict(environment, PYTHONDONTWRITEBYTECODE='1', OMP_NUM_THREADS='1',
-                             OPENBLAS_NUM_THREADS='1'), **OUT_OF_CTRL_C)
+                             OPENBLAS_NUM_THREADS='1'))
+                # (listed before its jobs are written: interrupted while writing,
+                # it is ended with the others)
+                processes.append((process, threading.Thread(target=read, args=(process,),
+                                                            daemon=True), share))
                 process.stdin.write(json.dumps({
                     'size': size, 'crop': crop, 'output': output, 'digests': digests_path,
                     'done': done_path, 'index': index, 'jobs': share}))
                 process.stdin.close()
-                processes.append((process, threading.Thread(target=read, args=(process,),
-                                                            daemon=True), share))
             for _, reader, _ in processes:
                 reader.start()
             for _, reader, _ in processes:

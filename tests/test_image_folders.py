@@ -5,6 +5,7 @@ cache, the workers, and each kind of bad input with its one line."""
 import io
 import os
 import re
+import signal
 import struct
 import subprocess
 import time
@@ -99,20 +100,28 @@ def test_decoding_in_worker_processes_gives_the_same_arrays(tmp_path, monkeypatc
     root = class_tree(tmp_path / 'pictures', {'a': 70, 'b': 60})
     one = load(root, workers=1, seed=0)
     os.environ['XDG_CACHE_HOME'] = str(tmp_path / 'other-cache')     # decode again
-    groups = []
+    ignoring = []
 
-    class Recorded(subprocess.Popen):
+    class CtrlCAtOnce(subprocess.Popen):
+        # Each worker gets a SIGINT, as a terminal's Ctrl-C sends the whole
+        # group one, once it says (Linux: /proc) that it ignores them
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            if hasattr(os, 'getpgid'):
-                groups.append(os.getpgid(self.pid))
-    monkeypatch.setattr(subprocess, 'Popen', Recorded)
+            status = '/proc/%d/status' % self.pid
+            if os.path.exists(status):
+                deadline = time.time() + 10
+                while time.time() < deadline and not ignores_sigint(status):
+                    time.sleep(0.01)
+                ignoring.append(ignores_sigint(status))
+                os.kill(self.pid, signal.SIGINT)
+
+    def ignores_sigint(status):
+        with open(status) as f:
+            mask = next(line for line in f if line.startswith('SigIgn:')).split()[1]
+        return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+    monkeypatch.setattr(subprocess, 'Popen', CtrlCAtOnce)
     two = load(root, workers=2, seed=0)
-    # Out of this process's group, which a terminal's Ctrl-C reaches: the
-    # workers print no traceback, this process ends them (POSIX; Windows: a
-    # new process group, which Ctrl-C does not reach either)
-    if hasattr(os, 'getpgrp'):
-        assert len(groups) == 2 and os.getpgrp() not in groups
+    assert ignoring in ([], [True, True])      # ([]: no /proc here) and they decoded on
     for key in ('images_train', 'labels_train', 'images_test', 'labels_test'):
         np.testing.assert_array_equal(one[key], two[key])
     assert one['files_test'] == two['files_test']
