@@ -54,7 +54,7 @@ import reporting  # noqa: E402
 import run_folders  # noqa: E402
 import sessions  # noqa: E402
 import towers  # noqa: E402
-from errors import DataError, write_file_atomically  # noqa: E402
+from errors import DataError, error_line, write_file_atomically  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
@@ -472,7 +472,7 @@ def trained_setting(run_dir, key, default):
         return default
     try:
         info = run_folders.read_model_info(checkpoints.checkpoint_folder(run_dir))
-    except DataError:      # the restore itself says what is wrong with the folder
+    except (DataError, OSError):     # the restore itself says what is wrong with the folder
         return default
     known = MODELS if key == 'model' else ('fp32', 'bf16')
     return info[key] if info.get(key) in known else default
@@ -485,19 +485,29 @@ def restored_split(args):
     --data-dir, the folder it trained on. None for other runs.
 
     Raises:
-      DataError: no --data-dir, and the folder the run trained on is gone.
+      DataError: no --data-dir, and the folder the run trained on is gone or
+        not known (its split.json unreadable).
     """
     if not args.restore:
         return None
     try:
         folder = checkpoints.checkpoint_folder(args.restore)
         info = run_folders.read_model_info(folder)
-        if info['dataset'] != 'folder':
-            return None
-        with open(os.path.join(folder, run_folders.SPLIT), encoding='utf-8') as f:
-            split = json.load(f)
-    except (DataError, OSError, ValueError):   # the restore says what is wrong with the folder
+    except (DataError, OSError):    # the restore itself says what is wrong with the folder
         return None
+    if info['dataset'] != 'folder':
+        return None
+    path = os.path.join(folder, run_folders.SPLIT)
+    try:
+        with open(path, encoding='utf-8') as f:
+            split = json.load(f)
+        if not isinstance(split['root'], str):
+            raise ValueError('its root is not a folder name')
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if args.data_dir is not None:      # the folder given: split afresh, as before
+            return None
+        raise DataError('cannot read %s (%s), which names the folder of pictures the run '
+                        'trained on: give it with --data-dir' % (path, error_line(e))) from None
     args.image_size, args.crop = info['image_size'], info.get('crop', 'center')
     if args.data_dir is None:
         if not os.path.isdir(split['root']):

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import struct
 import time
 
@@ -84,8 +85,9 @@ def test_named_folder_without_data_is_an_error(tmp_path, monkeypatch):
     for name, what in [('empty', r'holds no CIFAR-10 batches \(data_batch_1..5, test_batch\)'),
                        ('nowhere', 'does not exist'),
                        ('a file', 'is a file, not a folder')]:
+        where = re.escape(str(tmp_path / name))
         with pytest.raises(data_helpers.DataError,
-                           match='^--data-dir %s %s; fix the path' % (tmp_path / name, what)):
+                           match='^--data-dir %s %s; fix the path' % (where, what)):
             data_helpers.find_cifar10(str(tmp_path / name))
     monkeypatch.setenv('CIFAR10_DIR', str(tmp_path / 'nowhere'))
     with pytest.raises(data_helpers.DataError, match=r'^\$CIFAR10_DIR .*nowhere does not exist'):

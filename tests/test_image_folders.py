@@ -2,6 +2,7 @@
 and labels (against CIFAR-10's pickles), every kind of picture, the split, the
 cache, the workers, and each kind of bad input with its one line."""
 
+import glob
 import io
 import os
 import re
@@ -387,7 +388,8 @@ def test_train_and_val_a_third_folder_and_a_test_folder_of_loose_pictures(tmp_pa
     class_tree(root / 'val', {'cats': 2, 'dogs': 2})
     with pytest.raises(DataError, match=r'^%s holds train/ and val/: the held-out pictures go '
                                         r'in test/ \(rename val/ to test/\), or give %s as '
-                                        r'--data-dir' % (root, root / 'train')):
+                                        r'--data-dir' % (re.escape(str(root)),
+                                                         re.escape(str(root / 'train')))):
         load(root)
     # ... and beside test/ it is left out, and said so
     class_tree(root / 'test', {'cats': 2, 'dogs': 2})
@@ -402,14 +404,15 @@ def test_train_and_val_a_third_folder_and_a_test_folder_of_loose_pictures(tmp_pa
     for name in ('1.png', '2.png', '3.png'):
         save(str(loose / 'test' / name), np.zeros((10, 12, 3)))
     with pytest.raises(DataError, match=r'^%s holds 3 pictures outside class folders: a test '
-                                        r'picture needs its class' % (loose / 'test')):
+                                        r'picture needs its class'
+                                        % re.escape(str(loose / 'test'))):
         load(loose)
     # train/ alone: one class called train, unless the hint is taken
     alone = tmp_path / 'alone'
     class_tree(alone / 'train', {'cats': 4, 'dogs': 4})
     with pytest.raises(DataError, match=r'holds one class folder \(train\): .*; if train/ holds '
                                         r'the class folders, give %s as --data-dir$'
-                                        % (alone / 'train')):
+                                        % re.escape(str(alone / 'train'))):
         load(alone)
 
 
@@ -602,6 +605,11 @@ def test_restoring_a_folder_run_scores_its_own_test_pictures(tmp_path, capsys):
                                         'there now; give their folder with --data-dir$'
                                         % (re.escape(run_dir), re.escape(root))):
         cnn.main(cnn.parse_args(['--model', 'small', '--restore', run_dir]))
+    split, = glob.glob(os.path.join(run_dir, '*', 'split.json'))
+    os.remove(split)
+    with pytest.raises(DataError, match='^cannot read %s .*: give it with --data-dir$'
+                                        % re.escape(split)):
+        cnn.main(cnn.parse_args(['--restore', run_dir]))
 
 
 def test_a_folder_run_predicts_and_exports_with_its_folder_names(tmp_path, capsys):

@@ -4,6 +4,7 @@ model.json, history, checkpoints."""
 import glob
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -88,7 +89,8 @@ def test_an_unwritable_train_dir_is_one_clear_error(tmp_path, where):
     reason = {'a file': r'\(a file, not a folder\)', 'under a file': r'\(Not a directory\)',
               'read-only': r'\(Permission denied\)'}[where]
     with pytest.raises(DataError, match='^cannot create a run folder in %s %s: give a '
-                                        '--train-dir you can write to$' % (path, reason)):
+                                        '--train-dir you can write to$'
+                                        % (re.escape(str(path)), reason)):
         run_folders.start_run_dir(str(path), '', ['a', 'b'], 'cifar10', 'flat')
 
 
