@@ -292,6 +292,10 @@ def print_results(results, as_json):
         print('%s%s: %s' % (result['image'], truth, labels))
 
 
+BATCH = 256       # pictures per run of the model
+PLOTTED = 100     # pictures drawn at most by --plot (20 rows of 5)
+
+
 def main(args):
     session, info, input_tensor, output_tensor = load_model(args.run_dir)
     reader = ImageReader(info['image_size'], info['channels'],
@@ -301,7 +305,10 @@ def main(args):
         results = []
         if items:
             inputs = model_inputs(np.stack([item[2] for item in items]), info)
-            probabilities = session.run(output_tensor, {input_tensor: inputs})
+            # (in batches: a folder may hold thousands of pictures)
+            probabilities = np.concatenate([
+                session.run(output_tensor, {input_tensor: inputs[start:start + BATCH]})
+                for start in range(0, len(inputs), BATCH)])
             for (name, truth, _), row in zip(items, probabilities):
                 top = np.argsort(-row)[:args.top_k]
                 results.append({'image': name, 'true': truth, 'top': [
@@ -312,9 +319,13 @@ def main(args):
     print_results(results, args.json)
     if args.plot and results:
         import reporting
-        pictures = np.stack([item[2] for item in items]) / 255
+        if len(results) > PLOTTED:
+            print('--plot: the first %d of the %d pictures' % (PLOTTED, len(results)),
+                  file=sys.stderr)
+        pictures = np.stack([item[2] for item in items[:PLOTTED]]) / 255
         titles = [('True: %s\n' % r['true'] if r['true'] else '') + 'Predict: %s %.2f'
-                  % (r['top'][0]['class'], r['top'][0]['probability']) for r in results]
+                  % (r['top'][0]['class'], r['top'][0]['probability'])
+                  for r in results[:PLOTTED]]
         reporting.plot_images(pictures, titles, args.plot)
     return 1 if failures else 0
 

@@ -199,6 +199,22 @@ def test_plot_is_written(runs, pictures, tmp_path, capsys):
     assert (tmp_path / 'grid.png').read_bytes().startswith(b'\x89PNG')
 
 
+def test_many_pictures_go_in_batches_and_the_plot_takes_the_first(runs, pictures, tmp_path,
+                                                                   capsys, monkeypatch):
+    _, whole, _ = predict_main(capsys, runs['cnn'], pictures, '--json', '--top-k', '10')
+    monkeypatch.setattr(predict, 'BATCH', 2)         # 5 pictures: batches of 2, 2 and 1
+    monkeypatch.setattr(predict, 'PLOTTED', 3)
+    status, batched, err = predict_main(capsys, runs['cnn'], pictures, '--json', '--top-k', '10',
+                                        '--plot', tmp_path / 'grid.png')
+    assert status == 0 and err == '--plot: the first 3 of the 5 pictures\n'
+    whole, batched = json.loads(whole), json.loads(batched)
+    assert len(whole) == len(batched) == 5
+    for one, other in zip(whole, batched):
+        assert one['image'] == other['image']
+        np.testing.assert_allclose([e['probability'] for e in one['top']],
+                                   [e['probability'] for e in other['top']], atol=1e-6)
+
+
 # --- run folders that were moved, copied, damaged or are still being written --
 
 @pytest.fixture(scope='module')
