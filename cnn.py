@@ -356,6 +356,10 @@ def parse_args(argv=None):
     parser.add_argument('--no-plots', action='store_true',
                         help='skip the PNG pictures at the end')
     args = parser.parse_args(argv)
+    script = trained_setting(args.restore, 'script', 'cnn')
+    if script != 'cnn':
+        parser.error('argument --restore: %s holds a %s.py run: restore it with %s.py '
+                     '(predict.py and export.py read any run)' % (args.restore, script, script))
     if args.model is None:
         args.model = trained_setting(args.restore, 'model', 'augmented')
     defaults = MODELS[args.model]
@@ -465,8 +469,8 @@ def learning_rate(base, schedule, max_steps):
 
 def trained_setting(run_dir, key, default):
     """What the model.json of a run folder (or of the newest run in it) says
-    the run was trained with: 'model' or 'precision' (written since cnn.py
-    chose the precision per model). `default` without a run folder, or for a
+    the run was trained with: 'script', 'model' or 'precision' (written since
+    cnn.py chose the precision per model). `default` without a run folder, or for a
     run that does not say (an older one, a fast_cnn run's model)."""
     if not run_dir:
         return default
@@ -474,7 +478,8 @@ def trained_setting(run_dir, key, default):
         info = run_folders.read_model_info(checkpoints.checkpoint_folder(run_dir))
     except (DataError, OSError):     # the restore itself says what is wrong with the folder
         return default
-    known = MODELS if key == 'model' else ('fp32', 'bf16')
+    known = {'model': MODELS, 'precision': ('fp32', 'bf16'),
+             'script': ('cnn', 'fast_cnn', 'softmax', 'two_layer_mlp')}[key]
     return info[key] if info.get(key) in known else default
 
 

@@ -15,6 +15,7 @@ import data_helpers
 import export
 import predict
 import reporting
+import softmax
 from conftest import needs_bf16_kernels, needs_native_bf16
 
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
@@ -196,6 +197,16 @@ def test_run_writes_history_checkpoints_pictures_and_restores(fake_cifar10, tmp_
                        '--model batchnorm'):
         run(capsys, '--model', 'batchnorm', '--data-dir', fake_cifar10, '--restore',
             str(run_dir))
+
+
+def test_restoring_another_scripts_run_says_whose_it_is(fake_cifar10, tmp_path, capsys):
+    softmax.main(softmax.parse_args(['--max-steps', '1', '--data-dir', fake_cifar10,
+                                     '--train-dir', str(tmp_path)]))
+    with pytest.raises(SystemExit):
+        cnn.parse_args(['--restore', str(tmp_path), '--data-dir', fake_cifar10])
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        'error: argument --restore: %s holds a softmax.py run: restore it with softmax.py '
+        '(predict.py and export.py read any run)' % tmp_path)
 
 
 @needs_native_bf16
