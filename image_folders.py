@@ -289,8 +289,12 @@ def list_folder(root):
                         'pictures' % (root, held_out[0], held_out[0], top['train']))
     if split:
         notes['beside train/ and test/, not read'] += len(top) - 2
-        loose = [entry.name for entry in os.scandir(top['test'])
-                 if entry.is_file() and entry.name.lower().endswith(EXTENSIONS)]
+        try:
+            loose = [entry.name for entry in os.scandir(top['test'])
+                     if entry.is_file() and entry.name.lower().endswith(EXTENSIONS)
+                     and not is_hidden(entry.name)]
+        except OSError as e:
+            raise DataError('cannot list %s (%s)' % (top['test'], e.strerror or e)) from None
         if loose and not class_folders(top['test']):
             raise DataError('%s holds %s pictures outside class folders: a test picture needs '
                             'its class (test/<class>/...); sort them so, or remove test/ to '
@@ -303,7 +307,7 @@ def list_folder(root):
             classes = list(folders)
             if len(classes) < 2:
                 hint = ('; if train/ holds the class folders, give %s as --data-dir'
-                        % folders['train'] if classes == ['train'] else '')
+                        % folders['train'] if classes == ['train'] and not split else '')
                 raise DataError('%s holds %s: a classifier needs at least two class folders, '
                                 'each holding the pictures of one class%s'
                                 % (folder, 'one class folder (%s)' % classes[0] if classes

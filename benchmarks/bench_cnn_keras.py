@@ -10,7 +10,8 @@ it. Both train with batch 128 on the training set held in memory; inference runs
 over 10,000 images. Reported: images/second (median of --repeats timings
 after a warm-up), the ratio, and each side's GFLOP/s (1.22 GFLOP per
 training image: the six convolutions' forward, input gradient and filter
-gradient, the first one's input gradient left out: the images need none) as a fraction of the ceiling measured here: the FLOP-weighted rate
+gradient, the first one's input gradient left out: the images need none) as
+a fraction of the ceiling measured here: the FLOP-weighted rate
 of those convolutions' forward in float32 at batch 128, what a training step
 would reach if both gradients ran as fast as the forward and nothing else
 took time. The graph side also traces one step and sums its ops' times by
