@@ -62,17 +62,19 @@ def seed(text):
     return _number(text, int, lambda v: 0 <= v < 2 ** 32, 'in 0..4294967295')
 
 
-def add_common_flags(parser, train_dir, train_dir_help=None, mnist=False):
+def add_common_flags(parser, train_dir, train_dir_help=None, mnist=False, pictures=False):
     """Adds --seed, --data-dir and --train-dir (default `train_dir`) to `parser`;
-    mnist: the script reads MNIST too, which its --data-dir help then says."""
+    mnist: the script reads MNIST too; pictures: it trains on a folder of your
+    own pictures too; its --data-dir help then says so."""
     parser.add_argument('--seed', type=seed, default=None,
                         help='seed for all that is random (initial weights, batches, '
                              'augmentation): the same seed gives the same run on the '
                              'same kind of CPU (default: random)')
+    own = ', or a folder of your own pictures, one folder of them per class' if pictures else ''
+    env, folder = (' or $MNIST_DIR', ' or ./MNIST_data') if mnist else ('', '')
     parser.add_argument('--data-dir', default=None, help=(
-        'folder holding the data set (default: $CIFAR10_DIR%s, ./cifar-10-batches-py%s, '
-        'else a download into ~/.cache/tf-image-recognition)'
-        % ((' or $MNIST_DIR', ' or ./MNIST_data') if mnist else ('', ''))))
+        'folder holding the data set%s (default: $CIFAR10_DIR%s, ./cifar-10-batches-py%s, '
+        'else a download into ~/.cache/tf-image-recognition)' % (own, env, folder)))
     parser.add_argument('--train-dir', default=train_dir,
                         help=train_dir_help or 'folder for run folders (checkpoints, '
                         'model.json for predict.py, history) (default: %(default)s)')

@@ -348,7 +348,7 @@ def parse_args(argv=None):
                              'runs (default: 1000)')
     cli.add_precision_flag(parser, None, default_help="the model's: auto for small and "
                            "batchnorm, fp32 for augmented")
-    cli.add_common_flags(parser, train_dir='runs')
+    cli.add_common_flags(parser, train_dir='runs', pictures=True)
     cli.add_dataset_flags(parser)
     cli.add_num_devices_flag(parser)
     parser.add_argument('--restore', metavar='RUN_DIR',

@@ -723,7 +723,7 @@ def parse_args(argv=None):
     parser.add_argument('--tta', type=int, choices=[0, 1, 2],
                         help='test-time augmentation: 0 none, 1 mirror, 2 mirror and '
                              "translations (default: the recipe's, 2)")
-    cli.add_common_flags(parser, train_dir='runs')
+    cli.add_common_flags(parser, train_dir='runs', pictures=True)
     cli.add_dataset_flags(parser)
     cli.add_num_devices_flag(parser)
     args = parser.parse_args(argv)

@@ -123,6 +123,14 @@ def test_a_reader_gone_leaves_the_line_alone_and_the_status_1():
     assert (child.returncode, err.decode().splitlines()) == (1, ['-c: error: the disk is gone'])
 
 
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_data_dir_help_names_your_own_pictures_where_the_script_trains_on_them(script, capsys):
+    with pytest.raises(SystemExit):
+        importlib.import_module(script).parse_args(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert ('or a folder of your own pictures' in text) == (script in ('cnn', 'fast_cnn'))
+
+
 @pytest.mark.parametrize('text', ['-1', '4294967296', '1.5', 'x'])
 def test_seed_refuses_what_numpy_would_refuse(text):
     with pytest.raises(argparse.ArgumentTypeError):
