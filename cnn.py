@@ -356,20 +356,21 @@ def parse_args(argv=None):
     parser.add_argument('--no-plots', action='store_true',
                         help='skip the PNG pictures at the end')
     args = parser.parse_args(argv)
-    script = trained_setting(args.restore, 'script', 'cnn')
+    trained = trained_settings(args.restore)     # {} without --restore
+    script = trained.get('script', 'cnn')
     if script != 'cnn':
         parser.error('argument --restore: %s holds a %s.py run: restore it with %s.py '
                      '(predict.py and export.py read any run)' % (args.restore, script, script))
-    if args.model is None:
-        args.model = trained_setting(args.restore, 'model', 'augmented')
+    args.model = args.model or trained.get('model', 'augmented')
     defaults = MODELS[args.model]
     if args.epochs is None and args.max_steps is None:
         args.epochs, args.max_steps = defaults['epochs'], defaults['max_steps']
     for key in ('batch_size', 'learning_rate'):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
-    if args.precision is None and not args.restore:   # --restore: as the run trained (main)
-        args.precision = defaults['precision']
+    if args.precision is None:    # --restore: as the run trained; older runs fp32
+        args.precision = (trained.get('precision', 'fp32') if args.restore
+                          else defaults['precision'])
     cli.check_num_devices(parser, args)
     return args
 
@@ -467,20 +468,20 @@ def learning_rate(base, schedule, max_steps):
     return base
 
 
-def trained_setting(run_dir, key, default):
+def trained_settings(run_dir):
     """What the model.json of a run folder (or of the newest run in it) says
-    the run was trained with: 'script', 'model' or 'precision' (written since
-    cnn.py chose the precision per model). `default` without a run folder, or for a
-    run that does not say (an older one, a fast_cnn run's model)."""
+    the run was trained with: {'script', 'model', 'precision'} (the precision
+    written since cnn.py chose it per model), each only where it says one
+    this script knows; {} without a run folder."""
     if not run_dir:
-        return default
+        return {}
     try:
         info = run_folders.read_model_info(checkpoints.checkpoint_folder(run_dir))
     except (DataError, OSError):     # the restore itself says what is wrong with the folder
-        return default
+        return {}
     known = {'model': MODELS, 'precision': ('fp32', 'bf16'),
-             'script': ('cnn', 'fast_cnn', 'softmax', 'two_layer_mlp')}[key]
-    return info[key] if info.get(key) in known else default
+             'script': ('cnn', 'fast_cnn', 'softmax', 'two_layer_mlp')}
+    return {key: info[key] for key, values in known.items() if info.get(key) in values}
 
 
 def restored_split(args):
@@ -610,7 +611,7 @@ def train(sess, ops, args, run_dir, max_steps, steps_per_epoch, rng, report_set)
 def main(args):
     begin_time = time.time()
     rng = sessions.fresh_graph(args.seed)   # the same seed gives the same run
-    chosen = args.precision or trained_setting(args.restore, 'precision', 'fp32')
+    chosen = args.precision      # the model's, or the restored run's (parse_args)
     args.precision = cli.precision(chosen)
 
     # Load the data (CIFAR-10, or a folder of your own pictures): pixels

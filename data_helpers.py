@@ -157,13 +157,14 @@ def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, see
         for CIFAR-10.
     """
     cifar100 = _batches_folder(data_dir, 'cifar100') if data_dir else dataset == 'cifar100'
-    if (not cifar100 and data_dir and os.path.isdir(data_dir)
-            and not is_picture_folder(data_dir) and not _batches_folder(data_dir)):
+    pictures = not cifar100 and is_picture_folder(data_dir)
+    if (not cifar100 and not pictures and data_dir and os.path.isdir(data_dir)
+            and not _batches_folder(data_dir)):
         raise DataError('--data-dir %s holds no CIFAR-10 batches (data_batch_1..5, test_batch) '
                         'and no class folders of pictures (one folder of pictures per class); '
                         'fix the path, or unset it to use the download in %s'
                         % (data_dir, cache_dir()))
-    if not cifar100 and is_picture_folder(data_dir):
+    if pictures:
         return dict(image_folders.load_folder(data_dir, image_size, crop, test_split, seed,
                                               recorded=recorded),
                     dataset='folder', root=os.path.abspath(data_dir), image_size=image_size,
