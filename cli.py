@@ -183,11 +183,18 @@ def cpu_flags_have_bf16(cpuinfo='/proc/cpuinfo'):
     return bool(flags & {'avx512_bf16', 'amx_bf16'})
 
 
-def check_batch_size(batch_size, train_count):
-    """Raises DataError when a batch would not fit in the training set."""
+def check_batch_size(batch_size, train_count, held_out=0):
+    """Raises DataError when a batch would not fit in the training set.
+
+    Args:
+      held_out: images the script set aside for validation, named in the
+        message (else a folder's "120 training" pictures become "96").
+    """
     if batch_size > train_count:
-        raise DataError('--batch-size %d is larger than the %d training images'
-                        % (batch_size, train_count))
+        why = (' (%d less the %d held out for validation)' % (train_count + held_out, held_out)
+               if held_out else '')
+        raise DataError('--batch-size %d is larger than the %d training images%s; use '
+                        '--batch-size %d or less' % (batch_size, train_count, why, train_count))
 
 
 def exit_on_error(main, args):

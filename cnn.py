@@ -625,7 +625,8 @@ def main(args):
     train_images, train_labels, *report_set = split_validation(
         data_sets, MODELS[args.model]['validation_split'])
     if not args.restore:
-        cli.check_batch_size(args.batch_size, len(train_images))
+        cli.check_batch_size(args.batch_size, len(train_images),
+                             len(data_sets['images_train']) - len(train_images))
     steps_per_epoch = len(train_images) // args.batch_size
     max_steps = args.max_steps or args.epochs * steps_per_epoch
 

@@ -8,6 +8,7 @@ written under a temporary name and renamed, so a crash leaves no half file.
 
 import io
 import os
+import unicodedata
 
 import numpy as np
 
@@ -41,17 +42,27 @@ def per_class_scores(labels, predictions, classes):
     return {'precision': precision, 'recall': recall, 'f1': f1, 'support': actual}
 
 
+def display_width(text):
+    """Columns `text` takes in a terminal: a Chinese or Japanese character (a
+    class folder's name may be one) takes two, a combining accent none."""
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in 'WF' else 1 for c in text)
+
+
 def per_class_table(labels, predictions, class_names):
     """The per-class scores as a text table, with the overall accuracy."""
     scores = per_class_scores(labels, predictions, len(class_names))
-    width = max(len(name) for name in class_names + ['accuracy'])
-    lines = ['%-*s  precision  recall     f1  support' % (width, 'class')]
+    width = max(display_width(name) for name in class_names + ['accuracy'])
+
+    def padded(name):
+        return name + ' ' * (width - display_width(name))
+
+    lines = [padded('class') + '  precision  recall     f1  support']
     for i, name in enumerate(class_names):
-        lines.append('%-*s  %9.3f  %6.3f  %5.3f  %7d' % (
-            width, name, scores['precision'][i], scores['recall'][i], scores['f1'][i],
-            scores['support'][i]))
+        lines.append(padded(name) + '  %9.3f  %6.3f  %5.3f  %7d' % (
+            scores['precision'][i], scores['recall'][i], scores['f1'][i], scores['support'][i]))
     accuracy = float(np.mean(np.asarray(labels) == np.asarray(predictions)))
-    lines.append('%-*s  %32.3f  %7d' % (width, 'accuracy', accuracy, len(labels)))
+    lines.append(padded('accuracy') + '  %24.3f  %7d' % (accuracy, len(labels)))   # under f1
     return '\n'.join(lines)
 
 

@@ -58,8 +58,13 @@ def test_every_script_declares_the_common_flags_the_same_way(capsys):
 
 def test_batch_size_check():
     cli.check_batch_size(10, 10)
-    with pytest.raises(DataError, match='--batch-size 11 is larger than the 10 training'):
+    with pytest.raises(DataError, match=r'^--batch-size 11 is larger than the 10 training '
+                                        r'images; use --batch-size 10 or less$'):
         cli.check_batch_size(11, 10)
+    # cnn.py holds out a validation share: the message says why 12 became 10
+    with pytest.raises(DataError, match=r'the 10 training images \(12 less the 2 held out for '
+                                        r'validation\); use --batch-size 10 or less$'):
+        cli.check_batch_size(11, 10, held_out=2)
 
 
 def test_exit_on_error_is_one_line_and_exit_status_1(monkeypatch, capsys):

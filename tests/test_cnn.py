@@ -284,7 +284,9 @@ def test_bad_flags_are_refused(argv):
 
 
 def test_batch_larger_than_the_training_set_is_one_clear_error(fake_cifar10, tmp_path):
-    with pytest.raises(data_helpers.DataError, match='--batch-size 500 .* 120 training'):
+    # (the fake set's 150 training images, less the small model's 20% validation)
+    with pytest.raises(data_helpers.DataError, match=r'--batch-size 500 .* 120 training images '
+                                                     r'\(150 less the 30 held out'):
         cnn.main(cnn.parse_args(['--model', 'small', '--batch-size', '500', '--data-dir',
                                  fake_cifar10, '--train-dir', str(tmp_path)]))
 
@@ -307,6 +309,16 @@ def test_confusion_matrix_and_per_class_scores_by_hand():
     table = reporting.per_class_table(labels, predictions, ['cat', 'dog', 'frog']).splitlines()
     assert table[1].split() == ['cat', '1.000', '0.667', '0.800', '3']
     assert table[-1].split() == ['accuracy', '0.667', '6']
+
+
+def test_per_class_table_lines_up_wide_and_accented_class_names():
+    # '猫' takes two terminal columns, the 'e' + combining acute of 'café' one:
+    # every row's numbers start in the same column as the header's
+    names = ['猫', 'cafe\u0301', 'a']
+    table = reporting.per_class_table([0, 1, 2], [0, 1, 2], names).splitlines()
+    assert table[1] == '猫' + ' ' * 6 + '  %9.3f  %6.3f  %5.3f  %7d' % (1, 1, 1, 1)
+    assert table[2] == 'cafe\u0301' + ' ' * 4 + '  %9.3f  %6.3f  %5.3f  %7d' % (1, 1, 1, 1)
+    assert [reporting.display_width(line) for line in table] == [len(table[0])] * 5
 
 
 def test_scores_of_a_class_never_predicted_are_zero_not_nan():
