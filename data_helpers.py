@@ -156,15 +156,26 @@ def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, see
       DataError: the data is missing or unusable, or --image-size is not 32
         for CIFAR-10.
     """
-    cifar100 = _batches_folder(data_dir, 'cifar100') if data_dir else dataset == 'cifar100'
-    pictures = not cifar100 and is_picture_folder(data_dir)
-    if (not cifar100 and not pictures and data_dir and os.path.isdir(data_dir)
-            and not _batches_folder(data_dir)):
-        raise DataError('--data-dir %s holds no CIFAR-10 batches (data_batch_1..5, test_batch) '
-                        'and no class folders of pictures (one folder of pictures per class); '
-                        'fix the path, or unset it to use the download in %s'
-                        % (data_dir, cache_dir()))
-    if pictures:
+    holds = dataset             # what --data-dir holds: 'cifar10', 'cifar100' or 'folder'
+    if data_dir and os.path.isdir(data_dir):
+        holds = ('cifar100' if _batches_folder(data_dir, 'cifar100') else
+                 'cifar10' if _batches_folder(data_dir) else
+                 'folder' if is_picture_folder(data_dir) else None)
+        if holds is None:
+            spec = _spec(dataset)
+            raise DataError('--data-dir %s holds no %s %s and no class folders of pictures (one '
+                            'folder of pictures per class); fix the path, or unset it to use '
+                            'the download in %s' % (data_dir, spec['title'], spec['what'],
+                                                    cache_dir()))
+        if dataset == 'cifar100' and holds != 'cifar100':
+            raise DataError('--dataset cifar100, but --data-dir %s holds %s; point it at '
+                            'cifar-100-python, or leave out one of the two'
+                            % (data_dir, 'CIFAR-10' if holds == 'cifar10' else 'your own pictures'))
+    if labels == 'coarse' and holds != 'cifar100':
+        raise DataError("--labels coarse: only CIFAR-100 has coarse classes (this is %s)"
+                        % ('CIFAR-10' if holds == 'cifar10' else 'a folder of your own pictures'))
+    cifar100 = holds == 'cifar100'
+    if holds == 'folder':
         return dict(image_folders.load_folder(data_dir, image_size, crop, test_split, seed,
                                               recorded=recorded),
                     dataset='folder', root=os.path.abspath(data_dir), image_size=image_size,

@@ -5,6 +5,8 @@ import hashlib
 import os
 import pickle
 
+import re
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ import checkpoints
 import cnn
 import data_helpers
 import run_folders
-from conftest import make_tarball, write_fake_cifar100
+from conftest import make_tarball, write_fake_cifar10, write_fake_cifar100
 from errors import DataError
 
 
@@ -34,6 +36,28 @@ def test_load_images_recognises_cifar100_and_keeps_the_32x32_rule(tmp_path):
     assert len(data['classes']) == 20
     with pytest.raises(DataError, match='--image-size 48: CIFAR is 32x32'):
         data_helpers.load_images(folder, image_size=48)
+
+
+def test_a_data_dir_that_contradicts_dataset_or_labels_is_one_line(tmp_path):
+    cifar10 = write_fake_cifar10(str(tmp_path / 'cifar-10-batches-py'))
+    pictures = tmp_path / 'pictures'
+    for name in ('cat', 'dog'):
+        (pictures / name).mkdir(parents=True)
+    (tmp_path / 'empty').mkdir()
+    # --dataset cifar100 with another data set's folder: not CIFAR-10 trained in its place
+    for folder, what in [(cifar10, 'CIFAR-10'), (str(pictures), 'your own pictures')]:
+        with pytest.raises(DataError, match='^--dataset cifar100, but --data-dir %s holds %s; '
+                                            % (re.escape(folder), what)):
+            data_helpers.load_images(folder, dataset='cifar100')
+    # a folder holding nothing names the data set asked for
+    with pytest.raises(DataError, match=r'^--data-dir .*empty holds no CIFAR-100 files '
+                                        r'\(train, test, meta\) and no class folders'):
+        data_helpers.load_images(str(tmp_path / 'empty'), dataset='cifar100')
+    for folder, what in [(cifar10, 'CIFAR-10'), (str(pictures), 'a folder of your own pictures'),
+                         (None, 'CIFAR-10')]:
+        with pytest.raises(DataError, match=r'^--labels coarse: only CIFAR-100 has coarse '
+                                            r'classes \(this is %s\)$' % what):
+            data_helpers.load_images(folder, labels='coarse')
 
 
 def test_a_damaged_or_hostile_file_is_refused_in_one_line(tmp_path):
