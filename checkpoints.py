@@ -144,11 +144,15 @@ def _newest_that_loads(folder, load, built_with=None, need_meta=False, rounds=3)
                 with _private_copy(prefix, need_meta) as copy:
                     try:
                         return prefix, load(copy)
-                    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError):
+                    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
+                            _OtherShapes) as e:
                         if built_with and _readable(copy):    # whole, yet not this model
-                            raise DataError('%s does not match the model built with %s: '
-                                            'give the options it was trained with'
-                                            % (prefix, built_with)) from None
+                            other_shapes = isinstance(e, _OtherShapes)
+                            raise DataError('%s does not match the model built with %s%s: '
+                                            'give the options %sit was trained with'
+                                            % (prefix, built_with,
+                                               ' (%s)' % e if other_shapes else '',
+                                               'and the data ' if other_shapes else '')) from None
                         raise
             except DataError:
                 raise
@@ -206,8 +210,30 @@ def restore(saver, session, train_dir, built_with):
     Raises:
       DataError: there is no usable checkpoint, or it is of another model.
     """
-    return _newest_that_loads(checkpoint_folder(train_dir),
-                              lambda prefix: saver.restore(session, prefix), built_with)[0]
+    def load(prefix):
+        _check_shapes(session.graph, prefix)
+        saver.restore(session, prefix)
+
+    return _newest_that_loads(checkpoint_folder(train_dir), load, built_with)[0]
+
+
+class _OtherShapes(Exception):
+    """A checkpoint whose variables have other shapes than the graph's."""
+
+
+def _check_shapes(graph, prefix):
+    """Raises _OtherShapes naming the first variable whose shape differs
+    between the graph and the checkpoint. (Restoring does not check: a
+    resource variable takes whatever shape is assigned, so a 20-class run's
+    weights would load into a 10-class graph and score nonsense.)"""
+    try:
+        stored = dict(tf.train.list_variables(prefix))
+    except Exception:        # damaged: restoring says so, and older ones are tried
+        return
+    for variable in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES):
+        name, shape = variable.op.name, variable.shape.as_list()
+        if name in stored and list(stored[name]) != shape:
+            raise _OtherShapes('%s: %s in the checkpoint, %s here' % (name, stored[name], shape))
 
 
 def load_trained_model(run_dir):

@@ -362,6 +362,8 @@ def parse_args(argv=None):
         parser.error('argument --restore: %s holds a %s.py run: restore it with %s.py '
                      '(predict.py and export.py read any run)' % (args.restore, script, script))
     args.model = args.model or trained.get('model', 'augmented')
+    if 'labels' in trained and not args.data_dir:    # a CIFAR-100 run: scored on CIFAR-100
+        args.dataset, args.labels = 'cifar100', trained['labels']
     defaults = MODELS[args.model]
     if args.epochs is None and args.max_steps is None:
         args.epochs, args.max_steps = defaults['epochs'], defaults['max_steps']
@@ -472,7 +474,8 @@ def trained_settings(run_dir):
     """What the model.json of a run folder (or of the newest run in it) says
     the run was trained with: {'script', 'model', 'precision'} (the precision
     written since cnn.py chose it per model), each only where it says one
-    this script knows; {} without a run folder."""
+    this script knows, and for a CIFAR-100 run 'labels' ('fine' or
+    'coarse', by its number of classes); {} without a run folder."""
     if not run_dir:
         return {}
     try:
@@ -481,7 +484,10 @@ def trained_settings(run_dir):
         return {}
     known = {'model': MODELS, 'precision': ('fp32', 'bf16'),
              'script': ('cnn', 'fast_cnn', 'softmax', 'two_layer_mlp')}
-    return {key: info[key] for key, values in known.items() if info.get(key) in values}
+    trained = {key: info[key] for key, values in known.items() if info.get(key) in values}
+    if info.get('dataset') == 'cifar100':
+        trained['labels'] = 'coarse' if len(info.get('classes', ())) == 20 else 'fine'
+    return trained
 
 
 def restored_split(args):

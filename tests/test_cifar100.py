@@ -110,11 +110,22 @@ def test_offline_it_says_what_to_do(unused_url, monkeypatch):
         data_helpers.load_images(dataset='cifar100')
 
 
-def test_cnn_trains_on_cifar100_coarse(tmp_path):
+def test_cnn_trains_on_cifar100_coarse_and_restores_it_on_its_own_data(tmp_path, monkeypatch):
     folder = write_fake_cifar100(str(tmp_path / 'cifar-100-python'))
     run_dir = str(tmp_path / 'runs')
-    cnn.main(cnn.parse_args(['--model', 'small', '--data-dir', folder, '--labels', 'coarse',
-                             '--max-steps', '2', '--batch-size', '8', '--no-plots',
-                             '--train-dir', run_dir, '--precision', 'fp32']))
+    accuracy = cnn.main(cnn.parse_args([
+        '--model', 'small', '--data-dir', folder, '--labels', 'coarse', '--max-steps', '2',
+        '--batch-size', '8', '--no-plots', '--train-dir', run_dir, '--precision', 'fp32']))
     info = run_folders.read_model_info(checkpoints.checkpoint_folder(run_dir))
     assert info['dataset'] == 'cifar100' and len(info['classes']) == 20
+    # --restore alone: CIFAR-100's coarse labels again, from the run's model.json
+    # (it went for CIFAR-10 before)
+    monkeypatch.setenv('CIFAR100_DIR', folder)
+    args = cnn.parse_args(['--restore', run_dir, '--no-plots'])
+    assert (args.dataset, args.labels) == ('cifar100', 'coarse')
+    assert cnn.main(args) == pytest.approx(accuracy, abs=1e-9)
+    # --data-dir of CIFAR-10: 20 classes do not fit in 10 (it scored nonsense before)
+    cifar10 = write_fake_cifar10(str(tmp_path / 'cifar-10-batches-py'))
+    with pytest.raises(DataError, match=re.escape('(logits/weights: [128, 20] in the '
+                                                  'checkpoint, [128, 10] here)')):
+        cnn.main(cnn.parse_args(['--restore', run_dir, '--data-dir', cifar10, '--no-plots']))

@@ -217,6 +217,26 @@ def test_restoring_another_model_is_one_clear_error(tmp_path):
         restored_value(str(tmp_path), name='v')
 
 
+def test_restoring_other_shapes_is_one_clear_error_not_a_silent_reshape(tmp_path):
+    # A resource variable takes any shape assigned to it: without the check a
+    # 3-class run's weights loaded into a 2-class graph, and scored nonsense
+    with tf.Graph().as_default():
+        tf.Variable(np.ones([4, 3], np.float32), name='logits')
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            checkpoints.save_checkpoint(checkpoints.saver(), sess, str(tmp_path), 1)
+    with tf.Graph().as_default():
+        logits = tf.Variable(np.zeros([4, 2], np.float32), name='logits')
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            with pytest.raises(DataError, match=re.escape(
+                    'model.ckpt-1 does not match the model built with --x (logits: [4, 3] in the '
+                    'checkpoint, [4, 2] here): give the options and the data it was trained '
+                    'with')):
+                checkpoints.restore(checkpoints.saver(), sess, str(tmp_path), '--x')
+            assert sess.run(logits).shape == (4, 2)
+
+
 def test_an_unwritable_checkpoint_is_one_clear_error(tmp_path):
     (tmp_path / 'file').write_text('not a folder')
     with tf.Graph().as_default():
