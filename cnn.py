@@ -54,7 +54,7 @@ import reporting  # noqa: E402
 import run_folders  # noqa: E402
 import sessions  # noqa: E402
 import towers  # noqa: E402
-from errors import DataError, error_line, write_file_atomically  # noqa: E402
+from errors import DataError, error_line, short_list, write_file_atomically  # noqa: E402
 
 tf.disable_eager_execution()  # TensorFlow 1 style: build a graph, then run it
 
@@ -545,7 +545,17 @@ def do_eval(sess, ops, images, labels):
 
 
 def restore_and_evaluate(sess, ops, args, data_sets):
-    """Scores the latest checkpoint of --restore on the test set."""
+    """Scores the latest checkpoint of --restore on the test set.
+
+    Raises:
+      DataError: the run learnt other classes than the data's (as many, so
+        that its weights would load: its scores would mean nothing).
+    """
+    trained = run_folders.read_model_info(checkpoints.checkpoint_folder(args.restore))['classes']
+    if trained != data_sets['classes']:
+        raise DataError('%s was trained on the classes %s, and this data has %s: give the data '
+                        'it was trained on' % (args.restore, short_list(trained),
+                                               short_list(data_sets['classes'])))
     checkpoint = checkpoints.restore(ops.saver, sess, args.restore, '--model ' + args.model)
     accuracy = do_eval(sess, ops, data_sets['images_test'], data_sets['labels_test'])['accuracy']
     print('Restored {}\nTest accuracy {:.4f}'.format(checkpoint, accuracy))

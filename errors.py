@@ -7,7 +7,7 @@
 * `write_file_atomically()`, `current_umask()`: a file written through a
   temporary name, so a killed run never leaves half of one.
 * `error_line()`: the one line of an error's message that says what went
-  wrong, for the one-line report.
+  wrong, for the one-line report; `short_list()`: a long list of names in it.
 """
 
 import os
@@ -53,3 +53,10 @@ def error_line(error):
     if ends and ends[0] > 0:
         return lines[ends[0] - 1][:160]
     return (lines[0] if lines else type(error).__name__)[:160]
+
+
+def short_list(names, shown=4):
+    """'a, b, c, d, ... (10 in all)': a list of names short enough for a one-line report."""
+    names = list(names)
+    return ', '.join(names[:shown]) + (', ... (%d in all)' % len(names)
+                                       if len(names) > shown else '')

@@ -46,7 +46,7 @@ from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin,  # noqa: F401
                  PngImagePlugin, WebPImagePlugin)
 
 from downloads import cache_dir, remove_stale
-from errors import DataError
+from errors import DataError, short_list
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
 FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'WEBP')   # JPEG includes cameras' multi-picture MPO
@@ -737,7 +737,8 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
       workers: decoding processes (default: one per core).
       log: prints the one-line notes (skipped files, duplicates, warnings).
       recorded: a run's split.json ({'train': [...], 'test': [...]}, paths
-        relative to root): that split again, pictures added since left out.
+        relative to root, and 'classes'): that split again, pictures added
+        since left out; other classes are an error.
 
     Returns:
       A dict: images_train uint8 [N, size, size, 3], labels_train int64 [N],
@@ -751,6 +752,10 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
     """
     start = time.time()
     classes, listed, notes = list_folder(root)
+    if recorded is not None and recorded.get('classes', classes) != classes:
+        raise DataError('the run was trained on the classes %s, and %s holds %s: give the '
+                        'folder it was trained on' % (short_list(recorded['classes']), root,
+                                                      short_list(classes)))
     entries = listed['train'] + (listed['test'] or [])
     paths = [path for path, _ in entries]
     check_memory(len(paths), image_size, root)

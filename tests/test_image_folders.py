@@ -600,6 +600,13 @@ def test_restoring_a_folder_run_scores_its_own_test_pictures(tmp_path, capsys):
     assert restored == accuracy
     # Without --data-dir: the folder it trained on (not CIFAR-10's download)
     assert cnn.main(cnn.parse_args(['--model', 'small', '--restore', run_dir])) == accuracy
+    # Another folder, of other classes with the same file names: one line, not
+    # 'class ants has no readable training picture'
+    others = class_tree(tmp_path / 'others', {'ants': 10, 'bees': 10, 'owls': 10})
+    with pytest.raises(DataError, match='^the run was trained on the classes cats, dogs, owls, '
+                                        'and %s holds ants, bees, owls: give the folder it was '
+                                        'trained on$' % re.escape(others)):
+        cnn.main(cnn.parse_args(['--data-dir', others, '--restore', run_dir]))
     os.rename(root, root + '-moved')
     with pytest.raises(DataError, match='^%s was trained on the pictures in %s, which is not '
                                         'there now; give their folder with --data-dir$'
