@@ -722,6 +722,17 @@ def check_memory(count, size, root):
                            available / 1e9))
 
 
+def _filed_under_two_classes(digests, labels, rows):
+    """The pictures among `rows` of which another class holds a copy, byte
+    for byte (sorted twice): [(row, a row of that copy)]."""
+    first_of = {}            # digest -> {label: its first row}
+    for row in rows:
+        first_of.setdefault(digests[row], {}).setdefault(labels[row], row)
+    return [(row, next(other for label, other in first_of[digests[row]].items()
+                       if label != labels[row]))
+            for row in rows if len(first_of[digests[row]]) > 1]
+
+
 def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, workers=None,
                 log=print, recorded=None):
     """A folder of class folders as training and test arrays.
@@ -806,6 +817,11 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
               if not np.any(labels[test_rows] == label)]
     if absent:
         log('Warning: no test pictures of %s: their accuracy is not measured' % ', '.join(absent))
+    twice = _filed_under_two_classes(digests, labels, np.flatnonzero(good))
+    if twice:
+        log('Warning: %d pictures have a copy in another class, byte for byte (for example '
+            '%s and %s): the model is taught two labels for one picture' % (len(twice),
+                names[twice[0][0]], names[twice[0][1]]))
     repeated = test_rows[np.isin(digests[test_rows], digests[train_rows])]
     if len(repeated):
         log('Warning: %d test picture%s also in the training set, byte for byte (for example '

@@ -6,6 +6,7 @@ import glob
 import io
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -379,6 +380,21 @@ def test_train_and_test_folders_classes_missing_and_duplicated(tmp_path):
     class_tree(root / 'test', {'bats': 1})
     with pytest.raises(DataError, match='has class folders that .* lacks: bats'):
         load(root)
+
+
+def test_a_picture_filed_under_two_classes_is_a_warning_naming_both(tmp_path):
+    root = class_tree(tmp_path / 'pictures', {'cats': 3, 'dogs': 3})
+    lines = []
+    load(root, lines)
+    assert not [line for line in lines if 'another class' in line]
+    shutil.copy(os.path.join(root, 'cats', '001.png'), os.path.join(root, 'dogs', 'x.png'))
+    shutil.copy(os.path.join(root, 'cats', '001.png'), os.path.join(root, 'dogs', 'y.png'))
+    lines = []
+    load(root, lines)
+    # cats/001.png and its two copies in dogs/: three pictures, each with a copy elsewhere
+    assert ('Warning: 3 pictures have a copy in another class, byte for byte (for example %s '
+            'and %s): the model is taught two labels for one picture'
+            % (os.path.join('cats', '001.png'), os.path.join('dogs', 'x.png'))) in lines
 
 
 def test_train_and_val_a_third_folder_and_a_test_folder_of_loose_pictures(tmp_path):
