@@ -54,7 +54,7 @@ MAX_PICTURE_BYTES = 64 << 20          # a larger file is refused, not read
 MAX_PICTURE_PIXELS = 20000 * 20000    # more is a decompression bomb (1.2 GB as RGB)
 MAX_FAILED_FRACTION = 0.01            # more pictures than this failing stops the run
 BYTES_PER_PIXEL_TO_TRAIN = 9          # uint8 pixels + cnn.py's float32 copy + the graph's
-CACHE_VERSION = 2                     # bump when prepare_picture() changes its pixels
+CACHE_VERSION = 3                     # bump when prepare_picture()'s pixels or messages change
 
 Image.MAX_IMAGE_PIXELS = None         # checked here, with a message that says why
 
