@@ -21,11 +21,13 @@ models), cut to their central square when the run was trained so (`--crop`,
 default: the run's), resized to the model's input with antialiasing, then
 normalised as in training. For MNIST models a dark digit on a light
 background (a photo of paper) is inverted to the light-on-dark of the
-training images.
+training images. Pictures are read and classified 256 at a time, each
+batch's lines printed as it is done (`--json` prints the list at the end).
 """
 
 import argparse
 import collections
+import itertools
 import json
 import os
 import sys
@@ -239,57 +241,80 @@ def pictures_named(path):
     return found
 
 
-def read_pictures(args, info, reader):
-    """The pictures named on the command line and the --test-index images.
+def read_pictures(args, reader, failed):
+    """The pictures named on the command line, read one at a time (a folder
+    of thousands of photos is classified as it is read, not held whole).
 
-    Returns:
-      (items: a list of (name, true class or None, pixels),
-       how many could not be read; each was reported in one line).
+    Args:
+      failed: a list that gets the line of each picture that cannot be read,
+        reported on stderr as it happens.
+
+    Yields:
+      (name, None (no true class), pixels).
     """
-    items, failures = [], 0
-
     def report(error):
-        print('predict.py: error: %s' % error, file=sys.stderr)
-        return 1
+        print('predict.py: error: %s' % error, file=sys.stderr, flush=True)
+        failed.append(str(error))
 
     for given in args.images:
         try:
             paths = pictures_named(given)
         except DataError as e:
-            failures += report(e)
+            report(e)
             continue
         for path in paths:
             try:
-                items.append((path, None, reader.read(path)))
+                yield path, None, reader.read(path)
             except DataError as e:
-                failures += report(e)
-
-    if args.test_index:
-        if info['dataset'] != 'cifar10':
-            raise DataError('--test-index needs a CIFAR-10 model; this one was trained on %s'
-                            % {'mnist': 'MNIST', 'other': 'other classes'}.get(
-                                info['dataset'], info['dataset']))
-        images_test, labels_test = data_helpers.load_test_batch(args.data_dir)
-        for index in args.test_index:
-            if not 0 <= index < len(images_test):
-                failures += report('--test-index %d is outside 0..%d'
-                                   % (index, len(images_test) - 1))
-                continue
-            pixels = data_helpers.to_nhwc(images_test[index:index + 1])[0].astype(np.float32)
-            items.append(('test image %d' % index, info['classes'][labels_test[index]],
-                          pixels))
-    return items, failures
+                report(e)
 
 
-def print_results(results, as_json):
-    if as_json:
-        print(json.dumps(results, indent=1))
-        return
-    for result in results:
-        labels = ', '.join('%s %.3f' % (entry['class'], entry['probability'])
-                           for entry in result['top'])
-        truth = ' (true: %s)' % result['true'] if result['true'] else ''
-        print('%s%s: %s' % (result['image'], truth, labels))
+def test_set_images(args, info, failed):
+    """The --test-index images of the CIFAR-10 test set, with their true class.
+
+    Returns:
+      A list of (name, true class, pixels); an index outside the set is
+      reported and added to `failed`.
+
+    Raises:
+      DataError: the model is not a CIFAR-10 model, or CIFAR-10 is not found.
+    """
+    if not args.test_index:
+        return []
+    if info['dataset'] != 'cifar10':
+        raise DataError('--test-index needs a CIFAR-10 model; this one was trained on %s'
+                        % {'mnist': 'MNIST', 'other': 'other classes'}.get(
+                            info['dataset'], info['dataset']))
+    images_test, labels_test = data_helpers.load_test_batch(args.data_dir)
+    items = []
+    for index in args.test_index:
+        if not 0 <= index < len(images_test):
+            error = '--test-index %d is outside 0..%d' % (index, len(images_test) - 1)
+            print('predict.py: error: %s' % error, file=sys.stderr)
+            failed.append(error)
+            continue
+        pixels = data_helpers.to_nhwc(images_test[index:index + 1])[0].astype(np.float32)
+        items.append(('test image %d' % index, info['classes'][labels_test[index]], pixels))
+    return items
+
+
+def in_batches(items, size):
+    """Lists of up to `size` items, from any iterable."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def print_result(result):
+    labels = ', '.join('%s %.3f' % (entry['class'], entry['probability'])
+                       for entry in result['top'])
+    truth = ' (true: %s)' % result['true'] if result['true'] else ''
+    print('%s%s: %s' % (result['image'], truth, labels))
 
 
 BATCH = 256       # pictures per run of the model
@@ -300,34 +325,39 @@ def main(args):
     session, info, input_tensor, output_tensor = load_model(args.run_dir)
     reader = ImageReader(info['image_size'], info['channels'],
                          args.crop or info.get('crop', 'none'))
+    failed, results, plotted = [], [], []
     try:
-        items, failures = read_pictures(args, info, reader)
-        results = []
-        if items:
-            inputs = model_inputs(np.stack([item[2] for item in items]), info)
-            # (in batches: a folder may hold thousands of pictures)
-            probabilities = np.concatenate([
-                session.run(output_tensor, {input_tensor: inputs[start:start + BATCH]})
-                for start in range(0, len(inputs), BATCH)])
-            for (name, truth, _), row in zip(items, probabilities):
+        test_images = test_set_images(args, info, failed)     # (its errors before any work)
+        pictures = itertools.chain(read_pictures(args, reader, failed), test_images)
+        # BATCH pictures at a time through the model, each batch's results
+        # printed as it is done: a folder of thousands of photos takes minutes
+        for batch in in_batches(pictures, BATCH):
+            inputs = model_inputs(np.stack([pixels for _, _, pixels in batch]), info)
+            probabilities = session.run(output_tensor, {input_tensor: inputs})
+            for (name, truth, pixels), row in zip(batch, probabilities):
                 top = np.argsort(-row)[:args.top_k]
                 results.append({'image': name, 'true': truth, 'top': [
                     {'class': info['classes'][i], 'probability': float(row[i])} for i in top]})
+                if not args.json:
+                    print_result(results[-1])
+                if args.plot and len(plotted) < PLOTTED:
+                    plotted.append(pixels)
+            sys.stdout.flush()
     finally:
         session.close()
 
-    print_results(results, args.json)
+    if args.json:
+        print(json.dumps(results, indent=1))
     if args.plot and results:
         import reporting
         if len(results) > PLOTTED:
             print('--plot: the first %d of the %d pictures' % (PLOTTED, len(results)),
                   file=sys.stderr)
-        pictures = np.stack([item[2] for item in items[:PLOTTED]]) / 255
         titles = [('True: %s\n' % r['true'] if r['true'] else '') + 'Predict: %s %.2f'
                   % (r['top'][0]['class'], r['top'][0]['probability'])
                   for r in results[:PLOTTED]]
-        reporting.plot_images(pictures, titles, args.plot)
-    return 1 if failures else 0
+        reporting.plot_images(np.stack(plotted) / 255, titles, args.plot)
+    return 1 if failed else 0
 
 
 if __name__ == '__main__':

@@ -215,6 +215,21 @@ def test_many_pictures_go_in_batches_and_the_plot_takes_the_first(runs, pictures
                                    [e['probability'] for e in other['top']], atol=1e-6)
 
 
+def test_results_are_printed_batch_by_batch_as_the_pictures_are_read(runs, pictures, capsys,
+                                                                      monkeypatch):
+    # (a folder of thousands of photos printed nothing for minutes, and held them all)
+    events = []
+    read, print_result = predict.ImageReader.read, predict.print_result
+    monkeypatch.setattr(predict.ImageReader, 'read',
+                        lambda self, path: events.append('read') or read(self, path))
+    monkeypatch.setattr(predict, 'print_result',
+                        lambda result: events.append('printed') or print_result(result))
+    monkeypatch.setattr(predict, 'BATCH', 2)         # 5 pictures: batches of 2, 2 and 1
+    status, out, _ = predict_main(capsys, runs['cnn'], pictures)
+    assert status == 0 and len(out.splitlines()) == 5
+    assert events == ['read', 'read', 'printed', 'printed'] * 2 + ['read', 'printed']
+
+
 # --- run folders that were moved, copied, damaged or are still being written --
 
 @pytest.fixture(scope='module')
