@@ -222,10 +222,19 @@ class _OtherShapes(Exception):
 
 
 def _check_shapes(graph, prefix):
-    """Raises _OtherShapes naming the first variable whose shape differs
-    between the graph and the checkpoint. (Restoring does not check: a
-    resource variable takes whatever shape is assigned, so a 20-class run's
-    weights would load into a 10-class graph and score nonsense.)"""
+    """Checks that the checkpoint's variables fit the graph's. (Restoring
+    does not: a resource variable takes whatever shape is assigned, so a
+    20-class run's weights would load into a 10-class graph and score
+    nonsense.)
+
+    Args:
+      graph: the graph the checkpoint is to be restored into.
+      prefix: the checkpoint.
+
+    Raises:
+      _OtherShapes: naming the first variable whose shape differs (a
+        variable only one of them has is the saver's to report).
+    """
     try:
         stored = dict(tf.train.list_variables(prefix))
     except Exception:        # damaged: restoring says so, and older ones are tried

@@ -91,9 +91,9 @@ def add_dataset_flags(parser):
                         help='which data set to find or download when --data-dir does not '
                              'name one (default: cifar10); a --data-dir of CIFAR-100 or of '
                              'your own pictures is recognised by itself')
-    parser.add_argument('--labels', choices=['fine', 'coarse'], default='fine',
+    parser.add_argument('--labels', choices=['fine', 'coarse'], default=None,
                         help="CIFAR-100's 100 fine classes or 20 coarse superclasses "
-                             "(default: fine)")
+                             "(default: fine)")    # (None: cnn.py --restore takes the run's)
     parser.add_argument('--image-size', type=_image_size, default=32, metavar='PIXELS',
                         help='with a --data-dir of your own pictures: the side every '
                              'picture is resized to (default: 32, as CIFAR-10; 64 and 96 '
@@ -187,6 +187,8 @@ def check_batch_size(batch_size, train_count, held_out=0):
     """Raises DataError when a batch would not fit in the training set.
 
     Args:
+      batch_size: images per step (--batch-size).
+      train_count: images the steps draw from.
       held_out: images the script set aside for validation, named in the
         message (else a folder's "120 training" pictures become "96").
     """

@@ -362,7 +362,11 @@ def parse_args(argv=None):
         parser.error('argument --restore: %s holds a %s.py run: restore it with %s.py '
                      '(predict.py and export.py read any run)' % (args.restore, script, script))
     args.model = args.model or trained.get('model', 'augmented')
-    if 'labels' in trained and not args.data_dir:    # a CIFAR-100 run: scored on CIFAR-100
+    if 'labels' in trained and (not args.data_dir or data_helpers.is_cifar100_folder(
+            args.data_dir)):        # a CIFAR-100 run on CIFAR-100: with its labels
+        if args.labels not in (None, trained['labels']):
+            parser.error('argument --labels: %s was trained on the %s labels'
+                         % (args.restore, trained['labels']))
         args.dataset, args.labels = 'cifar100', trained['labels']
     defaults = MODELS[args.model]
     if args.epochs is None and args.max_steps is None:

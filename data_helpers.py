@@ -129,6 +129,12 @@ def is_picture_folder(data_dir):
                and not image_folders.is_hidden(entry.name) for entry in os.scandir(data_dir))
 
 
+def is_cifar100_folder(data_dir):
+    """Whether --data-dir names CIFAR-100's python version (or a folder holding it)."""
+    return bool(data_dir) and os.path.isdir(data_dir) and bool(_batches_folder(data_dir,
+                                                                                'cifar100'))
+
+
 def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, seed=None,
                 dataset='cifar10', labels='fine', recorded=None):
     """The training and test images of cnn.py and fast_cnn.py, as uint8 pixels.
@@ -139,9 +145,11 @@ def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, see
         pictures per class, or train/ and test/ each holding them).
       image_size, crop, test_split, seed: how a folder's pictures are
         prepared and split (`image_folders.load_folder`); CIFAR is 32x32.
-      dataset: 'cifar100' finds (or downloads) CIFAR-100 where no data_dir
-        says otherwise; a data_dir holding CIFAR-100 is read as such anyway.
-      labels: CIFAR-100's 'fine' (100) or 'coarse' (20) classes.
+      dataset: 'cifar100' finds (or downloads) CIFAR-100 where there is no
+        data_dir; a data_dir holding CIFAR-100 is read as such anyway, one
+        holding other data with 'cifar100' is an error.
+      labels: CIFAR-100's 'fine' (100) or 'coarse' (20) classes (None:
+        fine); 'coarse' for other data is an error.
       recorded: a folder run's split.json, to score a run on its own test
         pictures again (`image_folders.load_folder`).
 
@@ -153,12 +161,14 @@ def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, see
       split (which picture went where: `split_record`).
 
     Raises:
-      DataError: the data is missing or unusable, or --image-size is not 32
-        for CIFAR-10.
+      DataError: the data is missing or unusable, other than dataset or
+        labels say, or --image-size is not 32 for CIFAR.
     """
     holds = dataset             # what --data-dir holds: 'cifar10', 'cifar100' or 'folder'
-    if data_dir and os.path.isdir(data_dir):
-        holds = ('cifar100' if _batches_folder(data_dir, 'cifar100') else
+    if data_dir and not os.path.isdir(data_dir):
+        find_cifar10(data_dir, download=False, dataset=dataset)   # says: gone, or a file
+    if data_dir:
+        holds = ('cifar100' if is_cifar100_folder(data_dir) else
                  'cifar10' if _batches_folder(data_dir) else
                  'folder' if is_picture_folder(data_dir) else None)
         if holds is None:
@@ -171,6 +181,7 @@ def load_images(data_dir=None, image_size=32, crop='center', test_split=0.2, see
             raise DataError('--dataset cifar100, but --data-dir %s holds %s; point it at '
                             'cifar-100-python, or leave out one of the two'
                             % (data_dir, 'CIFAR-10' if holds == 'cifar10' else 'your own pictures'))
+    labels = labels or 'fine'
     if labels == 'coarse' and holds != 'cifar100':
         raise DataError("--labels coarse: only CIFAR-100 has coarse classes (this is %s)"
                         % ('CIFAR-10' if holds == 'cifar10' else 'a folder of your own pictures'))

@@ -56,7 +56,16 @@ def error_line(error):
 
 
 def short_list(names, shown=4):
-    """'a, b, c, d, ... (10 in all)': a list of names short enough for a one-line report."""
+    """A list of names short enough for a one-line report.
+
+    Args:
+      names: the names, in their order.
+      shown: how many to name.
+
+    Returns:
+      'a, b, c, d, ... (10 in all)', or all of them when there are no more
+      than `shown`.
+    """
     names = list(names)
     return ', '.join(names[:shown]) + (', ... (%d in all)' % len(names)
                                        if len(names) > shown else '')

@@ -54,7 +54,7 @@ MAX_PICTURE_BYTES = 64 << 20          # a larger file is refused, not read
 MAX_PICTURE_PIXELS = 20000 * 20000    # more is a decompression bomb (1.2 GB as RGB)
 MAX_FAILED_FRACTION = 0.01            # more pictures than this failing stops the run
 BYTES_PER_PIXEL_TO_TRAIN = 9          # uint8 pixels + cnn.py's float32 copy + the graph's
-CACHE_VERSION = 3                     # bump when prepare_picture()'s pixels or messages change
+CACHE_VERSION = 2                     # bump when prepare_picture() changes its pixels
 
 Image.MAX_IMAGE_PIXELS = None         # checked here, with a message that says why
 
@@ -723,14 +723,52 @@ def check_memory(count, size, root):
 
 
 def _filed_under_two_classes(digests, labels, rows):
-    """The pictures among `rows` of which another class holds a copy, byte
-    for byte (sorted twice): [(row, a row of that copy)]."""
+    """The pictures of which another class holds a copy, byte for byte (a
+    picture put in two class folders).
+
+    Args:
+      digests: each picture's digest of its bytes.
+      labels: each picture's class.
+      rows: the pictures to compare (the readable ones).
+
+    Returns:
+      [(row, the first row of a copy in another class)], in the order of rows.
+    """
     first_of = {}            # digest -> {label: its first row}
     for row in rows:
         first_of.setdefault(digests[row], {}).setdefault(labels[row], row)
     return [(row, next(other for label, other in first_of[digests[row]].items()
                        if label != labels[row]))
             for row in rows if len(first_of[digests[row]]) > 1]
+
+
+def _the_run_classes(classes, listed, trained, root, log):
+    """A run's classes in a folder that has gained class folders since.
+
+    Args:
+      classes, listed: what `list_folder` found now.
+      trained: the classes the run learnt, in its order.
+
+    Returns:
+      (trained, listed with the pictures of the added classes left out and
+      the others numbered as the run numbered them).
+
+    Raises:
+      DataError: a class the run learnt is no longer there.
+    """
+    gone = [name for name in trained if name not in classes]
+    if gone:
+        raise DataError('the run was trained on the classes %s, and %s holds %s: give the '
+                        'folder it was trained on' % (short_list(trained), root,
+                                                      short_list(classes)))
+    added = [name for name in classes if name not in trained]
+    log('Left out the class folder%s added since the run: %s'
+        % ('s' * (len(added) > 1), short_list(added)))
+    number = [trained.index(name) if name in trained else None for name in classes]
+    return trained, {part: None if entries is None else
+                     [(path, number[label]) for path, label in entries
+                      if number[label] is not None]
+                     for part, entries in listed.items()}
 
 
 def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, workers=None,
@@ -764,9 +802,7 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
     start = time.time()
     classes, listed, notes = list_folder(root)
     if recorded is not None and recorded.get('classes', classes) != classes:
-        raise DataError('the run was trained on the classes %s, and %s holds %s: give the '
-                        'folder it was trained on' % (short_list(recorded['classes']), root,
-                                                      short_list(classes)))
+        classes, listed = _the_run_classes(classes, listed, recorded['classes'], root, log)
     entries = listed['train'] + (listed['test'] or [])
     paths = [path for path, _ in entries]
     check_memory(len(paths), image_size, root)

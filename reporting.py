@@ -44,8 +44,9 @@ def per_class_scores(labels, predictions, classes):
 
 def display_width(text):
     """Columns `text` takes in a terminal: a Chinese or Japanese character (a
-    class folder's name may be one) takes two, a combining accent none."""
-    return sum(0 if unicodedata.combining(c) else
+    class folder's name may be one) takes two; a combining accent, a vowel
+    sign written over a letter or a zero-width character none."""
+    return sum(0 if unicodedata.category(c) in ('Mn', 'Me', 'Cf') else
                2 if unicodedata.east_asian_width(c) in 'WF' else 1 for c in text)
 
 

@@ -261,7 +261,8 @@ def do_eval(sess, ops, data_sets):
 
 def restore_and_evaluate(sess, ops, args, data_sets):
     """The original's restore_model.py: the latest checkpoint, scored on the test set."""
-    checkpoint = checkpoints.restore(ops.saver, sess, args.train_dir, '--preset ' + args.preset)
+    checkpoint = checkpoints.restore(ops.saver, sess, args.train_dir, '--preset %s --hidden %s'
+                                     % (args.preset, ' '.join(map(str, args.hidden))))
     print('Restored {}'.format(checkpoint))
     test_accuracy = do_eval(sess, ops, data_sets)['accuracy']
     print('Test accuracy {:g}'.format(test_accuracy))

@@ -4,7 +4,6 @@ through the restricted unpickler, fine or coarse labels, trained on by cnn.py.""
 import hashlib
 import os
 import pickle
-
 import re
 
 import numpy as np
@@ -58,6 +57,9 @@ def test_a_data_dir_that_contradicts_dataset_or_labels_is_one_line(tmp_path):
         with pytest.raises(DataError, match=r'^--labels coarse: only CIFAR-100 has coarse '
                                             r'classes \(this is %s\)$' % what):
             data_helpers.load_images(folder, labels='coarse')
+    # a mistyped --data-dir says so, whatever the other flags
+    with pytest.raises(DataError, match='^--data-dir .*nowhere does not exist'):
+        data_helpers.load_images(str(tmp_path / 'nowhere'), labels='coarse')
 
 
 def test_a_damaged_or_hostile_file_is_refused_in_one_line(tmp_path):
@@ -124,6 +126,12 @@ def test_cnn_trains_on_cifar100_coarse_and_restores_it_on_its_own_data(tmp_path,
     args = cnn.parse_args(['--restore', run_dir, '--no-plots'])
     assert (args.dataset, args.labels) == ('cifar100', 'coarse')
     assert cnn.main(args) == pytest.approx(accuracy, abs=1e-9)
+    # with its --data-dir the labels are the run's too; other labels are refused
+    assert cnn.main(cnn.parse_args(['--restore', run_dir, '--data-dir', folder,
+                                    '--no-plots'])) == pytest.approx(accuracy, abs=1e-9)
+    with pytest.raises(SystemExit) as exit_info:
+        cnn.parse_args(['--restore', run_dir, '--labels', 'fine'])
+    assert exit_info.value.code == 2
     # --data-dir of CIFAR-10: other classes (its 20 weights loaded into 10 before,
     # and scored nonsense)
     cifar10 = write_fake_cifar10(str(tmp_path / 'cifar-10-batches-py'))

@@ -616,6 +616,12 @@ def test_restoring_a_folder_run_scores_its_own_test_pictures(tmp_path, capsys):
     assert restored == accuracy
     # Without --data-dir: the folder it trained on (not CIFAR-10's download)
     assert cnn.main(cnn.parse_args(['--model', 'small', '--restore', run_dir])) == accuracy
+    # A class folder added since, sorted first: left out, the others keep their
+    # numbers (the scores are the run's own)
+    class_tree(tmp_path / 'pictures', {'ants': 4})
+    capsys.readouterr()
+    assert cnn.main(cnn.parse_args(['--restore', run_dir])) == accuracy
+    assert 'Left out the class folder added since the run: ants\n' in capsys.readouterr().out
     # Another folder, of other classes with the same file names: one line, not
     # 'class ants has no readable training picture'
     others = class_tree(tmp_path / 'others', {'ants': 10, 'bees': 10, 'owls': 10})
