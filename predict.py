@@ -252,21 +252,24 @@ def read_pictures(args, reader, failed):
     Yields:
       (name, None (no true class), pixels).
     """
-    def report(error):
-        print('predict.py: error: %s' % error, file=sys.stderr, flush=True)
-        failed.append(str(error))
-
     for given in args.images:
         try:
             paths = pictures_named(given)
         except DataError as e:
-            report(e)
+            report_failure(e, failed)
             continue
         for path in paths:
             try:
                 yield path, None, reader.read(path)
             except DataError as e:
-                report(e)
+                report_failure(e, failed)
+
+
+def report_failure(error, failed):
+    """One line on stderr for a picture or index that cannot be used; the
+    run goes on with the others (and exits with status 1)."""
+    print('predict.py: error: %s' % error, file=sys.stderr, flush=True)
+    failed.append(str(error))
 
 
 def test_set_images(args, info, failed):
@@ -289,9 +292,8 @@ def test_set_images(args, info, failed):
     items = []
     for index in args.test_index:
         if not 0 <= index < len(images_test):
-            error = '--test-index %d is outside 0..%d' % (index, len(images_test) - 1)
-            print('predict.py: error: %s' % error, file=sys.stderr)
-            failed.append(error)
+            report_failure('--test-index %d is outside 0..%d' % (index, len(images_test) - 1),
+                           failed)
             continue
         pixels = data_helpers.to_nhwc(images_test[index:index + 1])[0].astype(np.float32)
         items.append(('test image %d' % index, info['classes'][labels_test[index]], pixels))

@@ -145,6 +145,15 @@ def test_corrupt_file_is_reported_and_the_others_still_classified(runs, pictures
     assert any('missing.png: cannot read' in line for line in lines)
 
 
+def test_a_test_index_outside_the_set_is_one_line_and_the_others_are_classified(runs, capsys):
+    status, out, err = predict_main(capsys, runs['cnn'], '--test-index', '99999', '--test-index',
+                                    '2', '--data-dir', runs['cifar'])
+    size = len(data_helpers.load_test_batch(runs['cifar'])[1])
+    assert status == 1
+    assert err == 'predict.py: error: --test-index 99999 is outside 0..%d\n' % (size - 1)
+    assert out.startswith('test image 2 (true: ') and len(out.splitlines()) == 1
+
+
 def test_pictures_anywhere_below_a_folder_options_anywhere_an_empty_folder_one_line(
         runs, pictures, tmp_path, capsys):
     # As training reads a class folder: pictures in folders below it too
