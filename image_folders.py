@@ -452,6 +452,13 @@ def _commit_cache(base, pixels_path, keys, digests, errors):
     return final
 
 
+def usable_cores():
+    """The cores this process may run on (a container's or taskset's share)."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _decode_one(path, size, crop):
     """(pixels or None, digest of the file's bytes, error line or '')."""
     try:
@@ -658,8 +665,7 @@ def decode_all(paths, size, crop, root, workers=None, log=print, names=None):
         if hits:
             pixels[rows] = cached_pixels[sources]
         check_budget()          # the cache's own failures count too
-        workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-                              else os.cpu_count() or 1)
+        workers = workers or usable_cores()
         workers = min(workers, max(1, len(missing) // 50))   # a few pictures: no processes
         try:
             if workers > 1:

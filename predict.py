@@ -21,12 +21,14 @@ models), cut to their central square when the run was trained so (`--crop`,
 default: the run's), resized to the model's input with antialiasing, then
 normalised as in training. For MNIST models a dark digit on a light
 background (a photo of paper) is inverted to the light-on-dark of the
-training images. Pictures are read and classified 256 at a time, each
-batch's lines printed as it is done (`--json` prints the list at the end).
+training images. Pictures are decoded in one thread per core and
+classified 256 at a time, each batch's lines printed as it is done
+(`--json` prints the list at the end).
 """
 
 import argparse
 import collections
+import concurrent.futures
 import itertools
 import json
 import os
@@ -242,27 +244,50 @@ def pictures_named(path):
 
 
 def read_pictures(args, reader, failed):
-    """The pictures named on the command line, read one at a time (a folder
-    of thousands of photos is classified as it is read, not held whole).
+    """The pictures named on the command line, in their order, decoded in
+    one thread per core (Pillow lets go of Python's lock while it decodes
+    and resizes) and handed on as they come (a folder of thousands of
+    photos is classified as it is read, not held whole).
 
     Args:
       failed: a list that gets the line of each picture that cannot be read,
-        reported on stderr as it happens.
+        reported on stderr as its turn comes.
 
     Yields:
       (name, None (no true class), pixels).
     """
+    def read(path):
+        try:
+            return reader.read(path), None
+        except DataError as e:
+            return None, e
+
+    listed = []             # a path, or the error of a folder that cannot be used
     for given in args.images:
         try:
-            paths = pictures_named(given)
+            listed += pictures_named(given)
         except DataError as e:
-            report_failure(e, failed)
-            continue
-        for path in paths:
-            try:
-                yield path, None, reader.read(path)
-            except DataError as e:
-                report_failure(e, failed)
+            listed.append(e)
+    def handed_on(item, decoding):
+        pixels, error = decoding.result() if decoding else (None, item)
+        if error:
+            report_failure(error, failed)
+        else:
+            yield item, None, pixels
+
+    # At most READ_AHEAD pictures decoded ahead of the one handed on, so
+    # that the model's batches and the decoding overlap, in bounded memory
+    pool = concurrent.futures.ThreadPoolExecutor(image_folders.usable_cores())
+    try:
+        ahead = collections.deque()
+        for item in listed:
+            ahead.append((item, None if isinstance(item, DataError) else pool.submit(read, item)))
+            if len(ahead) > READ_AHEAD:
+                yield from handed_on(*ahead.popleft())
+        while ahead:
+            yield from handed_on(*ahead.popleft())
+    finally:
+        pool.shutdown(cancel_futures=True)     # (Ctrl-C: only the pictures begun are finished)
 
 
 def report_failure(error, failed):
@@ -320,6 +345,7 @@ def print_result(result):
 
 
 BATCH = 256       # pictures per run of the model
+READ_AHEAD = 256  # pictures decoded ahead of the model at most
 PLOTTED = 100     # pictures drawn at most by --plot (20 rows of 5)
 
 
