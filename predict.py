@@ -262,26 +262,29 @@ def read_pictures(args, reader, failed):
         except DataError as e:
             return None, e
 
-    listed = []             # a path, or the error of a folder that cannot be used
+    # The files in the order given (a folder: the pictures below it), each
+    # with its decoding begun, or with the error of a folder that cannot be used
+    listed = []
     for given in args.images:
         try:
-            listed += pictures_named(given)
+            listed += [(path, None) for path in pictures_named(given)]
         except DataError as e:
-            listed.append(e)
-    def handed_on(item, decoding):
-        pixels, error = decoding.result() if decoding else (None, item)
+            listed.append((given, e))
+
+    def handed_on(path, error, decoding):
+        pixels, error = decoding.result() if decoding else (None, error)
         if error:
             report_failure(error, failed)
         else:
-            yield item, None, pixels
+            yield path, None, pixels
 
     # At most READ_AHEAD pictures decoded ahead of the one handed on, so
     # that the model's batches and the decoding overlap, in bounded memory
     pool = concurrent.futures.ThreadPoolExecutor(image_folders.usable_cores())
     try:
         ahead = collections.deque()
-        for item in listed:
-            ahead.append((item, None if isinstance(item, DataError) else pool.submit(read, item)))
+        for path, error in listed:
+            ahead.append((path, error, None if error else pool.submit(read, path)))
             if len(ahead) > READ_AHEAD:
                 yield from handed_on(*ahead.popleft())
         while ahead:
