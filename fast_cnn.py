@@ -141,6 +141,7 @@ CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10       # CIFAR-10's; a folder's may differ
 WHITEN_PATCH, WHITEN_SAMPLES = 2, 5000
 PROGRESS_IMAGES = 2000      # test images scored after each epoch, for progress only
+MIN_STEPS_PER_EPOCH = 8     # below, a small folder's batch is made smaller than the recipe's
 MAX_EPOCHS = 1000
 MAX_STEPS = 10_000_000
 
@@ -728,6 +729,7 @@ def parse_args(argv=None):
     cli.add_num_devices_flag(parser)
     args = parser.parse_args(argv)
     hyp = RECIPES[args.recipe]
+    args.recipe_batch = args.batch_size is None     # (main fits it to a small folder)
     for flag, key in (('epochs', 'epochs'), ('batch_size', 'batch_size'), ('tta', 'tta_level')):
         if getattr(args, flag) is None:
             setattr(args, flag, hyp[key])
@@ -735,6 +737,19 @@ def parse_args(argv=None):
     if args.epochs > MAX_EPOCHS:    # the schedule holds one number per step
         parser.error('argument --epochs: at most %d, not %g' % (MAX_EPOCHS, args.epochs))
     return args
+
+
+def fitted_batch_size(args, train_count):
+    """The recipe's batch size, or, for a training set that would make fewer
+    than MIN_STEPS_PER_EPOCH steps of it an epoch (a folder of a few hundred
+    pictures), the largest power of two that makes that many (at least 16,
+    at most the set, a multiple of --num-devices); a --batch-size given is
+    kept (and checked by main)."""
+    if not args.recipe_batch or train_count // args.batch_size >= MIN_STEPS_PER_EPOCH:
+        return args.batch_size
+    batch = 2 ** max(4, int(math.log2(max(1, train_count // MIN_STEPS_PER_EPOCH))))
+    batch = min(batch, train_count)
+    return max(batch - batch % args.num_devices, args.num_devices)
 
 
 def count_steps(args, train_count):
@@ -926,11 +941,14 @@ def do_eval(sess, ops, predictions, images, labels):
                             labels)['accuracy']
 
 
-def print_progress(history, images_per_second):
-    """The epoch's line: training loss and accuracy, progress on the test set."""
-    print('epoch {epoch:5.2f}  loss {loss:.4f}  train acc {accuracy:.4f}  test acc (first {n}) '
+def print_progress(history, images_per_second, test_count):
+    """The epoch's line: training loss and accuracy, progress on the test
+    set (its first PROGRESS_IMAGES of `test_count`)."""
+    scored = ('test acc (first %d)' % PROGRESS_IMAGES if test_count > PROGRESS_IMAGES
+              else 'test acc')
+    print('epoch {epoch:5.2f}  loss {loss:.4f}  train acc {accuracy:.4f}  {scored} '
           '{progress_accuracy:.4f}  {speed:4.0f} images/s  {elapsed:6.1f}s'.format(
-              n=PROGRESS_IMAGES, speed=images_per_second, **history.last()), flush=True)
+              scored=scored, speed=images_per_second, **history.last()), flush=True)
 
 
 def save_run(sess, ops, run_dir, state, history, result):
@@ -953,6 +971,13 @@ def main(args):
     test_images, test_labels = data.test_images, data.test_labels
     train_count = len(data.train_labels)
     size, classes = test_images.shape[1], data.data_sets['classes']
+    batch_size = fitted_batch_size(args, train_count)
+    if batch_size != args.batch_size:
+        print('Batches of {} (the recipe\'s {} would make {} step{} an epoch of the {} training '
+              'pictures; --batch-size sets it)'.format(
+                  batch_size, args.batch_size, train_count // args.batch_size,
+                  's' * (train_count // args.batch_size != 1), format(train_count, ',')))
+        args.batch_size = batch_size
     cli.check_batch_size(args.batch_size, train_count)
     steps_per_epoch, total_steps = count_steps(args, train_count)
 
@@ -996,7 +1021,8 @@ def main(args):
                                                      test_images[:PROGRESS_IMAGES],
                                                      test_labels[:PROGRESS_IMAGES]),
                            elapsed=time.time() - begin_time)
-            print_progress(history, state.step * args.batch_size / (time.time() - train_start))
+            print_progress(history, state.step * args.batch_size / (time.time() - train_start),
+                           len(test_labels))
 
         # Leave the averaged weights in the network, then score the test set
         if ops.average_update is not None:

@@ -4,6 +4,7 @@ cache, the workers, and each kind of bad input with its one line."""
 
 import glob
 import io
+import json
 import os
 import re
 import shutil
@@ -568,15 +569,22 @@ def test_progress_is_shown_on_a_terminal():
 # Train, predict and export on a folder
 # -----------------------------------------------------------------------------
 
-def test_fast_cnn_trains_on_a_folder_at_64_pixels_with_its_own_statistics(tmp_path,
+def test_fast_cnn_trains_on_a_folder_at_64_pixels_with_its_own_statistics(tmp_path, capsys,
                                                                           narrow_fast_cnn):
     root = class_tree(tmp_path / 'pictures', {'cats': 12, 'dogs': 12, 'owls': 12},
                       size=(80, 60))
     run_dir = str(tmp_path / 'runs')
+    # No --batch-size: the recipe's 2000 is more than the 30 training pictures
+    # (it stopped, saying so); batches of 16 instead, said so
     fast_cnn.main(fast_cnn.parse_args(['--data-dir', root, '--image-size', '64', '--epochs',
-                                       '1', '--batch-size', '8', '--train-dir', run_dir,
-                                       '--precision', 'fp32', '--seed', '0']))
+                                       '1', '--train-dir', run_dir, '--precision', 'fp32',
+                                       '--seed', '0']))
+    out = capsys.readouterr().out
+    assert ("Batches of 16 (the recipe's 2000 would make 0 steps an epoch of the 30 training "
+            "pictures; --batch-size sets it)\n") in out
+    assert re.search(r'^epoch  1\.00  loss .* test acc [01]\.\d{4} ', out, re.M)
     folder = checkpoints.checkpoint_folder(run_dir)
+    assert json.load(open(os.path.join(folder, 'result.json')))['batch_size'] == 16
     info = run_folders.read_model_info(folder)
     assert info['image_size'] == 64 and info['classes'] == ['cats', 'dogs', 'owls']
     train = load(root, image_size=64, seed=0)['images_train']
