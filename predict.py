@@ -73,6 +73,13 @@ def parse_args(argv=None):
                         help='where CIFAR-10 is, for --test-index')
     # (options anywhere: `predict.py RUN --top-k 5 cat.png` works too)
     args = parser.parse_intermixed_args(argv)
+    if os.path.isfile(args.run_dir):
+        if args.run_dir.lower().endswith(image_folders.EXTENSIONS):
+            parser.error('the first argument is the run folder (predict.py RUN_DIR PICTURE...): '
+                         '%s is a picture' % args.run_dir)
+        parser.error('argument run_dir: %s is a file; give the run folder, or the folder '
+                     'export.py wrote%s' % (args.run_dir, ' (predict.py does not run TFLite '
+                                            'files)' if args.run_dir.endswith('.tflite') else ''))
     if not args.images and not args.test_index:
         parser.error('give at least one IMAGE_OR_FOLDER or --test-index')
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
@@ -163,6 +170,9 @@ def load_model(run_dir):
         session, image, probabilities, info = load_exported_model(exported)
         return session, info, image, probabilities
     session, graph, checkpoint, info = checkpoints.load_trained_model(run_dir)
+    if os.path.dirname(checkpoint) != os.path.normpath(run_dir):     # a folder of runs
+        print('predict.py: the newest run in %s: %s' % (run_dir, os.path.dirname(checkpoint)),
+              file=sys.stderr)
     try:
         return (session, info, *model_tensors(graph, info, checkpoint))
     except DataError:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import checkpoints
 import cnn
 import data_helpers
 import image_folders
@@ -59,8 +60,8 @@ def runs(tmp_path_factory):
     cnn.main(cnn.parse_args(
         ['--model', 'augmented', '--data-dir', cifar, '--max-steps', '5', '--batch-size', '16',
          '--train-dir', str(base / 'cnn_augmented'), '--no-plots', '--seed', '0']))
-    for name in ('softmax', 'mlp', 'mnist_mlp', 'cnn', 'cnn_augmented'):
-        folders[name] = str(base / name)
+    for name in ('softmax', 'mlp', 'mnist_mlp', 'cnn', 'cnn_augmented'):   # the run folders
+        folders[name] = checkpoints.checkpoint_folder(str(base / name))
     folders['cifar'] = cifar
     return folders
 
@@ -375,6 +376,34 @@ def test_a_picture_over_the_size_limit_is_refused(runs, tmp_path, capsys, monkey
     big.write_bytes(encode(np.zeros((64, 64, 3), np.uint8) + 7, 'png') + b'\0' * 1_500_000)
     status, _, err = predict_main(capsys, runs['cnn'], big)
     assert status == 1 and 'big.png: 1.4 MB, more than the 1 MB a picture may have' in err
+
+
+def test_a_picture_or_a_tflite_file_as_the_run_folder_says_what_it_is(tmp_path, capsys):
+    # (the run folder forgotten: 'give at least one IMAGE_OR_FOLDER' before)
+    for name, said in [('cat.JPG', 'the first argument is the run folder (predict.py RUN_DIR '
+                                   'PICTURE...): %s is a picture'),
+                       ('model.tflite', 'argument run_dir: %s is a file; give the run folder, '
+                                        'or the folder export.py wrote (predict.py does not '
+                                        'run TFLite files)')]:
+        (tmp_path / name).write_bytes(b'x')
+        with pytest.raises(SystemExit) as exit_info:
+            predict.parse_args([str(tmp_path / name)])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.endswith(said % (tmp_path / name) + '\n')
+
+
+def test_a_folder_of_runs_says_which_run_it_used(fake_cifar10, tmp_path, capsys):
+    runs = tmp_path / 'runs'
+    for _ in range(2):
+        softmax.main(softmax.parse_args(['--data-dir', fake_cifar10, '--max-steps', '1',
+                                         '--train-dir', str(runs)]))
+    newest = checkpoints.checkpoint_folder(str(runs))
+    capsys.readouterr()
+    status, out, err = predict_main(capsys, runs, '--test-index', '0', '--data-dir',
+                                    fake_cifar10)
+    assert status == 0 and out.startswith('test image 0')
+    assert err == 'predict.py: the newest run in %s: %s\n' % (runs, newest)
+    assert predict_main(capsys, newest, '--test-index', '0', '--data-dir', fake_cifar10)[2] == ''
 
 
 def test_plot_into_a_missing_folder_is_refused_before_any_work(tmp_path, capsys):
