@@ -844,7 +844,8 @@ def load_folder(root, image_size=32, crop='center', test_split=0.2, seed=None, w
             if len(rows) >= 2:
                 held = min(max(int(round(len(rows) * test_split)), 1), len(rows) - 1)
             is_test[rng.permutation(rows)[:held]] = True
-        split = 'drawn: test_split %g of each class, seed %s' % (test_split, seed)
+        split = 'drawn: test_split %g of each class, %s' % (
+            test_split, 'seed %d' % seed if seed is not None else 'at random (no --seed)')
     # Both in an order shuffled by seed: cnn.py validates on the training
     # set's end, fast_cnn.py shows progress on the first 2000 test pictures
     train_rows = rng.permutation(np.flatnonzero(good & ~is_test))

@@ -324,8 +324,9 @@ def test_set_images(args, info, failed):
         return []
     if info['dataset'] != 'cifar10':
         raise DataError('--test-index needs a CIFAR-10 model; this one was trained on %s'
-                        % {'mnist': 'MNIST', 'other': 'other classes'}.get(
-                            info['dataset'], info['dataset']))
+                        % {'mnist': 'MNIST', 'cifar100': 'CIFAR-100',
+                           'folder': 'a folder of pictures'}.get(info['dataset'],
+                                                                 'other classes'))
     images_test, labels_test = data_helpers.load_test_batch(args.data_dir)
     items = []
     for index in args.test_index:

@@ -233,6 +233,8 @@ def test_a_drawn_split_is_stratified_and_follows_the_seed(tmp_path):
     assert not set(first['files_train']) & set(first['files_test'])
     assert len(first['files_train']) + len(first['files_test']) == 37
     assert load(root, seed=1, test_split=0.5)['labels_test'].tolist().count(1) == 5   # cats
+    assert first['split'] == 'drawn: test_split 0.2 of each class, seed 1'
+    assert load(root)['split'] == 'drawn: test_split 0.2 of each class, at random (no --seed)'
 
 
 def test_the_split_is_written_into_the_run_folder(tmp_path):
@@ -698,6 +700,10 @@ def test_a_folder_run_predicts_and_exports_with_its_folder_names(tmp_path, capsy
     with pytest.raises(DataError, match='--test-index needs a CIFAR-10 model; this one was '
                                         'trained on other classes'):
         predict.main(predict.parse_args([out, '--test-index', '0']))
+    # and its run folder says what it knows ('trained on folder' before)
+    with pytest.raises(DataError, match='--test-index needs a CIFAR-10 model; this one was '
+                                        'trained on a folder of pictures$'):
+        predict.main(predict.parse_args([run_dir, '--test-index', '0']))
 
 
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
