@@ -987,6 +987,7 @@ def main(args):
         split=data_helpers.split_record(data.data_sets), script='fast_cnn',
         output_without_tta='plain_probabilities:0', channel_stats=data.stats,
         **data_helpers.picture_info(data.data_sets))
+    print('Writing to {}'.format(run_dir))
 
     # The graph (only defined here; nothing is computed yet)
     ops = build_graph(args, hyp, data.padded_train, data.train_labels, data.whitening,
