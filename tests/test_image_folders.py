@@ -587,7 +587,7 @@ def test_fast_cnn_trains_on_a_folder_at_64_pixels_with_its_own_statistics(tmp_pa
     assert re.search(r'^epoch  1\.00  loss .* test acc [01]\.\d{4} ', out, re.M)
     folder = checkpoints.checkpoint_folder(run_dir)
     assert json.load(open(os.path.join(folder, 'result.json')))['batch_size'] == 16
-    assert out.index('Writing to %s\n' % folder) < out.index('epoch ')    # where to look, first
+    assert out.index('Writing to %s\n' % folder) < out.index('\nepoch ')    # where to look, first
     info = run_folders.read_model_info(folder)
     assert info['image_size'] == 64 and info['classes'] == ['cats', 'dogs', 'owls']
     train = load(root, image_size=64, seed=0)['images_train']
