@@ -57,6 +57,11 @@ BYTES_PER_PIXEL_TO_TRAIN = 9          # uint8 pixels + cnn.py's float32 copy + t
 CACHE_VERSION = 2                     # bump when prepare_picture() changes its pixels
 
 Image.MAX_IMAGE_PIXELS = None         # checked here, with a message that says why
+# Pillow's warnings on odd but readable files (a damaged EXIF block, a
+# palette's transparency) are not the user's to act on: silenced for its
+# modules once, here (warnings.catch_warnings around each picture swaps the
+# process's filters, which threads decoding at once leave in disorder)
+warnings.filterwarnings('ignore', module=r'PIL\.')
 
 
 # -----------------------------------------------------------------------------
@@ -103,35 +108,36 @@ def prepare_picture(data, size, crop='none', channels=3, name='picture'):
 
     Raises:
       DataError: not a readable picture in a supported format, or too many pixels.
+      ValueError: a crop that is neither.
     """
+    if crop not in ('center', 'none'):
+        raise ValueError("crop must be 'center' or 'none', not %r" % crop)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')   # Pillow's warnings on odd but readable files
-            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-                width, height = image.size
-                if width * height > MAX_PICTURE_PIXELS:
-                    raise DataError('%s: %dx%d pixels, more than the %d million a picture '
-                                    'may have (a decompression bomb?)'
-                                    % (name, width, height, MAX_PICTURE_PIXELS // 10 ** 6))
-                # A JPEG decodes straight to 1/2, 1/4 or 1/8 of its size where
-                # that is still at least `size`: a 12-megapixel photo in a
-                # fraction of the time, the same for training and prediction.
-                image.draft('RGB', (size, size))
-                image = _upright(image)
-                image = _rgb(image)
-                width, height = image.size
-                box = (0, 0, width, height)
-                if crop == 'center':
-                    side = min(width, height)
-                    left, top = (width - side) // 2, (height - side) // 2
-                    box = (left, top, left + side, top + side)
-                if box != (0, 0, size, size):
-                    # Pillow's resampling widens its filter when shrinking,
-                    # so every source pixel counts (antialiasing).
-                    image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
-                if channels == 1:
-                    image = image.convert('L')
-                pixels = np.asarray(image, np.uint8)
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            width, height = image.size
+            if width * height > MAX_PICTURE_PIXELS:
+                raise DataError('%s: %dx%d pixels, more than the %d million a picture '
+                                'may have (a decompression bomb?)'
+                                % (name, width, height, MAX_PICTURE_PIXELS // 10 ** 6))
+            # A JPEG decodes straight to 1/2, 1/4 or 1/8 of its size where
+            # that is still at least `size`: a 12-megapixel photo in a
+            # fraction of the time, the same for training and prediction.
+            image.draft('RGB', (size, size))
+            image = _upright(image)
+            image = _rgb(image)
+            width, height = image.size
+            box = (0, 0, width, height)
+            if crop == 'center':
+                side = min(width, height)
+                left, top = (width - side) // 2, (height - side) // 2
+                box = (left, top, left + side, top + side)
+            if box != (0, 0, size, size):
+                # Pillow's resampling widens its filter when shrinking,
+                # so every source pixel counts (antialiasing).
+                image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+            if channels == 1:
+                image = image.convert('L')
+            pixels = np.asarray(image, np.uint8)
     except DataError:
         raise
     except Image.DecompressionBombError as e:

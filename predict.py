@@ -170,7 +170,7 @@ def load_model(run_dir):
         session, image, probabilities, info = load_exported_model(exported)
         return session, info, image, probabilities
     session, graph, checkpoint, info = checkpoints.load_trained_model(run_dir)
-    if os.path.dirname(checkpoint) != os.path.normpath(run_dir):     # a folder of runs
+    if os.path.normpath(os.path.dirname(checkpoint)) != os.path.normpath(run_dir):   # of runs
         print('predict.py: the newest run in %s: %s' % (run_dir, os.path.dirname(checkpoint)),
               file=sys.stderr)
     try:

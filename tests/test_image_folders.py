@@ -11,6 +11,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 import zlib
 
@@ -383,6 +384,33 @@ def test_train_and_test_folders_classes_missing_and_duplicated(tmp_path):
     class_tree(root / 'test', {'bats': 1})
     with pytest.raises(DataError, match='has class folders that .* lacks: bats'):
         load(root)
+
+
+def test_pillows_warnings_stay_silent_and_the_filters_whole_when_threads_decode(tmp_path):
+    # A damaged EXIF block makes Pillow warn. predict.py decodes in threads:
+    # a warnings.catch_warnings() per picture let such warnings through and
+    # left an ignore-everything filter behind. (A process of its own: the
+    # warnings shown once per place, and the filters as a user's start.)
+    exif = Image.Exif()
+    exif[0x010E] = 'x' * 200
+    for i in range(40):
+        Image.fromarray(np.full((64, 64, 3), i, np.uint8)).save(
+            str(tmp_path / ('%02d.jpg' % i)), exif=exif.tobytes()[:-150])
+    script = '\n'.join([
+        'import concurrent.futures, glob, sys, warnings',
+        'import image_folders',
+        'before = list(warnings.filters)',
+        'paths = sorted(glob.glob(sys.argv[1] + "/*.jpg"))',
+        'with concurrent.futures.ThreadPoolExecutor(4) as pool:',
+        '    list(pool.map(lambda p: image_folders.read_picture(p, 32, "center"), paths))',
+        'print(warnings.filters == before)'])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, '-c', script, str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.stdout, done.stderr) == ('True\n', '')
+    with pytest.raises(ValueError, match=re.escape("crop must be 'center' or 'none', "
+                                                   "not 'center\\n'")):
+        image_folders.read_picture(str(tmp_path / '00.jpg'), 32, 'center\n')   # crop.txt unstripped
 
 
 def test_a_picture_filed_under_two_classes_is_a_warning_naming_both(tmp_path):

@@ -392,7 +392,8 @@ def test_a_picture_or_a_tflite_file_as_the_run_folder_says_what_it_is(tmp_path, 
         assert capsys.readouterr().err.endswith(said % (tmp_path / name) + '\n')
 
 
-def test_a_folder_of_runs_says_which_run_it_used(fake_cifar10, tmp_path, capsys):
+def test_a_folder_of_runs_says_which_run_it_used(fake_cifar10, tmp_path, capsys,
+                                                   monkeypatch):
     runs = tmp_path / 'runs'
     for _ in range(2):
         softmax.main(softmax.parse_args(['--data-dir', fake_cifar10, '--max-steps', '1',
@@ -404,6 +405,9 @@ def test_a_folder_of_runs_says_which_run_it_used(fake_cifar10, tmp_path, capsys)
     assert status == 0 and out.startswith('test image 0')
     assert err == 'predict.py: the newest run in %s: %s\n' % (runs, newest)
     assert predict_main(capsys, newest, '--test-index', '0', '--data-dir', fake_cifar10)[2] == ''
+    monkeypatch.chdir(runs)             # (a run folder given as ./name is the run itself)
+    assert predict_main(capsys, os.path.join('.', os.path.basename(newest)), '--test-index', '0',
+                        '--data-dir', fake_cifar10)[2] == ''
 
 
 def test_plot_into_a_missing_folder_is_refused_before_any_work(tmp_path, capsys):
