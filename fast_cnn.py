@@ -941,6 +941,15 @@ def do_eval(sess, ops, predictions, images, labels):
                             labels)['accuracy']
 
 
+def flop_text(flop):
+    """A training's arithmetic as printed: '0.283 PFLOP' for CIFAR-10's
+    default; a small folder's in TFLOP or GFLOP (not '0.000 PFLOP')."""
+    for unit, scale in (('PFLOP', 1e15), ('TFLOP', 1e12)):
+        if flop >= 0.01 * scale:
+            return '%.3f %s' % (flop / scale, unit)
+    return '%.3f GFLOP' % (flop / 1e9)
+
+
 def print_progress(history, images_per_second, test_count):
     """The epoch's line: training loss and accuracy, progress on the test
     set (its first PROGRESS_IMAGES of `test_count`)."""
@@ -994,9 +1003,10 @@ def main(args):
                       data.stats, len(classes))
     training_pflop = (total_steps * args.batch_size
                       * training_flops_per_image(hyp['widths'], size, len(classes)) / 1e15)
-    print('fast_cnn: recipe {}, {} steps of {} ({} epochs, {:.3f} PFLOP), {}, {:,} '
+    print('fast_cnn: recipe {}, {} steps of {} ({} epochs, {}), {}, {:,} '
           'parameters'.format(args.recipe, total_steps, args.batch_size, args.epochs,
-                              training_pflop, cli.precision_note(chosen, args.precision),
+                              flop_text(training_pflop * 1e15),
+                              cli.precision_note(chosen, args.precision),
                               sum(int(np.prod(v.shape)) for v in tf.trainable_variables())),
           flush=True)
 
@@ -1033,9 +1043,10 @@ def main(args):
         tta = do_eval(sess, ops, ops.tta_predictions, test_images, test_labels)
         total_seconds = time.time() - begin_time
         print('Test accuracy {:.4f} (without test-time augmentation {:.4f})'.format(tta, plain))
-        print('Total time: {:.1f}s (training {:.1f}s, {:.0f} images/s, {:.3f} PFLOP at {:.0f} '
+        print('Total time: {:.1f}s (training {:.1f}s, {:.0f} images/s, {} at {:.0f} '
               'GFLOP/s)'.format(total_seconds, train_seconds,
-                                total_steps * args.batch_size / train_seconds, training_pflop,
+                                total_steps * args.batch_size / train_seconds,
+                                flop_text(training_pflop * 1e15),
                                 training_pflop * 1e6 / train_seconds), flush=True)
         save_run(sess, ops, run_dir, state, history, {
             'test_accuracy': tta, 'test_accuracy_without_tta': plain, 'recipe': args.recipe,

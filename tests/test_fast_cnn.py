@@ -658,8 +658,10 @@ def test_the_muon_recipe_lowers_the_loss_and_prints_its_compute(fake_cifar10, ca
     assert result['training_pflop'] == pytest.approx(
         20 * 32 * fast_cnn.training_flops_per_image((32, 32, 32)) / 1e15)
     out = capsys.readouterr().out
-    assert 'recipe muon, 20 steps of 32 (5.0 epochs, 0.000 PFLOP)' in out
-    assert re.search(r'Total time: .* PFLOP at \d+ GFLOP/s\)', out)
+    flop = fast_cnn.flop_text(result['training_pflop'] * 1e15)
+    assert flop.endswith(' TFLOP') and flop != '0.000 TFLOP'      # ('0.000 PFLOP' before)
+    assert 'recipe muon, 20 steps of 32 (5.0 epochs, %s)' % flop in out
+    assert re.search(r'Total time: .* %s at \d+ GFLOP/s\)' % flop, out)
     args = predict.parse_args([run_dir, '--test-index', '0', '--data-dir', fake_cifar10])
     assert predict.main(args) == 0
 
@@ -728,3 +730,9 @@ def test_a_small_training_set_gets_a_batch_that_makes_8_steps_an_epoch(train_cou
                                                                        given, expected):
     argv = ['--num-devices', str(devices)] + (['--batch-size', '2000'] if given else [])
     assert fast_cnn.fitted_batch_size(fast_cnn.parse_args(argv), train_count) == expected
+
+
+def test_flop_text_picks_a_unit_that_shows_the_figure():
+    assert fast_cnn.flop_text(0.283e15) == '0.283 PFLOP'      # CIFAR-10's default, as printed
+    assert fast_cnn.flop_text(4.2e12) == '4.200 TFLOP'
+    assert fast_cnn.flop_text(3.1e9) == '3.100 GFLOP'
