@@ -5,7 +5,8 @@
 * `add_common_flags()`: --seed, --data-dir and --train-dir, declared once.
 * `add_dataset_flags()`: --dataset and --labels (CIFAR-100), --image-size,
   --crop and --test-split (a folder of your own pictures as --data-dir).
-* `check_batch_size()`: a batch larger than the training set is one clear line.
+* `check_batch_size()`: a batch larger than the training set is one clear line;
+  `fit_batch_size()`: a default batch made smaller for a small folder.
 * `add_precision_flag()`, `precision()`: --precision auto|bf16|fp32, and
   what 'auto' means on this CPU (`cpu_has_bf16()`).
 * `exit_on_error()`: runs a script's main; a DataError, an OSError or Ctrl-C
@@ -197,6 +198,34 @@ def check_batch_size(batch_size, train_count, held_out=0):
                if held_out else '')
         raise DataError('--batch-size %d is larger than the %d training images%s; use '
                         '--batch-size %d or less' % (batch_size, train_count, why, train_count))
+
+
+MIN_STEPS_PER_EPOCH = 8     # a default batch that would make fewer steps an epoch is made smaller
+
+
+def fit_batch_size(args, train_count, whose):
+    """Fits a default batch size to a small training set (a folder of a few
+    hundred pictures), saying so in one line: where --batch-size was not
+    given and the default would make fewer than MIN_STEPS_PER_EPOCH steps
+    an epoch, the largest power of two that makes that many (at least 16,
+    at most the set, a multiple of --num-devices).
+
+    Args:
+      args: the parsed flags: batch_size (the default filled in),
+        batch_size_given, num_devices.
+      train_count: images the steps draw from.
+      whose: "the recipe's" or "the article's", for the line.
+    """
+    steps = train_count // args.batch_size
+    if args.batch_size_given or steps >= MIN_STEPS_PER_EPOCH:
+        return
+    batch = 2 ** max(4, int(math.log2(max(1, train_count // MIN_STEPS_PER_EPOCH))))
+    batch = min(batch, train_count)
+    batch = max(batch - batch % args.num_devices, args.num_devices)
+    print('Batches of {} ({} {} would make {} step{} an epoch of the {:,} training pictures; '
+          '--batch-size sets it)'.format(batch, whose, args.batch_size, steps,
+                                         's' * (steps != 1), train_count))
+    args.batch_size = batch
 
 
 def exit_on_error(main, args):

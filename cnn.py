@@ -369,6 +369,7 @@ def parse_args(argv=None):
                          % (args.restore, trained['labels']))
         args.dataset, args.labels = 'cifar100', trained['labels']
     defaults = MODELS[args.model]
+    args.batch_size_given = args.batch_size is not None   # (else fitted to a small folder)
     if args.epochs is None and args.max_steps is None:
         args.epochs, args.max_steps = defaults['epochs'], defaults['max_steps']
     for key in ('batch_size', 'learning_rate'):
@@ -645,6 +646,7 @@ def main(args):
     train_images, train_labels, *report_set = split_validation(
         data_sets, MODELS[args.model]['validation_split'])
     if not args.restore:
+        cli.fit_batch_size(args, len(train_images), "the article's")
         cli.check_batch_size(args.batch_size, len(train_images),
                              len(data_sets['images_train']) - len(train_images))
     steps_per_epoch = len(train_images) // args.batch_size

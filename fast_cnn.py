@@ -141,7 +141,6 @@ CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10       # CIFAR-10's; a folder's may differ
 WHITEN_PATCH, WHITEN_SAMPLES = 2, 5000
 PROGRESS_IMAGES = 2000      # test images scored after each epoch, for progress only
-MIN_STEPS_PER_EPOCH = 8     # below, a small folder's batch is made smaller than the recipe's
 MAX_EPOCHS = 1000
 MAX_STEPS = 10_000_000
 
@@ -729,7 +728,7 @@ def parse_args(argv=None):
     cli.add_num_devices_flag(parser)
     args = parser.parse_args(argv)
     hyp = RECIPES[args.recipe]
-    args.recipe_batch = args.batch_size is None     # (main fits it to a small folder)
+    args.batch_size_given = args.batch_size is not None   # (else fitted to a small folder)
     for flag, key in (('epochs', 'epochs'), ('batch_size', 'batch_size'), ('tta', 'tta_level')):
         if getattr(args, flag) is None:
             setattr(args, flag, hyp[key])
@@ -737,19 +736,6 @@ def parse_args(argv=None):
     if args.epochs > MAX_EPOCHS:    # the schedule holds one number per step
         parser.error('argument --epochs: at most %d, not %g' % (MAX_EPOCHS, args.epochs))
     return args
-
-
-def fitted_batch_size(args, train_count):
-    """The recipe's batch size, or, for a training set that would make fewer
-    than MIN_STEPS_PER_EPOCH steps of it an epoch (a folder of a few hundred
-    pictures), the largest power of two that makes that many (at least 16,
-    at most the set, a multiple of --num-devices); a --batch-size given is
-    kept (and checked by main)."""
-    if not args.recipe_batch or train_count // args.batch_size >= MIN_STEPS_PER_EPOCH:
-        return args.batch_size
-    batch = 2 ** max(4, int(math.log2(max(1, train_count // MIN_STEPS_PER_EPOCH))))
-    batch = min(batch, train_count)
-    return max(batch - batch % args.num_devices, args.num_devices)
 
 
 def count_steps(args, train_count):
@@ -980,13 +966,7 @@ def main(args):
     test_images, test_labels = data.test_images, data.test_labels
     train_count = len(data.train_labels)
     size, classes = test_images.shape[1], data.data_sets['classes']
-    batch_size = fitted_batch_size(args, train_count)
-    if batch_size != args.batch_size:
-        print('Batches of {} (the recipe\'s {} would make {} step{} an epoch of the {} training '
-              'pictures; --batch-size sets it)'.format(
-                  batch_size, args.batch_size, train_count // args.batch_size,
-                  's' * (train_count // args.batch_size != 1), format(train_count, ',')))
-        args.batch_size = batch_size
+    cli.fit_batch_size(args, train_count, "the recipe's")
     cli.check_batch_size(args.batch_size, train_count)
     steps_per_epoch, total_steps = count_steps(args, train_count)
 

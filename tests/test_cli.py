@@ -67,6 +67,27 @@ def test_batch_size_check():
         cli.check_batch_size(11, 10, held_out=2)
 
 
+@pytest.mark.parametrize('train_count, devices, given, expected', [
+    (50_000, 1, False, 2000),    # CIFAR-10: the default
+    (451, 1, False, 32),         # 451 // 8 = 56: the power of two below
+    (451, 5, False, 30),         # ... a multiple of the devices
+    (100, 1, False, 16),         # at least 16
+    (10, 1, False, 10),          # at most the set
+    (451, 1, True, 2000),        # given: kept (and refused by check_batch_size)
+])
+def test_a_small_training_set_gets_a_batch_that_makes_8_steps_an_epoch(
+        train_count, devices, given, expected, capsys):
+    args = argparse.Namespace(batch_size=2000, batch_size_given=given, num_devices=devices)
+    cli.fit_batch_size(args, train_count, "the recipe's")
+    assert args.batch_size == expected
+    line = capsys.readouterr().out
+    if expected == 2000:
+        assert line == ''
+    else:
+        assert line == ("Batches of %d (the recipe's 2000 would make 0 steps an epoch of the "
+                        "%d training pictures; --batch-size sets it)\n" % (expected, train_count))
+
+
 def test_exit_on_error_is_one_line_and_exit_status_1(monkeypatch, capsys):
     monkeypatch.setattr(sys, 'argv', ['/somewhere/tool.py'])
 

@@ -718,20 +718,6 @@ def test_more_steps_than_the_schedule_may_hold_is_one_line(fake_cifar10, monkeyp
                                            '--batch-size', '1']))
 
 
-@pytest.mark.parametrize('train_count, devices, given, expected', [
-    (50_000, 1, False, 2000),    # CIFAR-10: the recipe's
-    (451, 1, False, 32),         # 451 // 8 = 56: the power of two below
-    (451, 5, False, 30),         # ... a multiple of the devices
-    (100, 1, False, 16),         # at least 16
-    (10, 1, False, 10),          # at most the set
-    (451, 1, True, 2000),        # given: kept (and refused by check_batch_size)
-])
-def test_a_small_training_set_gets_a_batch_that_makes_8_steps_an_epoch(train_count, devices,
-                                                                       given, expected):
-    argv = ['--num-devices', str(devices)] + (['--batch-size', '2000'] if given else [])
-    assert fast_cnn.fitted_batch_size(fast_cnn.parse_args(argv), train_count) == expected
-
-
 def test_flop_text_picks_a_unit_that_shows_the_figure():
     assert fast_cnn.flop_text(0.283e15) == '0.283 PFLOP'      # CIFAR-10's default, as printed
     assert fast_cnn.flop_text(4.2e12) == '4.200 TFLOP'

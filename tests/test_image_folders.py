@@ -238,15 +238,18 @@ def test_a_drawn_split_is_stratified_and_follows_the_seed(tmp_path):
     assert load(root)['split'] == 'drawn: test_split 0.2 of each class, at random (no --seed)'
 
 
-def test_the_split_is_written_into_the_run_folder(tmp_path):
+def test_the_split_is_written_into_the_run_folder(tmp_path, capsys):
     root = class_tree(tmp_path / 'pictures', {'cats': 10, 'dogs': 10})
     run_dir = str(tmp_path / 'runs')
     cnn.main(cnn.parse_args(['--model', 'small', '--data-dir', root, '--max-steps', '2',
-                             '--batch-size', '4', '--no-plots', '--train-dir', run_dir,
-                             '--seed', '5', '--precision', 'fp32']))
+                             '--no-plots', '--train-dir', run_dir, '--seed', '5',
+                             '--precision', 'fp32']))
+    # No --batch-size: the article's 128 is more than the 13 pictures left to
+    # train on (20, less 4 to test and 3 to validate); it stopped, saying so
+    assert ("Batches of 13 (the article's 128 would make 0 steps an epoch of the 13 training "
+            "pictures; --batch-size sets it)\n") in capsys.readouterr().out
     folder = checkpoints.checkpoint_folder(run_dir)
     with open(os.path.join(folder, 'split.json')) as f:
-        import json
         split = json.load(f)
     assert sorted(split['train'] + split['test']) == sorted(
         os.path.join(c, '%03d.png' % i) for c in ('cats', 'dogs') for i in range(10))
