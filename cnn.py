@@ -362,6 +362,7 @@ def parse_args(argv=None):
         parser.error('argument --restore: %s holds a %s.py run: restore it with %s.py '
                      '(predict.py and export.py read any run)' % (args.restore, script, script))
     args.model = args.model or trained.get('model', 'augmented')
+    args.trained_classes = trained.get('classes')     # (restore_and_evaluate checks the data's)
     if 'labels' in trained and (not args.data_dir or data_helpers.is_cifar100_folder(
             args.data_dir)):        # a CIFAR-100 run on CIFAR-100: with its labels
         if args.labels not in (None, trained['labels']):
@@ -479,8 +480,8 @@ def trained_settings(run_dir):
     """What the model.json of a run folder (or of the newest run in it) says
     the run was trained with: {'script', 'model', 'precision'} (the precision
     written since cnn.py chose it per model), each only where it says one
-    this script knows, and for a CIFAR-100 run 'labels' ('fine' or
-    'coarse', by its number of classes); {} without a run folder."""
+    this script knows, its 'classes', and for a CIFAR-100 run 'labels'
+    ('fine' or 'coarse', by their number); {} without a run folder."""
     if not run_dir:
         return {}
     try:
@@ -490,6 +491,7 @@ def trained_settings(run_dir):
     known = {'model': MODELS, 'precision': ('fp32', 'bf16'),
              'script': ('cnn', 'fast_cnn', 'softmax', 'two_layer_mlp')}
     trained = {key: info[key] for key, values in known.items() if info.get(key) in values}
+    trained['classes'] = info['classes']
     if info.get('dataset') == 'cifar100':
         trained['labels'] = 'coarse' if len(info.get('classes', ())) == 20 else 'fine'
     return trained
@@ -556,8 +558,8 @@ def restore_and_evaluate(sess, ops, args, data_sets):
       DataError: the run learnt other classes than the data's (as many, so
         that its weights would load: its scores would mean nothing).
     """
-    trained = run_folders.read_model_info(checkpoints.checkpoint_folder(args.restore))['classes']
-    if trained != data_sets['classes']:
+    trained = args.trained_classes      # (None: a folder the restore itself refuses)
+    if trained is not None and trained != data_sets['classes']:
         raise DataError('%s was trained on the classes %s, and this data has %s: give the data '
                         'it was trained on' % (args.restore, short_list(trained),
                                                short_list(data_sets['classes'])))
