@@ -16,8 +16,10 @@
 `--precision auto` (the default for small and batchnorm) computes the layers
 in bfloat16 on CPUs with AVX-512 BF16 or AMX, with float32 weights, loss and
 batch-norm statistics; augmented stays fp32 (its bfloat16 accuracy has not
-been measured). What each model reaches, in what time, per precision and
-CPU: BENCHMARKS.md, "cnn.py".
+been measured). Float32 training takes each convolution's input gradient as
+a forward convolution (convolutions.py): the same numbers, faster where
+oneDNN's own kernel is slow (2.8x on an AVX2 CPU). What each model reaches,
+in what time, per precision and CPU: BENCHMARKS.md, "cnn.py".
 
 `--data-dir` may also name a folder of your own pictures (one sub-folder per
 class, or train/ and test/ holding them; image_folders.py), read at
@@ -49,6 +51,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 import checkpoints  # noqa: E402
 import cli  # noqa: E402
+import convolutions  # noqa: E402
 import data_helpers  # noqa: E402
 import reporting  # noqa: E402
 import run_folders  # noqa: E402
@@ -150,15 +153,21 @@ def crop_sizes(images):
 # Layers
 # -----------------------------------------------------------------------------
 
-def conv(x, filters, kernel, name, activation=tf.nn.relu):
+def conv(x, filters, kernel, name, is_training=False, activation=tf.nn.relu):
     """A 'same'-padded convolution with Glorot-uniform weights and zero biases,
     computed in x's type (the float32 weights cast to bfloat16 for a bf16 x)."""
     with tf.variable_scope(name):
         weights = tf.get_variable('weights', [kernel, kernel, x.shape[-1], filters],
                                   initializer=tf.glorot_uniform_initializer())
         biases = tf.get_variable('biases', [filters], initializer=tf.zeros_initializer())
-        x = tf.nn.bias_add(tf.nn.conv2d(x, tf.cast(weights, x.dtype), strides=1,
-                                        padding='SAME'), tf.cast(biases, x.dtype))
+        weights = tf.cast(weights, x.dtype)
+        if is_training and x.dtype == tf.float32:
+            # The same convolution, its input gradient taken as a forward
+            # one: oneDNN's own ran 2.8x slower on an AVX2 CPU (convolutions.py)
+            y = convolutions.conv2d_input_gradient_by_forward(x, weights)
+        else:
+            y = tf.nn.conv2d(x, weights, strides=1, padding='SAME')
+        x = tf.nn.bias_add(y, tf.cast(biases, x.dtype))
         return activation(x) if activation else x
 
 
@@ -247,21 +256,23 @@ def inference(images, model, is_training, precision='fp32', num_classes=CLASSES)
     if model == 'augmented':
         x = augment(images) if is_training else centre_crop(images)
         x = tf.cast(x, dtype)
-        x = max_pool(conv(x, 64, 5, 'conv1'))
-        x = max_pool(conv(x, 64, 5, 'conv2'))
-        x = max_pool(conv(x, 128, 5, 'conv3'))
+        x = max_pool(conv(x, 64, 5, 'conv1', is_training))
+        x = max_pool(conv(x, 64, 5, 'conv2', is_training))
+        x = max_pool(conv(x, 128, 5, 'conv3', is_training))
         x = dense(flatten(x), 256, 'fc1')
         x = dense(x, 128, 'fc2')
     elif model == 'small':
-        x = max_pool(conv(tf.cast(images, dtype), 16, 3, 'conv1'))
-        x = max_pool(conv(x, 32, 3, 'conv2'))
-        x = max_pool(conv(x, 64, 3, 'conv3'))
+        x = max_pool(conv(tf.cast(images, dtype), 16, 3, 'conv1', is_training))
+        x = max_pool(conv(x, 32, 3, 'conv2', is_training))
+        x = max_pool(conv(x, 64, 3, 'conv3', is_training))
         x = dense(flatten(x), 128, 'fc1')
     elif model == 'batchnorm':
         x = tf.cast(images, dtype)
         for block, (filters, rate) in enumerate([(64, 0.2), (128, 0.25), (128, 0.35)], 1):
-            x = batch_norm(conv(x, filters, 4, 'conv%da' % block), is_training, 'bn%da' % block)
-            x = batch_norm(conv(x, filters, 4, 'conv%db' % block), is_training, 'bn%db' % block)
+            x = conv(x, filters, 4, 'conv%da' % block, is_training)
+            x = batch_norm(x, is_training, 'bn%da' % block)
+            x = conv(x, filters, 4, 'conv%db' % block, is_training)
+            x = batch_norm(x, is_training, 'bn%db' % block)
             x = dropout(max_pool(x), rate, is_training)
         x = batch_norm(dense(flatten(x), 256, 'fc1'), is_training, 'bn_fc1')
         x = dropout(x, 0.5, is_training)

@@ -27,10 +27,10 @@ reaches on a CPU, in what time, on which kind of CPU: BENCHMARKS.md,
   2016), weight decay decoupled from the learning rate, random 2-pixel
   translations: David Page, "How to train your ResNet" (2018).
 * This project's, for CPUs: in bfloat16 training, the filter gradients of the
-  convolutions on 7x7 and 3x3 maps taken as nine matrix products
-  (`conv2d_by_taps`), faster with AMX and more exact than oneDNN's kernel;
-  in float32 training, the input gradients taken as forward convolutions
-  (`conv2d_input_gradient_by_forward`), 2x faster on an AVX2 AMD EPYC.
+  convolutions on 7x7 and 3x3 maps taken as nine matrix products, faster
+  with AMX and more exact than oneDNN's kernel; in float32 training, the input
+  gradients taken as forward convolutions, 2x faster on an AVX2 AMD EPYC
+  (both in convolutions.py).
 
     python fast_cnn.py                      # the default recipe, muon, 8 epochs
     python fast_cnn.py --epochs 6           # less accuracy in less time
@@ -60,6 +60,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 import checkpoints  # noqa: E402
 import cli  # noqa: E402
+import convolutions  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402
 import sessions  # noqa: E402
@@ -258,77 +259,9 @@ def conv(x, filters, name, is_training=False):
     height, width = x.shape[1:3]
     if x.dtype == tf.bfloat16:
         if height is not None and width is not None and max(height, width) <= 8:
-            return conv2d_by_taps(x, kernel)
+            return convolutions.conv2d_by_taps(x, kernel)
         return tf.nn.conv2d(x, kernel, 1, 'SAME')
-    return conv2d_input_gradient_by_forward(x, kernel)
-
-
-def conv2d_by_taps(x, kernel):
-    """tf.nn.conv2d(x, kernel, 1, 'SAME') for a 3x3 kernel and a map of known
-    height and width: the same forward and input gradient, its filter
-    gradient taken as nine matrix products (_conv2d_gradient_by_taps)."""
-    return _conv2d_with_gradient(x, kernel, 'Conv2DByTaps')
-
-
-def _conv2d_gradient_by_taps(op, dy):
-    """The gradients of conv2d_by_taps: the input's as TensorFlow takes it;
-    the filter's one matrix product per tap, the tap (i, j) getting the input
-    shifted by (i, j) as [images * height * width, channels in], transposed,
-    times the output gradient as [images * height * width, channels out].
-    oneDNN's filter-gradient kernel with AMX is 2-5x slower on small maps,
-    and its bfloat16 result errs 14x a correct rounding (BENCHMARKS.md)."""
-    x, kernel = op.inputs
-    dx = tf.nn.conv2d_backprop_input(tf.shape(x), kernel, dy, [1, 1, 1, 1], 'SAME')
-    height, width = x.shape[1:3]
-    channels_in, channels_out = kernel.shape[2:]
-    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    dy_rows = tf.reshape(dy, [-1, channels_out])
-    taps = [tf.matmul(tf.reshape(padded[:, i:i + height, j:j + width], [-1, channels_in]),
-                      dy_rows, transpose_a=True)
-            for i in range(3) for j in range(3)]
-    return dx, tf.reshape(tf.stack(taps), kernel.shape)
-
-
-def conv2d_input_gradient_by_forward(x, kernel):
-    """tf.nn.conv2d(x, kernel, 1, 'SAME') for a 3x3 kernel: the same forward
-    and filter gradient, its input gradient taken by a forward convolution
-    (_conv2d_gradient_input_by_forward)."""
-    return _conv2d_with_gradient(x, kernel, 'Conv2DInputByForward')
-
-
-def _conv2d_gradient_input_by_forward(op, dy):
-    """The gradients of conv2d_input_gradient_by_forward: the filter's as
-    TensorFlow takes it; the input's as the 'same' convolution of the output
-    gradient with the kernel turned by 180 degrees and its channels in and
-    out swapped (each input pixel gets back what each tap sent forward from
-    it). On an AVX2 AMD EPYC oneDNN's float32 input-gradient kernel ran 1.4-6x
-    slower than its forward kernel on these shapes, 2x in all (BENCHMARKS.md)."""
-    x, kernel = op.inputs
-    turned = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
-    dx = tf.nn.conv2d(dy, turned, 1, 'SAME')
-    dkernel = tf.nn.conv2d_backprop_filter(x, tf.shape(kernel), dy, [1, 1, 1, 1], 'SAME')
-    return dx, dkernel
-
-
-def _conv2d_with_gradient(x, kernel, gradient_name):
-    """tf.nn.conv2d(x, kernel, 1, 'SAME'), its gradients the function
-    registered as gradient_name (_register_gradients)."""
-    with tf.get_default_graph().gradient_override_map({'Conv2D': gradient_name}):
-        return tf.nn.conv2d(x, kernel, 1, 'SAME')
-
-
-def _register_gradients():
-    """Registers the two gradients; a second run of this file (as __main__,
-    then imported) finds them registered and skips them."""
-    for name, gradient in [('Conv2DByTaps', _conv2d_gradient_by_taps),
-                           ('Conv2DInputByForward', _conv2d_gradient_input_by_forward)]:
-        try:
-            tf.RegisterGradient(name)(gradient)
-        except KeyError:
-            pass
-
-
-_register_gradients()
+    return convolutions.conv2d_input_gradient_by_forward(x, kernel)
 
 
 def gelu(x):

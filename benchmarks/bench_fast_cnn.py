@@ -38,6 +38,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import cli  # noqa: E402
+import convolutions  # noqa: E402
 import data_helpers  # noqa: E402
 import fast_cnn  # noqa: E402
 import sessions  # noqa: E402
@@ -105,9 +106,9 @@ def measure_gradients(widths, batch, dtype, repeats):
             ops.append((name, [
                 tf.nn.conv2d(x, k, 1, 'SAME').op,
                 tf.nn.conv2d_backprop_input(tf.shape(x), k, dy, [1, 1, 1, 1], 'SAME').op,
-                tf.gradients(fast_cnn.conv2d_input_gradient_by_forward(x, k), x, dy)[0].op,
+                tf.gradients(convolutions.conv2d_input_gradient_by_forward(x, k), x, dy)[0].op,
                 tf.nn.conv2d_backprop_filter(x, tf.shape(k), dy, [1, 1, 1, 1], 'SAME').op,
-                tf.gradients(fast_cnn.conv2d_by_taps(x, k), k, dy)[0].op]))
+                tf.gradients(convolutions.conv2d_by_taps(x, k), k, dy)[0].op]))
         sess.run(tf.global_variables_initializer())
         for name, timed in ops:
             results[name] = [1000 * median_seconds(lambda: sess.run(op), repeats) for op in timed]

@@ -119,6 +119,29 @@ def test_dropout_only_in_training():
     assert not np.allclose(train[0], train[1])
 
 
+@pytest.mark.parametrize('model, convolutions', [('augmented', 3), ('small', 3), ('batchnorm', 6)])
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_float32_training_takes_input_gradients_by_forward_convolutions(model, convolutions,
+                                                                        precision):
+    # Only built (every CPU). (The first convolution's input gradient is built
+    # too; a step does not run it: the images take none)
+    with tf.Graph().as_default() as graph:
+        images, train_logits, _ = build(model, precision)
+        tf.gradients(cnn.loss(train_logits, tf.zeros([1], tf.int64)), tf.trainable_variables())
+    types = [op.type for op in graph.get_operations() if op.name.startswith('gradients')]
+    overridden = [op for op in graph.get_operations() if op.type == 'Conv2D'
+                  and op.node_def.attr['_gradient_op_type'].s == b'Conv2DInputByForward']
+    if precision == 'fp32':
+        assert len(overridden) == convolutions            # the training tower's, not evaluation's
+        assert all(op.name.startswith('conv') for op in overridden)
+        assert 'Conv2DBackpropInput' not in types
+        assert types.count('Conv2D') == convolutions
+    else:                                                  # oneDNN's kernels in bfloat16
+        assert overridden == []
+        assert types.count('Conv2DBackpropInput') == convolutions
+    assert types.count('Conv2DBackpropFilter') == convolutions
+
+
 @needs_bf16_kernels
 @pytest.mark.parametrize('model', ['augmented', 'small', 'batchnorm'])
 def test_bf16_computes_what_fp32_does_with_float32_weights(model):

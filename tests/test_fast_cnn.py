@@ -18,7 +18,6 @@ import cli
 import data_helpers
 import fast_cnn
 import predict
-from conftest import needs_native_bf16
 
 REAL_CIFAR10 = os.environ.get('CIFAR10_DIR')    # read before the fixtures hide it
 AIRBENCH94, MUON = fast_cnn.RECIPES['airbench94'], fast_cnn.RECIPES['muon']
@@ -149,44 +148,6 @@ def test_gelu_of_bfloat16_keeps_its_constant_exact_in_float32():
     assert [tf.make_ndarray(c) for c in constants] == [np.float32(1 / math.sqrt(2))]
 
 
-def conv_and_gradients(conv2d, x, kernel, dy, dtype=tf.float32):
-    """conv2d(x, kernel) and the gradients of sum(conv2d(x, kernel) * dy) for
-    x and kernel (arrays, computed in dtype), as float32 arrays."""
-    with tf.Graph().as_default():
-        x, kernel, dy = (tf.constant(value, dtype) for value in (x, kernel, dy))
-        y = conv2d(x, kernel)
-        gradients = tf.gradients(y, [x, kernel], grad_ys=dy)
-        with tf.Session() as sess:
-            return sess.run([tf.cast(t, tf.float32) for t in [y] + gradients])
-
-
-@pytest.mark.parametrize('conv2d', ['conv2d_by_taps', 'conv2d_input_gradient_by_forward'])
-def test_conv2d_with_other_gradients_is_conv2d_with_tensorflows_gradients(conv2d):
-    rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal(shape) for shape in [(5, 4, 6, 3), (3, 3, 3, 7), (5, 4, 6, 7)]]
-    expected = conv_and_gradients(lambda x, k: tf.nn.conv2d(x, k, 1, 'SAME'), *arrays)
-    result = conv_and_gradients(getattr(fast_cnn, conv2d), *arrays)
-    for name, want, got in zip(['output', 'input gradient', 'filter gradient'], expected, result):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
-
-
-@needs_native_bf16
-def test_conv2d_by_taps_in_bfloat16_rounds_its_filter_gradient_once():
-    # Inputs exact in bfloat16; each tap's products summed in float32, then
-    # rounded once to bfloat16. (oneDNN's bfloat16 filter-gradient kernel,
-    # measured beside it: 14x the mean error of a correct rounding; BENCHMARKS.md)
-    rng = np.random.default_rng(1)
-    bfloat16 = tf.bfloat16.as_numpy_dtype
-    arrays = [rng.standard_normal(shape).astype(bfloat16).astype(np.float64)
-              for shape in [(64, 8, 8, 64), (3, 3, 64, 64), (64, 8, 8, 64)]]
-    exact = conv_and_gradients(lambda x, k: tf.nn.conv2d(x, k, 1, 'SAME'), *arrays,
-                               dtype=tf.float64)[2]
-    result = conv_and_gradients(fast_cnn.conv2d_by_taps, *arrays, dtype=tf.bfloat16)[2]
-    rounded = exact.astype(np.float32).astype(bfloat16).astype(np.float32)
-    assert np.mean(result == rounded) > 0.99          # (a sum within float32's error of a tie)
-    np.testing.assert_allclose(result, exact, rtol=2 ** -7, atol=2 ** -8 * np.abs(exact).max())
-
-
 def filter_gradient_source(gradient):
     """The op type that computed a kernel's gradient, behind its casts and
     reshapes: Conv2DBackpropFilter, or MatMul (one tap's product)."""
@@ -227,19 +188,6 @@ def test_training_takes_the_gradients_measured_faster(precision, by_taps, gradie
                                      if op.type == 'Conv2D' and not op.name.startswith('gradients'))
     plain = 6 - sum(gradients.values()) + 6 + 2     # training's others, evaluation, whitening
     assert overridden == {**gradients, b'': plain}
-
-
-def test_a_graph_whose_filter_gradients_went_by_taps_is_freed_with_it():
-    # (a tf.custom_gradient would register a gradient, holding its graph, for
-    # the life of the process)
-    graph = tf.Graph()
-    with graph.as_default():
-        x, kernel = tf.zeros([2, 4, 4, 3], tf.bfloat16), tf.zeros([3, 3, 3, 5], tf.bfloat16)
-        tf.gradients(fast_cnn.conv2d_by_taps(x, kernel), [x, kernel])
-    graph_alive = weakref.ref(graph)
-    del graph, x, kernel
-    gc.collect()
-    assert graph_alive() is None
 
 
 def test_whitening_filters_whiten_the_patch_covariance():

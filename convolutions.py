@@ -1,0 +1,88 @@
+"""Stride-1 'SAME' convolutions whose gradients are taken otherwise than by
+TensorFlow's own kernels, where that was measured faster on a CPU
+(BENCHMARKS.md). The forward is tf.nn.conv2d(x, kernel, 1, 'SAME') as ever;
+only the gradient changes, through the graph's gradient_override_map, so a
+graph built without gradients (evaluation, predict.py, exports) is plain
+convolutions, and no gradient function holds a graph alive.
+
+* conv2d_input_gradient_by_forward: the input gradient as a forward
+  convolution. oneDNN's float32 input-gradient kernel ran 1.4-6x slower than
+  its forward kernel on an AVX2 AMD EPYC (fast_cnn's and cnn.py's shapes);
+  used by fast_cnn.py and cnn.py in float32 training.
+* conv2d_by_taps: a 3x3 kernel's filter gradient as nine matrix products;
+  faster than oneDNN's with AMX on maps of 8x8 or less, and more exact in
+  bfloat16; used by fast_cnn.py in bfloat16 training.
+"""
+
+import tensorflow.compat.v1 as tf
+
+
+def conv2d_input_gradient_by_forward(x, kernel):
+    """tf.nn.conv2d(x, kernel, 1, 'SAME'), any kernel size: the same forward
+    and filter gradient, its input gradient taken by a forward convolution
+    (_conv2d_gradient_input_by_forward)."""
+    return _conv2d_with_gradient(x, kernel, 'Conv2DInputByForward')
+
+
+def _conv2d_gradient_input_by_forward(op, dy):
+    """The gradients of conv2d_input_gradient_by_forward: the filter's as
+    TensorFlow takes it; the input's as the convolution of the output
+    gradient with the kernel turned by 180 degrees and its channels in and
+    out swapped (each input pixel gets back what each tap sent forward from
+    it). 'SAME' pads an even kernel one pixel more after than before (cnn.py's
+    4x4); turned, the kernel needs that padding the other way round."""
+    x, kernel = op.inputs
+    turned = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+    pads = [[size - 1 - (size - 1) // 2, (size - 1) // 2] for size in kernel.shape[:2]]
+    padding = ('SAME' if all(after == before for after, before in pads)
+               else [[0, 0]] + pads + [[0, 0]])
+    dx = tf.nn.conv2d(dy, turned, 1, padding)
+    dkernel = tf.nn.conv2d_backprop_filter(x, tf.shape(kernel), dy, [1, 1, 1, 1], 'SAME')
+    return dx, dkernel
+
+
+def conv2d_by_taps(x, kernel):
+    """tf.nn.conv2d(x, kernel, 1, 'SAME') for a 3x3 kernel and a map of known
+    height and width: the same forward and input gradient, its filter
+    gradient taken as nine matrix products (_conv2d_gradient_by_taps)."""
+    return _conv2d_with_gradient(x, kernel, 'Conv2DByTaps')
+
+
+def _conv2d_gradient_by_taps(op, dy):
+    """The gradients of conv2d_by_taps: the input's as TensorFlow takes it;
+    the filter's one matrix product per tap, the tap (i, j) getting the input
+    shifted by (i, j) as [images * height * width, channels in], transposed,
+    times the output gradient as [images * height * width, channels out].
+    oneDNN's filter-gradient kernel with AMX is 2-5x slower on small maps,
+    and its bfloat16 result errs 14x a correct rounding (BENCHMARKS.md)."""
+    x, kernel = op.inputs
+    dx = tf.nn.conv2d_backprop_input(tf.shape(x), kernel, dy, [1, 1, 1, 1], 'SAME')
+    height, width = x.shape[1:3]
+    channels_in, channels_out = kernel.shape[2:]
+    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    dy_rows = tf.reshape(dy, [-1, channels_out])
+    taps = [tf.matmul(tf.reshape(padded[:, i:i + height, j:j + width], [-1, channels_in]),
+                      dy_rows, transpose_a=True)
+            for i in range(3) for j in range(3)]
+    return dx, tf.reshape(tf.stack(taps), kernel.shape)
+
+
+def _conv2d_with_gradient(x, kernel, gradient_name):
+    """tf.nn.conv2d(x, kernel, 1, 'SAME'), its gradients the function
+    registered as gradient_name (_register_gradients)."""
+    with tf.get_default_graph().gradient_override_map({'Conv2D': gradient_name}):
+        return tf.nn.conv2d(x, kernel, 1, 'SAME')
+
+
+def _register_gradients():
+    """Registers the two gradients (TensorFlow takes a name once a process:
+    a reload of this module finds them registered and skips them)."""
+    for name, gradient in [('Conv2DByTaps', _conv2d_gradient_by_taps),
+                           ('Conv2DInputByForward', _conv2d_gradient_input_by_forward)]:
+        try:
+            tf.RegisterGradient(name)(gradient)
+        except KeyError:
+            pass
+
+
+_register_gradients()
