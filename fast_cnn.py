@@ -794,7 +794,7 @@ def build_graph(args, hyp, padded_train, train_labels, whitening,
 
     plain_logits = network(images)
     plain_predictions = tf.argmax(plain_logits, 1)
-    logits = tta_logits(images, network, args.tta)
+    logits = tta_logits(images, network, args.tta) if args.tta else plain_logits   # (not twice)
     tf.nn.softmax(logits, name='probabilities')     # the name predict.py looks for
     tf.nn.softmax(plain_logits, name='plain_probabilities')     # export.py's default
     return argparse.Namespace(
@@ -953,7 +953,8 @@ def main(args):
             sess.run(ops.average_update, {ops.average_decay: 1.0})
         train_seconds = time.time() - train_start
         plain = do_eval(sess, ops, ops.plain_predictions, test_images, test_labels)
-        tta = do_eval(sess, ops, ops.tta_predictions, test_images, test_labels)
+        tta = (do_eval(sess, ops, ops.tta_predictions, test_images, test_labels) if args.tta
+               else plain)
         total_seconds = time.time() - begin_time
         print('Test accuracy {:.4f} (without test-time augmentation {:.4f})'.format(tta, plain))
         print('Total time: {:.1f}s (training {:.1f}s, {:.0f} images/s, {} at {:.0f} '

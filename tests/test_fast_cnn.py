@@ -602,6 +602,12 @@ def test_the_muon_recipe_lowers_the_loss_and_prints_its_compute(fake_cifar10, ca
         result = json.load(f)
     assert result['recipe'] == 'muon'
     assert result['test_accuracy'] == saved_run_accuracy(run_dir, fake_cifar10)
+    # --tta 0: the plain network is built once for evaluation, scored once
+    session, graph, _, _ = checkpoints.load_trained_model(run_dir)
+    session.close()
+    assert (graph.get_tensor_by_name('probabilities:0').op.inputs[0] is
+            graph.get_tensor_by_name('plain_probabilities:0').op.inputs[0])
+    assert result['test_accuracy'] == result['test_accuracy_without_tta']
     # 5 epochs of 4 steps of 32 images (the fake set holds 150), 32 channels wide
     assert result['training_pflop'] == pytest.approx(
         20 * 32 * fast_cnn.training_flops_per_image((32, 32, 32)) / 1e15)

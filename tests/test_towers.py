@@ -94,17 +94,19 @@ def test_batch_that_does_not_split_is_refused(capsys):
     assert 'does not split into 3 equal parts' in capsys.readouterr().err
 
 
-# 6 epochs of 3 steps: narrow, airbench94's averaged weights need that many to
-# score above chance (after 3 epochs: 0.1)
-@pytest.mark.parametrize('recipe', ['muon', 'airbench94'])    # airbench94: weight averaging
-def test_fast_cnn_trains_on_two_towers(fake_cifar10, tmp_path, capsys, recipe, narrow_fast_cnn):
+# Epochs of 3 steps: narrow, airbench94's averaged weights need 6 to score
+# above chance (after 3 epochs: 0.1); muon scored 0.9 after 2. Without
+# test-time augmentation (its views are the same on any number of devices)
+@pytest.mark.parametrize('recipe, epochs', [('muon', 3), ('airbench94', 6)])
+def test_fast_cnn_trains_on_two_towers(fake_cifar10, tmp_path, capsys, recipe, epochs,
+                                       narrow_fast_cnn):
     import fast_cnn
     accuracy = fast_cnn.main(fast_cnn.parse_args([
-        '--recipe', recipe, '--num-devices', '2', '--epochs', '6', '--batch-size', '50',
-        '--precision', 'fp32',
+        '--recipe', recipe, '--num-devices', '2', '--epochs', str(epochs), '--batch-size', '50',
+        '--precision', 'fp32', '--tta', '0',
         '--seed', '0', '--data-dir', fake_cifar10, '--train-dir', str(tmp_path)]))
     out = capsys.readouterr().out
     losses = [float(line.split('loss ')[1].split()[0]) for line in out.splitlines()
               if line.startswith('epoch')]
-    assert len(losses) == 6 and losses[-1] < losses[0]
-    assert accuracy > 0.2
+    assert len(losses) == epochs and losses[-1] < losses[0]
+    assert accuracy > 0.2, accuracy
