@@ -155,7 +155,10 @@ def crop_sizes(images):
 
 def conv(x, filters, kernel, name, is_training=False, activation=tf.nn.relu):
     """A 'same'-padded convolution with Glorot-uniform weights and zero biases,
-    computed in x's type (the float32 weights cast to bfloat16 for a bf16 x)."""
+    computed in x's type (the float32 weights cast to bfloat16 for a bf16 x).
+    In the float32 training tower (is_training) its input gradient is taken
+    by a forward convolution (convolutions.py); the evaluation tower, which
+    predict.py and export.py take, is the plain convolution."""
     with tf.variable_scope(name):
         weights = tf.get_variable('weights', [kernel, kernel, x.shape[-1], filters],
                                   initializer=tf.glorot_uniform_initializer())
@@ -163,7 +166,7 @@ def conv(x, filters, kernel, name, is_training=False, activation=tf.nn.relu):
         weights = tf.cast(weights, x.dtype)
         if is_training and x.dtype == tf.float32:
             # The same convolution, its input gradient taken as a forward
-            # one: oneDNN's own ran 2.8x slower on an AVX2 CPU (convolutions.py)
+            # one: oneDNN's own ran 2.8x slower on an AVX2 EPYC (BENCHMARKS.md)
             y = convolutions.conv2d_input_gradient_by_forward(x, weights)
         else:
             y = tf.nn.conv2d(x, weights, strides=1, padding='SAME')

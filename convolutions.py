@@ -7,8 +7,10 @@ convolutions, and no gradient function holds a graph alive.
 
 * conv2d_input_gradient_by_forward: the input gradient as a forward
   convolution. oneDNN's float32 input-gradient kernel ran 1.4-6x slower than
-  its forward kernel on an AVX2 AMD EPYC (fast_cnn's and cnn.py's shapes);
-  used by fast_cnn.py and cnn.py in float32 training.
+  its forward kernel on an AVX2 AMD EPYC (Zen 3) at fast_cnn's and cnn.py's
+  shapes (2x and 2.8x summed over their convolutions), and as fast as it with
+  oneDNN capped to AVX2 on a Zen 4, where this costs 2% more; used by
+  fast_cnn.py and cnn.py in float32 training.
 * conv2d_by_taps: a 3x3 kernel's filter gradient as nine matrix products;
   faster than oneDNN's with AMX on maps of 8x8 or less, and more exact in
   bfloat16; used by fast_cnn.py in bfloat16 training.
@@ -20,7 +22,15 @@ import tensorflow.compat.v1 as tf
 def conv2d_input_gradient_by_forward(x, kernel):
     """tf.nn.conv2d(x, kernel, 1, 'SAME'), any kernel size: the same forward
     and filter gradient, its input gradient taken by a forward convolution
-    (_conv2d_gradient_input_by_forward)."""
+    (_conv2d_gradient_input_by_forward).
+
+    Args:
+      x: [batch, height, width, channels in].
+      kernel: [kernel height, kernel width, channels in, channels out], x's type.
+
+    Returns:
+      [batch, height, width, channels out].
+    """
     return _conv2d_with_gradient(x, kernel, 'Conv2DInputByForward')
 
 
@@ -44,7 +54,15 @@ def _conv2d_gradient_input_by_forward(op, dy):
 def conv2d_by_taps(x, kernel):
     """tf.nn.conv2d(x, kernel, 1, 'SAME') for a 3x3 kernel and a map of known
     height and width: the same forward and input gradient, its filter
-    gradient taken as nine matrix products (_conv2d_gradient_by_taps)."""
+    gradient taken as nine matrix products (_conv2d_gradient_by_taps).
+
+    Args:
+      x: [batch, height, width, channels in], height and width known.
+      kernel: [3, 3, channels in, channels out], x's type.
+
+    Returns:
+      [batch, height, width, channels out].
+    """
     return _conv2d_with_gradient(x, kernel, 'Conv2DByTaps')
 
 

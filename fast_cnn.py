@@ -794,7 +794,8 @@ def build_graph(args, hyp, padded_train, train_labels, whitening,
 
     plain_logits = network(images)
     plain_predictions = tf.argmax(plain_logits, 1)
-    logits = tta_logits(images, network, args.tta) if args.tta else plain_logits   # (not twice)
+    # (without test-time augmentation, the plain network above: not built again)
+    logits = tta_logits(images, network, args.tta) if args.tta else plain_logits
     tf.nn.softmax(logits, name='probabilities')     # the name predict.py looks for
     tf.nn.softmax(plain_logits, name='plain_probabilities')     # export.py's default
     return argparse.Namespace(
@@ -954,7 +955,7 @@ def main(args):
         train_seconds = time.time() - train_start
         plain = do_eval(sess, ops, ops.plain_predictions, test_images, test_labels)
         tta = (do_eval(sess, ops, ops.tta_predictions, test_images, test_labels) if args.tta
-               else plain)
+               else plain)          # (--tta 0: the same predictions, not scored again)
         total_seconds = time.time() - begin_time
         print('Test accuracy {:.4f} (without test-time augmentation {:.4f})'.format(tta, plain))
         print('Total time: {:.1f}s (training {:.1f}s, {:.0f} images/s, {} at {:.0f} '

@@ -117,10 +117,9 @@ def trace_step(sess, run_step):
     by_kind = dict.fromkeys([kind for kind, _ in KINDS] + ['the rest'], 0.0)
     for device in metadata.step_stats.dev_stats:
         for node in device.node_stats:
-            name, _, call = node.timeline_label.partition(' = ')
-            op_type = call.split('(')[0]
+            op_type = node.timeline_label.split('(')[0].split(' = ')[-1]
             kind = next((kind for kind, part in KINDS if part in op_type), 'the rest')
-            if kind.startswith('conv forward') and name.startswith('gradients'):
+            if kind.startswith('conv forward') and node.node_name.startswith('gradients'):
                 kind = 'conv input gradient'     # by a forward convolution (convolutions.py)
             by_kind[kind] += node.all_end_rel_micros / 1000
     return by_kind

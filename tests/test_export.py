@@ -170,8 +170,9 @@ EXACT_KINDS = [kind for kind in KINDS if kind not in PLAIN_KINDS + BF16_KINDS]
 @pytest.mark.parametrize('kind', EXACT_KINDS + PLAIN_KINDS)
 def test_tf2_signature_matches_the_training_graph(exported, kind):
     _, _, _, expected, results = exported
-    # fast_cnn's graph `probabilities` are the TTA ones; without --tta the
-    # export gives its plain output, which the run also reports
+    # fast_cnn's graph `probabilities` are the TTA ones (where the run had
+    # them); without --tta the export gives its plain output, which the run
+    # also reports
     reference = plain_probabilities(exported, kind) if kind in PLAIN_KINDS else expected[kind]
     # The exported graph, and one image at a time, may sum each dot product
     # in another order (another kernel: a matrix-vector product, or Eigen's

@@ -95,8 +95,9 @@ def test_batch_that_does_not_split_is_refused(capsys):
 
 
 # Epochs of 3 steps: narrow, airbench94's averaged weights need 6 to score
-# above chance (after 3 epochs: 0.1); muon scored 0.9 after 2. Without
-# test-time augmentation (its views are the same on any number of devices)
+# above chance (after 3 epochs: 0.1); muon scored 0.9 after 2. Scored
+# without test-time augmentation: its views would add graph and time here and
+# test nothing about towers
 @pytest.mark.parametrize('recipe, epochs', [('muon', 3), ('airbench94', 6)])
 def test_fast_cnn_trains_on_two_towers(fake_cifar10, tmp_path, capsys, recipe, epochs,
                                        narrow_fast_cnn):
