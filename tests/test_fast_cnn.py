@@ -297,7 +297,7 @@ def test_parameter_groups_by_name():
         'head': ['net/head/weights']}
 
 
-def test_one_step_moves_each_group_at_its_own_rate():
+def test_one_step_moves_each_group_at_its_own_rate(narrow_fast_cnn):
     # The first Nesterov step from zero momentum moves a weight w with
     # gradient g by -lr_scale * gate * (1 + momentum) * (group_lr * g + decay * w):
     # batch-norm biases 64x faster, decay the same for all, the whitening bias
@@ -415,7 +415,7 @@ def test_two_muon_steps_by_hand():
         np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
 
 
-def test_muon_recipe_trains_filters_with_muon_and_the_rest_with_sgd():
+def test_muon_recipe_trains_filters_with_muon_and_the_rest_with_sgd(narrow_fast_cnn):
     rng = np.random.default_rng(0)
     images_value = rng.random((8, 32, 32, 3)).astype(np.float32)
     labels_value = rng.integers(0, 10, 8)
