@@ -1,9 +1,9 @@
 """distributed.py: 2 workers on 127.0.0.1 as subprocesses with a hard time
 limit and their parameter server in this process: a synchronous run, a worker
-killed mid-run; clusters that never assemble (a parameter server and a chief
-as subprocesses, a chief without its parameter server here). In the test
-process: the watchdog, the wait for the chief, the parameter server's grace,
-a worker's report of its failure, the flags and $TF_CONFIG."""
+killed mid-run. In the test process: clusters that never assemble (a chief
+without its other worker, a chief without its parameter server), the
+watchdog, the wait for the chief, the parameter server's grace, a worker's
+report of its failure, the flags and $TF_CONFIG."""
 
 import glob
 import os
@@ -71,6 +71,9 @@ class Cluster:
         flags = ['--data-dir', data_dir, '--train-dir', str(tmp_path / 'runs'),
                  '--batch-size', '16', '--seed', '0', '--startup-timeout', '60'] + list(worker_flags)
         self.logs = {}
+        # (their output buffered, as a user's is when it goes to a file or a
+        # pipe: each worker's line still comes last)
+        env = {name: value for name, value in os.environ.items() if name != 'PYTHONUNBUFFERED'}
         self.processes = {'ps': ParameterServer(distributed.parse_args(
             hosts + ['--job-name', 'ps', '--task-index', '0', '--startup-timeout', '60']))}
         for name, task in (('worker1', 1), ('worker0', 0)):
@@ -78,7 +81,7 @@ class Cluster:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, os.path.join(ROOT, 'distributed.py')] + hosts +
                 ['--job-name', 'worker', '--task-index', str(task)] + flags,
-                stdout=self.logs[name], stderr=subprocess.STDOUT, cwd=str(tmp_path))
+                stdout=self.logs[name], stderr=subprocess.STDOUT, cwd=str(tmp_path), env=env)
         self.start = time.time()
 
     def output(self, name):
@@ -328,42 +331,42 @@ def test_cluster_from_tf_config_and_bad_flags(monkeypatch, capsys):
 def test_nobody_there_is_one_line_in_bounded_time(tmp_path, fake_cifar10, monkeypatch):
     # A parameter server and a chief whose other worker never comes (the chief
     # alone could fill SyncReplicasOptimizer's every place and train on), and
-    # a chief whose parameter server never comes (in this process, while they
-    # run: not to pay another start-up): each stops by itself, in one line
-    # (their output buffered, as a user's is when piped: the line still last)
-    env = {name: value for name, value in os.environ.items() if name != 'PYTHONUNBUFFERED'}
-
-    def start(hosts, argv):
-        return subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, 'distributed.py')] + flags(hosts, argv),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path),
-            env=env)
-
+    # a chief whose parameter server never comes: each stops by itself, with
+    # one error. All in this process, the chiefs side by side in threads (not
+    # to pay three start-ups); how a process ends on such an error, its line
+    # last and its output buffered, the killed worker's test shows.
     def flags(hosts, argv):
-        return (['--ps-hosts', hosts[0], '--worker-hosts', hosts[1] + ',' + hosts[2],
-                 '--startup-timeout', '5'] + argv)
+        return distributed.parse_args(
+            ['--ps-hosts', hosts[0], '--worker-hosts', hosts[1] + ',' + hosts[2],
+             '--startup-timeout', '3'] + argv)
 
     chief = ['--job-name', 'worker', '--task-index', '0', '--data-dir', fake_cifar10,
              '--batch-size', '16', '--max-steps', '100000']
     addresses = distributed.local_addresses(6)          # six different ports
     no_worker_1, no_ps = addresses[:3], addresses[3:]
-    processes = {'ps': start(no_worker_1, ['--job-name', 'ps', '--task-index', '0']),
-                 'lone chief': start(no_worker_1, chief)}
-    try:
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setattr(threading, 'excepthook', threading.excepthook)   # main sets its own
-        with pytest.raises(DataError, match=r'^no parameter server at 127.0.0.1:\d+ after 5 s '
-                                            r'\(--startup-timeout\)$'):
-            distributed.main(distributed.parse_args(flags(no_ps, chief)))
-        outputs = {name: p.communicate(timeout=LIMIT)[0].strip().splitlines()[-1]
-                   for name, p in processes.items()}
-    finally:
-        end_processes(processes.values())
-    assert processes['ps'].returncode == 1
-    assert outputs['ps'] == ('distributed.py: error: parameter server 0: worker 0, 1 did not '
-                             'finish')
-    assert processes['lone chief'].returncode == 1
-    assert outputs['lone chief'] == ('distributed.py: error: worker 0: worker 1 did not start '
-                                     'within 5 s (--startup-timeout)')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(threading, 'excepthook', threading.excepthook)   # main sets its own
+    ps = ParameterServer(flags(no_worker_1, ['--job-name', 'ps', '--task-index', '0']))
+    errors = {}
+
+    def run(name, args):
+        try:
+            distributed.main(args)
+        except Exception as e:        # any: the assertions below say which
+            errors[name] = e
+    chiefs = [threading.Thread(target=run, args=(name, flags(hosts, chief)), daemon=True)
+              for name, hosts in (('lone chief', no_worker_1), ('no ps', no_ps))]
+    for thread in chiefs:
+        thread.start()
+    for thread in chiefs:
+        thread.join(LIMIT)
+        assert not thread.is_alive(), 'a chief still running after %d s' % LIMIT
+    assert ps.wait(LIMIT) == 1
+    assert str(ps.error) == 'parameter server 0: worker 0, 1 did not finish'
+    assert {name: (type(e), str(e)) for name, e in errors.items()} == {
+        'lone chief': (DataError, 'worker 0: worker 1 did not start within 3 s '
+                                  '(--startup-timeout)'),
+        'no ps': (DataError, 'no parameter server at %s after 3 s (--startup-timeout)'
+                  % no_ps[0])}
     # ... before its first checkpoint: nothing untrained for predict.py to find
     assert glob.glob(str(tmp_path / 'runs' / '*' / '*.index')) == []
