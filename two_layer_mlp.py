@@ -122,7 +122,10 @@ def inference(images, image_pixels, hidden_units, classes, reg_constant=0,
                 layer_output = tf.nn.relu(layer_output)
         layer_input = layer_output
     logits = tf.identity(layer_input, name='logits')
-    tf.summary.histogram('logits', logits)
+    # (in a scope of its own: beside the tensor 'logits' the histogram would
+    # be 'logits_1', and TensorFlow's names ignore case, so 'Logits' too)
+    with tf.name_scope('Output'):
+        tf.summary.histogram('logits', logits)
     return logits
 
 
@@ -140,7 +143,7 @@ def loss(logits, labels):
         cross_entropy = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
             logits=logits, labels=labels, name='cross_entropy'))
         total = tf.add_n([cross_entropy] + tf.get_collection(
-            tf.GraphKeys.REGULARIZATION_LOSSES), name='loss')
+            tf.GraphKeys.REGULARIZATION_LOSSES), name='total')
         tf.summary.scalar('loss', total)
     return total
 

@@ -101,7 +101,11 @@ def test_runner_summaries_checkpoints_and_restore(fake_cifar10, tmp_path, capsys
     assert re.search(r'^Test accuracy [0-9.]+$', out, re.M)
     runs = glob.glob(os.path.join(train_dir, '*'))
     assert len(runs) == 1 and re.fullmatch(r'\d{8}-\d{6}', os.path.basename(runs[0]))
-    assert glob.glob(os.path.join(runs[0], 'events.out.tfevents.*'))
+    events, = glob.glob(os.path.join(runs[0], 'events.out.tfevents.*'))
+    # What TensorBoard shows, named as written (not 'Loss/loss_1' or 'logits_1')
+    tags = {value.tag for event in tf.train.summary_iterator(events)
+            for value in event.summary.value}
+    assert tags == {'Loss/loss', 'Accuracy/train_accuracy', 'Output/logits'}
     assert tf.train.latest_checkpoint(runs[0]).endswith('model.ckpt-1001')
     assert os.path.exists(os.path.join(runs[0], 'model.ckpt-1000.index'))
 
