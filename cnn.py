@@ -16,9 +16,9 @@
 `--precision auto` (the default for small and batchnorm) computes the layers
 in bfloat16 on CPUs with AVX-512 BF16 or AMX, with float32 weights, loss and
 batch-norm statistics; augmented stays fp32 (its bfloat16 accuracy has not
-been measured). Float32 training takes each convolution's input gradient as
-a forward convolution (convolutions.py): the same numbers, faster where
-oneDNN's own kernel is slow (2.8x on an AVX2 CPU). What each model reaches,
+been measured). Float32 training takes each convolution's gradients as
+forward convolutions (convolutions.py): the same numbers, faster where
+oneDNN's own kernels are slow (a step 1.4x faster on an AVX2 CPU). What each model reaches,
 in what time, per precision and CPU: BENCHMARKS.md, "cnn.py".
 
 `--data-dir` may also name a folder of your own pictures (one sub-folder per
@@ -156,8 +156,8 @@ def crop_sizes(images):
 def conv(x, filters, kernel, name, is_training=False, activation=tf.nn.relu):
     """A 'same'-padded convolution with Glorot-uniform weights and zero biases,
     computed in x's type (the float32 weights cast to bfloat16 for a bf16 x).
-    In the float32 training tower (is_training) its input gradient is taken
-    by a forward convolution (convolutions.py); the evaluation tower, which
+    In the float32 training tower (is_training) both its gradients are taken
+    by forward convolutions (convolutions.py); the evaluation tower, which
     predict.py and export.py take, is the plain convolution."""
     with tf.variable_scope(name):
         weights = tf.get_variable('weights', [kernel, kernel, x.shape[-1], filters],
@@ -165,9 +165,10 @@ def conv(x, filters, kernel, name, is_training=False, activation=tf.nn.relu):
         biases = tf.get_variable('biases', [filters], initializer=tf.zeros_initializer())
         weights = tf.cast(weights, x.dtype)
         if is_training and x.dtype == tf.float32:
-            # The same convolution, its input gradient taken as a forward
-            # one: oneDNN's own ran 2.8x slower on an AVX2 EPYC (BENCHMARKS.md)
-            y = convolutions.conv2d_input_gradient_by_forward(x, weights)
+            # The same convolution, its gradients taken as forward ones:
+            # oneDNN's own ran 2.8x (input) and 2-3.5x (filter) slower than
+            # its forward on an AVX2 EPYC (BENCHMARKS.md)
+            y = convolutions.conv2d_by_forward(x, weights)
         else:
             y = tf.nn.conv2d(x, weights, strides=1, padding='SAME')
         x = tf.nn.bias_add(y, tf.cast(biases, x.dtype))

@@ -10,7 +10,11 @@ convolutions, and no gradient function holds a graph alive.
   its forward kernel on an AVX2 AMD EPYC (Zen 3) at fast_cnn's and cnn.py's
   shapes (2x and 2.8x summed over their convolutions), and as fast as it with
   oneDNN capped to AVX2 on a Zen 4, where this costs 2% more; used by
-  fast_cnn.py and cnn.py in float32 training.
+  fast_cnn.py in float32 training.
+* conv2d_by_forward: both gradients as forward convolutions, the filter's
+  too. oneDNN's float32 filter-gradient kernel ran 2-3.5x slower than its
+  forward at cnn.py's 4x4 kernels on that Zen 3 (at fast_cnn's 3x3 about as
+  fast as this); used by cnn.py in float32 training.
 * conv2d_by_taps: a 3x3 kernel's filter gradient as nine matrix products;
   faster than oneDNN's with AMX on maps of 8x8 or less, and more exact in
   bfloat16; used by fast_cnn.py in bfloat16 training.
@@ -36,19 +40,61 @@ def conv2d_input_gradient_by_forward(x, kernel):
 
 def _conv2d_gradient_input_by_forward(op, dy):
     """The gradients of conv2d_input_gradient_by_forward: the filter's as
-    TensorFlow takes it; the input's as the convolution of the output
-    gradient with the kernel turned by 180 degrees and its channels in and
-    out swapped (each input pixel gets back what each tap sent forward from
-    it). 'SAME' pads an even kernel one pixel more after than before (cnn.py's
-    4x4); turned, the kernel needs that padding the other way round."""
+    TensorFlow takes it, the input's by _input_gradient_by_forward."""
     x, kernel = op.inputs
+    dkernel = tf.nn.conv2d_backprop_filter(x, tf.shape(kernel), dy, [1, 1, 1, 1], 'SAME')
+    return _input_gradient_by_forward(kernel, dy), dkernel
+
+
+def conv2d_by_forward(x, kernel):
+    """tf.nn.conv2d(x, kernel, 1, 'SAME'), any kernel size: the same forward,
+    both its gradients taken by forward convolutions (_conv2d_gradients_by_forward).
+
+    Args:
+      x: [batch, height, width, channels in].
+      kernel: [kernel height, kernel width, channels in, channels out], x's type.
+
+    Returns:
+      [batch, height, width, channels out].
+    """
+    return _conv2d_with_gradient(x, kernel, 'Conv2DByForward')
+
+
+def _conv2d_gradients_by_forward(op, dy):
+    """The gradients of conv2d_by_forward: the input's by
+    _input_gradient_by_forward, the filter's by _filter_gradient_by_forward."""
+    x, kernel = op.inputs
+    return _input_gradient_by_forward(kernel, dy), _filter_gradient_by_forward(x, kernel, dy)
+
+
+def _same_padding(kernel):
+    """[before, after] of a stride-1 'SAME' convolution along each side of
+    the map: an even kernel pads one pixel more after than before (cnn.py's 4x4)."""
+    return [[(size - 1) // 2, size - 1 - (size - 1) // 2] for size in kernel.shape[:2]]
+
+
+def _input_gradient_by_forward(kernel, dy):
+    """The input gradient as the convolution of the output gradient with the
+    kernel turned by 180 degrees and its channels in and out swapped (each
+    input pixel gets back what each tap sent forward from it). Turned, the
+    kernel needs 'SAME''s padding the other way round."""
     turned = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
-    pads = [[size - 1 - (size - 1) // 2, (size - 1) // 2] for size in kernel.shape[:2]]
+    pads = [[after, before] for before, after in _same_padding(kernel)]
     padding = ('SAME' if all(after == before for after, before in pads)
                else [[0, 0]] + pads + [[0, 0]])
-    dx = tf.nn.conv2d(dy, turned, 1, padding)
-    dkernel = tf.nn.conv2d_backprop_filter(x, tf.shape(kernel), dy, [1, 1, 1, 1], 'SAME')
-    return dx, dkernel
+    return tf.nn.conv2d(dy, turned, 1, padding)
+
+
+def _filter_gradient_by_forward(x, kernel, dy):
+    """The filter gradient, dkernel[i, j, c, d] = the sum over images n and
+    positions (h, w) of padded_x[n, h + i, w + j, c] * dy[n, h, w, d]: a
+    'VALID' convolution of x with its images and channels swapped ([c, height,
+    width, n], padded as 'SAME' pads x) by dy as the kernel ([height, width,
+    n, d]), giving [c, i, j, d]."""
+    pads = [[0, 0]] + _same_padding(kernel) + [[0, 0]]
+    by_channel = tf.nn.conv2d(tf.transpose(x, [3, 1, 2, 0]), tf.transpose(dy, [1, 2, 0, 3]),
+                              1, pads)
+    return tf.transpose(by_channel, [1, 2, 0, 3])
 
 
 def conv2d_by_taps(x, kernel):
@@ -93,10 +139,11 @@ def _conv2d_with_gradient(x, kernel, gradient_name):
 
 
 def _register_gradients():
-    """Registers the two gradients (TensorFlow takes a name once a process:
+    """Registers the three gradients (TensorFlow takes a name once a process:
     a reload of this module finds them registered and skips them)."""
     for name, gradient in [('Conv2DByTaps', _conv2d_gradient_by_taps),
-                           ('Conv2DInputByForward', _conv2d_gradient_input_by_forward)]:
+                           ('Conv2DInputByForward', _conv2d_gradient_input_by_forward),
+                           ('Conv2DByForward', _conv2d_gradients_by_forward)]:
         try:
             tf.RegisterGradient(name)(gradient)
         except KeyError:

@@ -122,7 +122,7 @@ def test_dropout_only_in_training():
 @pytest.mark.parametrize('model, count, precision', [
     ('augmented', 3, 'fp32'), ('small', 3, 'fp32'), ('batchnorm', 6, 'fp32'),
     ('batchnorm', 6, 'bf16')])
-def test_float32_training_takes_input_gradients_by_forward_convolutions(model, count, precision):
+def test_float32_training_takes_gradients_by_forward_convolutions(model, count, precision):
     # Only built (every CPU). (The first convolution's input gradient is built
     # too; a step does not run it: the images take none)
     with tf.Graph().as_default() as graph:
@@ -130,15 +130,15 @@ def test_float32_training_takes_input_gradients_by_forward_convolutions(model, c
         tf.gradients(cnn.loss(train_logits, tf.zeros([1], tf.int64)), tf.trainable_variables())
     types = [op.type for op in graph.get_operations() if op.name.startswith('gradients')]
     overridden = [op for op in graph.get_operations() if op.type == 'Conv2D'
-                  and op.node_def.attr['_gradient_op_type'].s == b'Conv2DInputByForward']
+                  and op.node_def.attr['_gradient_op_type'].s == b'Conv2DByForward']
     if precision == 'fp32':
         assert len(overridden) == count            # the training tower's, not evaluation's
-        assert 'Conv2DBackpropInput' not in types
-        assert types.count('Conv2D') == count
+        assert 'Conv2DBackpropInput' not in types and 'Conv2DBackpropFilter' not in types
+        assert types.count('Conv2D') == 2 * count  # an input and a filter gradient each
     else:                                                  # oneDNN's kernels in bfloat16
         assert overridden == []
         assert types.count('Conv2DBackpropInput') == count
-    assert types.count('Conv2DBackpropFilter') == count
+        assert types.count('Conv2DBackpropFilter') == count
 
 
 @needs_bf16_kernels

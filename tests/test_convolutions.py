@@ -35,7 +35,11 @@ def tensorflows_conv2d(x, kernel):
     ('conv2d_input_gradient_by_forward', (3, 3)),
     ('conv2d_input_gradient_by_forward', (4, 4)),
     ('conv2d_input_gradient_by_forward', (5, 5)),
-    ('conv2d_input_gradient_by_forward', (2, 3))])
+    ('conv2d_input_gradient_by_forward', (2, 3)),
+    ('conv2d_by_forward', (3, 3)),
+    ('conv2d_by_forward', (4, 4)),
+    ('conv2d_by_forward', (5, 5)),
+    ('conv2d_by_forward', (2, 3))])
 def test_conv2d_with_other_gradients_is_conv2d_with_tensorflows_gradients(conv2d, kernel_size):
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal(shape) for shape in
@@ -46,13 +50,20 @@ def test_conv2d_with_other_gradients_is_conv2d_with_tensorflows_gradients(conv2d
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_the_input_gradient_is_a_forward_convolution():
-    # Not TensorFlow's input-gradient kernel under another name
+@pytest.mark.parametrize('conv2d, forward_gradients', [
+    ('conv2d_input_gradient_by_forward', ['input']),
+    ('conv2d_by_forward', ['input', 'filter'])])
+def test_the_gradients_are_forward_convolutions(conv2d, forward_gradients):
+    # Not TensorFlow's gradient kernels under other names
     with tf.Graph().as_default() as graph:
         x, kernel = tf.zeros([2, 8, 8, 3]), tf.zeros([4, 4, 3, 5])
-        dx, = tf.gradients(convolutions.conv2d_input_gradient_by_forward(x, kernel), x)
-    assert dx.op.type == 'Conv2D'
-    assert not any(op.type == 'Conv2DBackpropInput' for op in graph.get_operations())
+        dx, dkernel = tf.gradients(getattr(convolutions, conv2d)(x, kernel), [x, kernel])
+    types = [op.type for op in graph.get_operations()]
+    assert (dx.op.type == 'Conv2D') == ('input' in forward_gradients)
+    assert ('Conv2DBackpropInput' in types) == ('input' not in forward_gradients)
+    # (the filter's, by channel, transposed back to [kernel h, kernel w, in, out])
+    assert ('Conv2DBackpropFilter' in types) == ('filter' not in forward_gradients)
+    assert types.count('Conv2D') == 1 + len(forward_gradients)
 
 
 @needs_native_bf16
@@ -71,7 +82,8 @@ def test_conv2d_by_taps_in_bfloat16_rounds_its_filter_gradient_once():
     np.testing.assert_allclose(result, exact, rtol=2 ** -7, atol=2 ** -8 * np.abs(exact).max())
 
 
-@pytest.mark.parametrize('conv2d', ['conv2d_by_taps', 'conv2d_input_gradient_by_forward'])
+@pytest.mark.parametrize('conv2d', ['conv2d_by_taps', 'conv2d_input_gradient_by_forward',
+                                    'conv2d_by_forward'])
 def test_a_graph_whose_gradients_went_otherwise_is_freed_with_it(conv2d):
     # (a tf.custom_gradient would register a gradient, holding its graph, for
     # the life of the process)
