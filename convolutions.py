@@ -78,11 +78,12 @@ def _input_gradient_by_forward(kernel, dy):
     kernel turned by 180 degrees and its channels in and out swapped (each
     input pixel gets back what each tap sent forward from it). Turned, the
     kernel needs 'SAME''s padding the other way round."""
-    turned = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
-    pads = [[after, before] for before, after in _same_padding(kernel)]
-    padding = ('SAME' if all(after == before for after, before in pads)
-               else [[0, 0]] + pads + [[0, 0]])
-    return tf.nn.conv2d(dy, turned, 1, padding)
+    with tf.name_scope('input_gradient'):        # (what a traced step's ops are for)
+        turned = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+        pads = [[after, before] for before, after in _same_padding(kernel)]
+        padding = ('SAME' if all(after == before for after, before in pads)
+                   else [[0, 0]] + pads + [[0, 0]])
+        return tf.nn.conv2d(dy, turned, 1, padding)
 
 
 def _filter_gradient_by_forward(x, kernel, dy):
@@ -91,10 +92,11 @@ def _filter_gradient_by_forward(x, kernel, dy):
     'VALID' convolution of x with its images and channels swapped ([c, height,
     width, n], padded as 'SAME' pads x) by dy as the kernel ([height, width,
     n, d]), giving [c, i, j, d]."""
-    pads = [[0, 0]] + _same_padding(kernel) + [[0, 0]]
-    by_channel = tf.nn.conv2d(tf.transpose(x, [3, 1, 2, 0]), tf.transpose(dy, [1, 2, 0, 3]),
-                              1, pads)
-    return tf.transpose(by_channel, [1, 2, 0, 3])
+    with tf.name_scope('filter_gradient'):
+        pads = [[0, 0]] + _same_padding(kernel) + [[0, 0]]
+        by_channel = tf.nn.conv2d(tf.transpose(x, [3, 1, 2, 0]),
+                                  tf.transpose(dy, [1, 2, 0, 3]), 1, pads)
+        return tf.transpose(by_channel, [1, 2, 0, 3])
 
 
 def conv2d_by_taps(x, kernel):

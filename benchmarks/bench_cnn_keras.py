@@ -102,9 +102,12 @@ def measure_ceiling(repeats):
     return BATCH * GFLOP_FORWARD / seconds
 
 
-# A traced step's ops by kind: oneDNN's names for them, first match wins
-KINDS = [('conv filter gradient', 'BackpropFilter'), ('conv input gradient', 'BackpropInput'),
-         ('conv forward (with bias and ReLU)', 'Conv2D'), ('batch norm', 'BatchNorm')]
+# A traced step's ops by kind: oneDNN's op types, or (the gradients cnn.py
+# takes by forward convolutions) convolutions.py's name scopes; the first
+# match wins
+KINDS = [('conv filter gradient', 'BackpropFilter', '/filter_gradient/'),
+         ('conv input gradient', 'BackpropInput', '/input_gradient/'),
+         ('conv forward (with bias and ReLU)', 'Conv2D', None), ('batch norm', 'BatchNorm', None)]
 
 
 def trace_step(sess, run_step):
@@ -114,13 +117,13 @@ def trace_step(sess, run_step):
     metadata = tf.RunMetadata()
     run_step(options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE),
              run_metadata=metadata)
-    by_kind = dict.fromkeys([kind for kind, _ in KINDS] + ['the rest'], 0.0)
+    by_kind = dict.fromkeys([kind for kind, _, _ in KINDS] + ['the rest'], 0.0)
     for device in metadata.step_stats.dev_stats:
         for node in device.node_stats:
             op_type = node.timeline_label.split('(')[0].split(' = ')[-1]
-            kind = next((kind for kind, part in KINDS if part in op_type), 'the rest')
-            if kind.startswith('conv forward') and node.node_name.startswith('gradients'):
-                kind = 'conv input gradient'     # by a forward convolution (convolutions.py)
+            kind = next((kind for kind, type_part, scope in KINDS
+                         if type_part in op_type or (scope and scope in node.node_name)),
+                        'the rest')
             by_kind[kind] += node.all_end_rel_micros / 1000
     return by_kind
 

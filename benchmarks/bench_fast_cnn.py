@@ -17,7 +17,8 @@
 4. With --gradients: each convolution's forward, its input gradient as
    TensorFlow takes it and as fast_cnn takes it in float32 (a forward
    convolution of the kernel turned), and its filter gradient as TensorFlow
-   takes it and as fast_cnn takes it in bfloat16 on small maps (by taps), in ms.
+   takes it, as fast_cnn takes it in bfloat16 on small maps (by taps), and
+   as a forward convolution (convolutions.conv2d_by_forward), in ms.
 
 Median of --repeats timings after a warm-up; nothing else should run.
 """
@@ -94,8 +95,8 @@ def measure_ceiling(widths, batch, dtype, repeats):
 
 def measure_gradients(widths, batch, dtype, repeats):
     """{name: ms of the forward; the input gradient as TensorFlow takes it and
-    by a forward convolution; the filter gradient as TensorFlow takes it and
-    by taps}."""
+    by a forward convolution; the filter gradient as TensorFlow takes it, by
+    taps and by a forward convolution}."""
     results = {}
     with tf.Graph().as_default(), tf.Session(config=sessions.session_config()) as sess:
         ops = []
@@ -108,7 +109,8 @@ def measure_gradients(widths, batch, dtype, repeats):
                 tf.nn.conv2d_backprop_input(tf.shape(x), k, dy, [1, 1, 1, 1], 'SAME').op,
                 tf.gradients(convolutions.conv2d_input_gradient_by_forward(x, k), x, dy)[0].op,
                 tf.nn.conv2d_backprop_filter(x, tf.shape(k), dy, [1, 1, 1, 1], 'SAME').op,
-                tf.gradients(convolutions.conv2d_by_taps(x, k), k, dy)[0].op]))
+                tf.gradients(convolutions.conv2d_by_taps(x, k), k, dy)[0].op,
+                tf.gradients(convolutions.conv2d_by_forward(x, k), k, dy)[0].op]))
         sess.run(tf.global_variables_initializer())
         for name, timed in ops:
             results[name] = [1000 * median_seconds(lambda: sess.run(op), repeats) for op in timed]
@@ -119,12 +121,12 @@ KINDS = [   # (kind, test on the op's type and name), first match wins
     ('optimiser', lambda t, n: n.startswith(('filters/', 'biases/', 'head/', 'whiten/',
                                               'lookahead/'))),
     # (in bfloat16 fast_cnn takes it on small maps by taps: slices of the
-    # padded input, nine MatMuls)
-    ('conv filter gradient', lambda t, n: 'BackpropFilter' in t or (
+    # padded input, nine MatMuls; in float32 as a forward convolution, in
+    # the name scope filter_gradient)
+    ('conv filter gradient', lambda t, n: 'BackpropFilter' in t or '/filter_gradient/' in n or (
         t in ('MatMul', 'StridedSlice', 'Pad') and re.search(r'/Conv2D(_\d+)?_grad/', n))),
-    # (in float32 fast_cnn takes it as a forward convolution, under gradients)
-    ('conv input gradient', lambda t, n: 'BackpropInput' in t or (
-        'Conv2D' in t and any(part.startswith('gradients') for part in n.split('/')))),
+    # (in float32 fast_cnn takes it as a forward convolution, in input_gradient)
+    ('conv input gradient', lambda t, n: 'BackpropInput' in t or '/input_gradient/' in n),
     ('conv forward', lambda t, n: 'Conv2D' in t),
     ('layout reorder / transpose', lambda t, n: 'Reorder' in t or 'Transpose' in t
      or 'ToTf' in t),
@@ -230,12 +232,13 @@ def main():
     if options.gradients:
         print('Each convolution and its gradients (%s, batch %d), ms: forward; input gradient '
               "as TensorFlow takes it / by a forward convolution; filter gradient as "
-              'TensorFlow takes it / by taps' % (precision, options.batch))
+              'TensorFlow takes it / by taps / by a forward convolution'
+              % (precision, options.batch))
         results = measure_gradients(hyp['widths'], options.batch, dtype, options.repeats)
         results['all six'] = [sum(column) for column in zip(*results.values())]
-        for name, (forward, inputs, inputs_ours, filters, filters_ours) in results.items():
-            print('  %-14s %7.1f   %7.1f / %7.1f   %7.1f / %7.1f' % (
-                name, forward, inputs, inputs_ours, filters, filters_ours))
+        for name, (forward, *gradients) in results.items():
+            print('  %-14s %7.1f   %7.1f / %7.1f   %7.1f / %7.1f / %7.1f'
+                  % ((name, forward) + tuple(gradients)))
 
 
 if __name__ == '__main__':
