@@ -5,45 +5,19 @@ only the gradient changes, through the graph's gradient_override_map, so a
 graph built without gradients (evaluation, predict.py, exports) is plain
 convolutions, and no gradient function holds a graph alive.
 
-* conv2d_input_gradient_by_forward: the input gradient as a forward
-  convolution. oneDNN's float32 input-gradient kernel ran 1.4-6x slower than
-  its forward kernel on an AVX2 AMD EPYC (Zen 3) at fast_cnn's and cnn.py's
-  shapes (2x and 2.8x summed over their convolutions), and as fast as it with
-  oneDNN capped to AVX2 on a Zen 4, where this costs 2% more; used by
-  fast_cnn.py in float32 training.
-* conv2d_by_forward: both gradients as forward convolutions, the filter's
-  too. oneDNN's float32 filter-gradient kernel ran 2-3.5x slower than its
-  forward at cnn.py's 4x4 kernels on that Zen 3 (at fast_cnn's 3x3 about as
-  fast as this); used by cnn.py in float32 training.
+* conv2d_by_forward: both gradients as forward convolutions. oneDNN's
+  float32 kernels for them ran 1.2-6x slower than its forward kernel on an
+  AVX2 AMD EPYC (Zen 3) at cnn.py's and fast_cnn.py's shapes; taken so, the
+  input gradient summed over their convolutions 2.8x and 2x faster, the
+  filter gradient 2x and 1.1x, a training step 1.4x and 1.05x (with oneDNN
+  capped to AVX2 on a Zen 4, the input gradient 2% slower); used by cnn.py
+  and fast_cnn.py in float32 training.
 * conv2d_by_taps: a 3x3 kernel's filter gradient as nine matrix products;
   faster than oneDNN's with AMX on maps of 8x8 or less, and more exact in
   bfloat16; used by fast_cnn.py in bfloat16 training.
 """
 
 import tensorflow.compat.v1 as tf
-
-
-def conv2d_input_gradient_by_forward(x, kernel):
-    """tf.nn.conv2d(x, kernel, 1, 'SAME'), any kernel size: the same forward
-    and filter gradient, its input gradient taken by a forward convolution
-    (_conv2d_gradient_input_by_forward).
-
-    Args:
-      x: [batch, height, width, channels in].
-      kernel: [kernel height, kernel width, channels in, channels out], x's type.
-
-    Returns:
-      [batch, height, width, channels out].
-    """
-    return _conv2d_with_gradient(x, kernel, 'Conv2DInputByForward')
-
-
-def _conv2d_gradient_input_by_forward(op, dy):
-    """The gradients of conv2d_input_gradient_by_forward: the filter's as
-    TensorFlow takes it, the input's by _input_gradient_by_forward."""
-    x, kernel = op.inputs
-    dkernel = tf.nn.conv2d_backprop_filter(x, tf.shape(kernel), dy, [1, 1, 1, 1], 'SAME')
-    return _input_gradient_by_forward(kernel, dy), dkernel
 
 
 def conv2d_by_forward(x, kernel):
@@ -141,10 +115,9 @@ def _conv2d_with_gradient(x, kernel, gradient_name):
 
 
 def _register_gradients():
-    """Registers the three gradients (TensorFlow takes a name once a process:
+    """Registers the two gradients (TensorFlow takes a name once a process:
     a reload of this module finds them registered and skips them)."""
     for name, gradient in [('Conv2DByTaps', _conv2d_gradient_by_taps),
-                           ('Conv2DInputByForward', _conv2d_gradient_input_by_forward),
                            ('Conv2DByForward', _conv2d_gradients_by_forward)]:
         try:
             tf.RegisterGradient(name)(gradient)

@@ -28,9 +28,9 @@ reaches on a CPU, in what time, on which kind of CPU: BENCHMARKS.md,
   translations: David Page, "How to train your ResNet" (2018).
 * This project's, for CPUs: in bfloat16 training, the filter gradients of the
   convolutions on 7x7 and 3x3 maps taken as nine matrix products, faster
-  with AMX and more exact than oneDNN's kernel; in float32 training, the input
-  gradients taken as forward convolutions, 2x faster on an AVX2 AMD EPYC
-  (both in convolutions.py).
+  with AMX and more exact than oneDNN's kernel; in float32 training, both
+  gradients taken as forward convolutions, the input's 2x and the filter's
+  1.1x faster on an AVX2 AMD EPYC (both in convolutions.py).
 
     python fast_cnn.py                      # the default recipe, muon, 8 epochs
     python fast_cnn.py --epochs 6           # less accuracy in less time
@@ -253,15 +253,16 @@ def conv(x, filters, name, is_training=False):
     if not is_training:
         return tf.nn.conv2d(x, kernel, 1, 'SAME')
     # Each only where measured faster (BENCHMARKS.md, "The filter gradient as
-    # nine matrix products" and "On a real AVX2 CPU"; on CPUs: a GPU was never
-    # measured): in bfloat16, the filter gradient by taps on maps of 8x8 or
-    # less; in float32, the input gradient by a forward convolution
+    # nine matrix products", "On a real AVX2 CPU" and "The filter gradient is
+    # a convolution too"; on CPUs: a GPU was never measured): in bfloat16, the
+    # filter gradient by taps on maps of 8x8 or less; in float32, both
+    # gradients by forward convolutions
     height, width = x.shape[1:3]
     if x.dtype == tf.bfloat16:
         if height is not None and width is not None and max(height, width) <= 8:
             return convolutions.conv2d_by_taps(x, kernel)
         return tf.nn.conv2d(x, kernel, 1, 'SAME')
-    return convolutions.conv2d_input_gradient_by_forward(x, kernel)
+    return convolutions.conv2d_by_forward(x, kernel)
 
 
 def gelu(x):

@@ -107,7 +107,7 @@ def measure_gradients(widths, batch, dtype, repeats):
             ops.append((name, [
                 tf.nn.conv2d(x, k, 1, 'SAME').op,
                 tf.nn.conv2d_backprop_input(tf.shape(x), k, dy, [1, 1, 1, 1], 'SAME').op,
-                tf.gradients(convolutions.conv2d_input_gradient_by_forward(x, k), x, dy)[0].op,
+                tf.gradients(convolutions.conv2d_by_forward(x, k), x, dy)[0].op,
                 tf.nn.conv2d_backprop_filter(x, tf.shape(k), dy, [1, 1, 1, 1], 'SAME').op,
                 tf.gradients(convolutions.conv2d_by_taps(x, k), k, dy)[0].op,
                 tf.gradients(convolutions.conv2d_by_forward(x, k), k, dy)[0].op]))

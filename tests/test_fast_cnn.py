@@ -149,16 +149,17 @@ def test_gelu_of_bfloat16_keeps_its_constant_exact_in_float32():
 
 
 def filter_gradient_source(gradient):
-    """The op type that computed a kernel's gradient, behind its casts and
-    reshapes: Conv2DBackpropFilter, or MatMul (one tap's product)."""
+    """The op type that computed a kernel's gradient, behind its casts,
+    reshapes and transposes: Conv2DBackpropFilter, MatMul (one tap's
+    product), or Conv2D (a forward convolution)."""
     op = gradient.op
-    while op.type in ('Cast', 'Reshape', 'Pack', 'Identity'):
+    while op.type in ('Cast', 'Reshape', 'Pack', 'Identity', 'Transpose'):
         op = op.inputs[0].op
     return op.type
 
 
 @pytest.mark.parametrize('precision, by_taps, gradients', [
-    ('fp32', [], {b'Conv2DInputByForward': 6}),
+    ('fp32', [], {b'Conv2DByForward': 6}),
     ('bf16', ['block2/conv2', 'block3/conv1', 'block3/conv2'], {b'Conv2DByTaps': 3})])
 def test_training_takes_the_gradients_measured_faster(precision, by_taps, gradients):
     # The maps: block 1 at 31x31 and 15x15, block 2 at 15x15 and 7x7, block 3
@@ -174,10 +175,10 @@ def test_training_takes_the_gradients_measured_faster(precision, by_taps, gradie
         fast_cnn.inference(images, whitening_for_tests(), False, hyp, precision)
     assert len(sources) == 6
     assert sorted(name for name, source in sources.items() if source == 'MatMul') == by_taps
-    assert all(source == 'Conv2DBackpropFilter' for name, source in sources.items()
-               if name not in by_taps), sources
-    # In float32 every input gradient is a forward convolution, in bfloat16
-    # oneDNN's input-gradient kernel
+    # In float32 every filter and input gradient is a forward convolution, in
+    # bfloat16 oneDNN's kernels (but the filter gradients by taps)
+    assert all(source == ('Conv2D' if precision == 'fp32' else 'Conv2DBackpropFilter')
+               for name, source in sources.items() if name not in by_taps), sources
     has_input_gradient_kernel = any(op.type == 'Conv2DBackpropInput'
                                     for op in graph.get_operations())
     assert has_input_gradient_kernel == (precision == 'bf16')
