@@ -18,7 +18,7 @@ in bfloat16 on CPUs with AVX-512 BF16 or AMX, with float32 weights, loss and
 batch-norm statistics; augmented stays fp32 (its bfloat16 accuracy has not
 been measured). Float32 training takes each convolution's gradients as
 forward convolutions (convolutions.py): the same numbers, faster where
-oneDNN's own kernels are slow (a step 1.4x faster on an AVX2 CPU). What each model reaches,
+oneDNN's own kernels are slow (on an AVX2 CPU 1.62x Keras' `fit`, from 0.97x). What each model reaches,
 in what time, per precision and CPU: BENCHMARKS.md, "cnn.py".
 
 `--data-dir` may also name a folder of your own pictures (one sub-folder per
@@ -166,8 +166,8 @@ def conv(x, filters, kernel, name, is_training=False, activation=tf.nn.relu):
         weights = tf.cast(weights, x.dtype)
         if is_training and x.dtype == tf.float32:
             # The same convolution, its gradients taken as forward ones:
-            # oneDNN's own ran 2.8x (input) and 2-3.5x (filter) slower than
-            # its forward on an AVX2 EPYC (BENCHMARKS.md)
+            # oneDNN's own took 2.6x (input) and 2.1-2.4x (filter) its
+            # forward's time over this net on an AVX2 EPYC (BENCHMARKS.md)
             y = convolutions.conv2d_by_forward(x, weights)
         else:
             y = tf.nn.conv2d(x, weights, strides=1, padding='SAME')
