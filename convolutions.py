@@ -51,7 +51,7 @@ def _input_gradient_by_forward(kernel, dy):
     """The input gradient as the convolution of the output gradient with the
     kernel turned by 180 degrees and its channels in and out swapped (each
     input pixel gets back what each tap sent forward from it). Turned, the
-    kernel needs 'SAME''s padding the other way round."""
+    kernel needs the 'SAME' padding the other way round."""
     with tf.name_scope('input_gradient'):        # (what a traced step's ops are for)
         turned = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
         pads = [[after, before] for before, after in _same_padding(kernel)]
