@@ -18,8 +18,9 @@ in bfloat16 on CPUs with AVX-512 BF16 or AMX, with float32 weights, loss and
 batch-norm statistics; augmented stays fp32 (its bfloat16 accuracy has not
 been measured). Float32 training takes each convolution's gradients as
 forward convolutions (convolutions.py): the same numbers, faster where
-oneDNN's own kernels are slow (on an AVX2 CPU 1.62x Keras' `fit`, from 0.97x). What each model reaches,
-in what time, per precision and CPU: BENCHMARKS.md, "cnn.py".
+oneDNN's own kernels are slow (on an AVX2 CPU 1.62x Keras' `fit`, from
+0.97x). What each model reaches, in what time, per precision and CPU:
+BENCHMARKS.md, "cnn.py".
 
 `--data-dir` may also name a folder of your own pictures (one sub-folder per
 class, or train/ and test/ holding them; image_folders.py), read at

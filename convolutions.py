@@ -6,12 +6,14 @@ graph built without gradients (evaluation, predict.py, exports) is plain
 convolutions, and no gradient function holds a graph alive.
 
 * conv2d_by_forward: both gradients as forward convolutions. oneDNN's
-  float32 kernels for them ran 1.2-6x slower than its forward kernel on an
+  float32 kernels for them ran 1.2-9x slower than its forward kernel on an
   AVX2 AMD EPYC (Zen 3) at cnn.py's and fast_cnn.py's shapes; taken so, the
   input gradient summed over their convolutions 2.8x and 2x faster, the
-  filter gradient 2x and 1.1x, a training step 1.4x and 1.05x (with oneDNN
-  capped to AVX2 on a Zen 4, the input gradient 2% slower); used by cnn.py
-  and fast_cnn.py in float32 training.
+  filter gradient 2x and 1.1x. Taking the filter gradient so too (the input
+  gradient already was) made a training step 1.41x and 1.05x faster there;
+  the filter gradient was measured on that Zen 3 only (the input gradient
+  also with oneDNN capped to AVX2 on a Zen 4: 2% slower). Used by cnn.py and
+  fast_cnn.py in float32 training.
 * conv2d_by_taps: a 3x3 kernel's filter gradient as nine matrix products;
   faster than oneDNN's with AMX on maps of 8x8 or less, and more exact in
   bfloat16; used by fast_cnn.py in bfloat16 training.
@@ -70,7 +72,9 @@ def _filter_gradient_by_forward(x, kernel, dy):
         pads = [[0, 0]] + _same_padding(kernel) + [[0, 0]]
         by_channel = tf.nn.conv2d(tf.transpose(x, [3, 1, 2, 0]),
                                   tf.transpose(dy, [1, 2, 0, 3]), 1, pads)
-        return tf.transpose(by_channel, [1, 2, 0, 3])
+        dkernel = tf.transpose(by_channel, [1, 2, 0, 3])
+        dkernel.set_shape(kernel.shape)      # (known even where x's height and width are not)
+        return dkernel
 
 
 def conv2d_by_taps(x, kernel):

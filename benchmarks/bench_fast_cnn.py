@@ -10,8 +10,10 @@
    (fast_cnn.build_graph, real images), images/s and GFLOP/s at
    fast_cnn.training_flops_per_image(), as a fraction of that ceiling.
 3. A step trace (RunMetadata, FULL_TRACE): each op's time summed by kind:
-   convolution forward, input gradient and filter gradient, oneDNN layout
-   reorders, batch norm, activation, pooling, the optimiser, the rest.
+   convolution forward, input gradient and filter gradient (the ops in
+   convolutions.py's name scopes count as the gradient they serve, their
+   transposes included), oneDNN layout reorders, batch norm, activation,
+   pooling, the optimiser, the rest.
    With one op at a time on both cores (the session config), the kinds add
    up to the step.
 4. With --gradients: each convolution's forward, its input gradient as
