@@ -47,11 +47,11 @@ import time
 
 import numpy as np
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
+import cli  # (no TensorFlow inside: it sets how TensorFlow loads)
+cli.prepare_tensorflow()  # a quiet start; oneDNN's kernels on every x86-64 CPU
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import checkpoints  # noqa: E402
-import cli  # noqa: E402
 import convolutions  # noqa: E402
 import data_helpers  # noqa: E402
 import reporting  # noqa: E402
@@ -157,18 +157,20 @@ def crop_sizes(images):
 def conv(x, filters, kernel, name, is_training=False, activation=tf.nn.relu):
     """A 'same'-padded convolution with Glorot-uniform weights and zero biases,
     computed in x's type (the float32 weights cast to bfloat16 for a bf16 x).
-    In the float32 training tower (is_training) both its gradients are taken
-    by forward convolutions (convolutions.py); the evaluation tower, which
-    predict.py and export.py take, is the plain convolution."""
+    In the float32 training tower (is_training) on TensorFlow's own kernels
+    both its gradients are taken by forward convolutions (convolutions.py);
+    elsewhere, and in the evaluation tower, which predict.py and export.py
+    take, it is the plain convolution."""
     with tf.variable_scope(name):
         weights = tf.get_variable('weights', [kernel, kernel, x.shape[-1], filters],
                                   initializer=tf.glorot_uniform_initializer())
         biases = tf.get_variable('biases', [filters], initializer=tf.zeros_initializer())
         weights = tf.cast(weights, x.dtype)
-        if is_training and x.dtype == tf.float32:
+        if is_training and x.dtype == tf.float32 and not convolutions.onednn_kernels():
             # The same convolution, its gradients taken as forward ones:
-            # oneDNN's own took 2.6x (input) and 2.1-2.4x (filter) its
-            # forward's time over this net on an AVX2 EPYC (BENCHMARKS.md)
+            # TensorFlow's own (Eigen) took 2.6x (input) and 2.1-2.4x
+            # (filter) its forward's time over this net on an AVX2 EPYC;
+            # oneDNN's, where they run, beat these (BENCHMARKS.md)
             y = convolutions.conv2d_by_forward(x, weights)
         else:
             y = tf.nn.conv2d(x, weights, strides=1, padding='SAME')

@@ -5,21 +5,34 @@ only the gradient changes, through the graph's gradient_override_map, so a
 graph built without gradients (evaluation, predict.py, exports) is plain
 convolutions, and no gradient function holds a graph alive.
 
-* conv2d_by_forward: both gradients as forward convolutions. oneDNN's
-  float32 kernels for them ran 1.2-9x slower than its forward kernel on an
-  AVX2 AMD EPYC (Zen 3) at cnn.py's and fast_cnn.py's shapes; taken so, the
-  input gradient summed over their convolutions 2.8x and 2x faster, the
-  filter gradient 2x and 1.1x. Taking the filter gradient so too (the input
-  gradient already was) made a training step 1.41x and 1.05x faster there;
-  the filter gradient was measured on that Zen 3 only (the input gradient
-  also with oneDNN capped to AVX2 on a Zen 4: 2% slower). Used by cnn.py and
-  fast_cnn.py in float32 training.
+* conv2d_by_forward: both gradients as forward convolutions, for where
+  TensorFlow runs its own (Eigen) kernels (`onednn_kernels()` False). There,
+  on an AVX2 AMD EPYC (Zen 3), its gradient kernels ran 1.2-9x slower than
+  its forward at cnn.py's and fast_cnn.py's shapes; taken so, the input
+  gradient summed over their convolutions 2.8x and 2x faster, the filter
+  gradient 2x and 1.1x, a training step 1.41x and 1.05x faster than with the
+  input gradient alone so. With oneDNN's kernels (the scripts ask for them on
+  x86-64: cli.prepare_tensorflow) its filter gradient is 1.9x slower than
+  oneDNN's own there, its input gradient no faster: the scripts then take
+  TensorFlow's gradients.
 * conv2d_by_taps: a 3x3 kernel's filter gradient as nine matrix products;
   faster than oneDNN's with AMX on maps of 8x8 or less, and more exact in
   bfloat16; used by fast_cnn.py in bfloat16 training.
+* onednn_kernels(): whether this process runs oneDNN's kernels.
 """
 
 import tensorflow.compat.v1 as tf
+
+
+def onednn_kernels():
+    """Whether TensorFlow runs oneDNN's kernels in this process (decided once,
+    as it loads, from the CPU and $TF_ENABLE_ONEDNN_OPTS), rather than its own
+    (Eigen) ones."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:       # (a private module: if it moves, assume TensorFlow's own)
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def conv2d_by_forward(x, kernel):

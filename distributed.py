@@ -56,11 +56,11 @@ import time
 
 import numpy as np
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
+import cli  # (no TensorFlow inside: it sets how TensorFlow loads)
+cli.prepare_tensorflow()  # a quiet start; oneDNN's kernels on every x86-64 CPU
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import checkpoints  # noqa: E402
-import cli  # noqa: E402
 import cnn  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402

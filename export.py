@@ -44,11 +44,11 @@ import tempfile
 
 import numpy as np
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
+import cli  # (no TensorFlow inside: it sets how TensorFlow loads)
+cli.prepare_tensorflow()  # a quiet start; oneDNN's kernels on every x86-64 CPU
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import checkpoints  # noqa: E402
-import cli  # noqa: E402
 import run_folders  # noqa: E402
 from errors import DataError, current_umask, error_line  # noqa: E402
 

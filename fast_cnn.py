@@ -55,11 +55,11 @@ import time
 
 import numpy as np
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up quiet
+import cli  # (no TensorFlow inside: it sets how TensorFlow loads)
+cli.prepare_tensorflow()  # a quiet start; oneDNN's kernels on every x86-64 CPU
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import checkpoints  # noqa: E402
-import cli  # noqa: E402
 import convolutions  # noqa: E402
 import data_helpers  # noqa: E402
 import run_folders  # noqa: E402
@@ -253,15 +253,17 @@ def conv(x, filters, name, is_training=False):
     if not is_training:
         return tf.nn.conv2d(x, kernel, 1, 'SAME')
     # Each only where measured faster (BENCHMARKS.md, "The filter gradient as
-    # nine matrix products", "On a real AVX2 CPU" and "The filter gradient is
-    # a convolution too"; on CPUs: a GPU was never measured): in bfloat16, the
-    # filter gradient by taps on maps of 8x8 or less; in float32, both
-    # gradients by forward convolutions (the filter's measured on an AVX2
-    # EPYC only)
+    # nine matrix products", "On a real AVX2 CPU", "The filter gradient is a
+    # convolution too" and "oneDNN's kernels on every x86 CPU"; on CPUs: a
+    # GPU was never measured): in bfloat16, the filter gradient by taps on
+    # maps of 8x8 or less; in float32 on TensorFlow's own (Eigen) kernels,
+    # both gradients by forward convolutions (measured on an AVX2 EPYC)
     height, width = x.shape[1:3]
     if x.dtype == tf.bfloat16:
         if height is not None and width is not None and max(height, width) <= 8:
             return convolutions.conv2d_by_taps(x, kernel)
+        return tf.nn.conv2d(x, kernel, 1, 'SAME')
+    if convolutions.onednn_kernels():
         return tf.nn.conv2d(x, kernel, 1, 'SAME')
     return convolutions.conv2d_by_forward(x, kernel)
 

@@ -215,3 +215,39 @@ def test_the_precision_line_says_what_auto_picked():
     assert cli.precision_note('auto', 'bf16') == 'bf16 (auto: this CPU has native bfloat16)'
     assert cli.precision_note('auto', 'fp32') == 'fp32 (auto: no native bfloat16 on this CPU)'
     assert cli.precision_note('fp32', 'fp32') == 'fp32'
+
+
+@pytest.mark.parametrize('machine, preset, expected', [
+    ('x86_64', None, '1'), ('AMD64', None, '1'),      # Linux, Windows
+    ('x86_64', '0', '0'),                              # the user's choice wins
+    ('aarch64', None, None), ('arm64', None, None)])   # ARM: TensorFlow's own choice
+def test_prepare_tensorflow_asks_for_onednn_on_x86_64_only(machine, preset, expected,
+                                                           monkeypatch):
+    monkeypatch.setattr(cli.platform, 'machine', lambda: machine)
+    monkeypatch.delenv('TF_CPP_MIN_LOG_LEVEL', raising=False)
+    monkeypatch.delenv('TF_ENABLE_ONEDNN_OPTS', raising=False)
+    if preset is not None:
+        monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', preset)
+    cli.prepare_tensorflow()
+    assert os.environ.get('TF_ENABLE_ONEDNN_OPTS') == expected
+    assert os.environ['TF_CPP_MIN_LOG_LEVEL'] == '2'
+
+
+@pytest.mark.skipif(not cli.platform.machine().lower() in ('x86_64', 'amd64'),
+                    reason='oneDNN is asked for on x86-64 CPUs only')
+def test_a_script_process_runs_onednn_kernels_on_any_x86_64_cpu():
+    # Whatever this CPU (TensorFlow by itself turns them on only with VNNI or
+    # AMX), once prepare_tensorflow ran before TensorFlow loaded;
+    # convolutions.onednn_kernels reads what the process really runs
+    script = textwrap.dedent('''
+        import sys
+        sys.path.insert(0, %r)
+        import cli
+        cli.prepare_tensorflow()
+        import convolutions
+        print(convolutions.onednn_kernels())
+        ''' % ROOT)
+    env = {name: value for name, value in os.environ.items() if name != 'TF_ENABLE_ONEDNN_OPTS'}
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.stdout.split() == ['True'], result.stderr

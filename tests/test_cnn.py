@@ -119,23 +119,27 @@ def test_dropout_only_in_training():
     assert not np.allclose(train[0], train[1])
 
 
+@pytest.mark.parametrize('onednn', [False, True])
 @pytest.mark.parametrize('model, count, precision', [
     ('augmented', 3, 'fp32'), ('small', 3, 'fp32'), ('batchnorm', 6, 'fp32'),
     ('batchnorm', 6, 'bf16')])
-def test_float32_training_takes_gradients_by_forward_convolutions(model, count, precision):
-    # Only built (every CPU). (The first convolution's input gradient is built
-    # too; a step does not run it: the images take none)
+def test_float32_training_on_eigen_takes_gradients_by_forward_convolutions(
+        model, count, precision, onednn, monkeypatch):
+    # Only built (every CPU), on TensorFlow's own kernels and on oneDNN's as
+    # if this process ran them. (The first convolution's input gradient is
+    # built too; a step does not run it: the images take none)
+    monkeypatch.setattr(cnn.convolutions, 'onednn_kernels', lambda: onednn)
     with tf.Graph().as_default() as graph:
         images, train_logits, _ = build(model, precision)
         tf.gradients(cnn.loss(train_logits, tf.zeros([1], tf.int64)), tf.trainable_variables())
     types = [op.type for op in graph.get_operations() if op.name.startswith('gradients')]
     overridden = [op for op in graph.get_operations() if op.type == 'Conv2D'
                   and op.node_def.attr['_gradient_op_type'].s == b'Conv2DByForward']
-    if precision == 'fp32':
+    if precision == 'fp32' and not onednn:
         assert len(overridden) == count            # the training tower's, not evaluation's
         assert 'Conv2DBackpropInput' not in types and 'Conv2DBackpropFilter' not in types
         assert types.count('Conv2D') == 2 * count  # an input and a filter gradient each
-    else:                                                  # oneDNN's kernels in bfloat16
+    else:                                          # oneDNN's kernels (and in bfloat16)
         assert overridden == []
         assert types.count('Conv2DBackpropInput') == count
         assert types.count('Conv2DBackpropFilter') == count

@@ -158,12 +158,16 @@ def filter_gradient_source(gradient):
     return op.type
 
 
-@pytest.mark.parametrize('precision, by_taps, gradients', [
-    ('fp32', [], {b'Conv2DByForward': 6}),
-    ('bf16', ['block2/conv2', 'block3/conv1', 'block3/conv2'], {b'Conv2DByTaps': 3})])
-def test_training_takes_the_gradients_measured_faster(precision, by_taps, gradients):
+@pytest.mark.parametrize('precision, onednn, by_taps, gradients', [
+    ('fp32', False, [], {b'Conv2DByForward': 6}),
+    ('fp32', True, [], {}),
+    ('bf16', True, ['block2/conv2', 'block3/conv1', 'block3/conv2'], {b'Conv2DByTaps': 3})])
+def test_training_takes_the_gradients_measured_faster(precision, onednn, by_taps, gradients,
+                                                      monkeypatch):
     # The maps: block 1 at 31x31 and 15x15, block 2 at 15x15 and 7x7, block 3
-    # at 7x7 and 3x3. The graph is only built (every CPU)
+    # at 7x7 and 3x3. The graph is only built (every CPU), on TensorFlow's own
+    # kernels or on oneDNN's as if this process ran them
+    monkeypatch.setattr(fast_cnn.convolutions, 'onednn_kernels', lambda: onednn)
     hyp = dict(MUON, widths=(32, 32, 32))
     with tf.Graph().as_default() as graph:
         images = tf.placeholder(tf.float32, [None, 32, 32, 3])
@@ -175,13 +179,15 @@ def test_training_takes_the_gradients_measured_faster(precision, by_taps, gradie
         fast_cnn.inference(images, whitening_for_tests(), False, hyp, precision)
     assert len(sources) == 6
     assert sorted(name for name, source in sources.items() if source == 'MatMul') == by_taps
-    # In float32 every filter and input gradient is a forward convolution, in
-    # bfloat16 oneDNN's kernels (but the filter gradients by taps)
-    assert all(source == ('Conv2D' if precision == 'fp32' else 'Conv2DBackpropFilter')
+    # On TensorFlow's own kernels in float32 every filter and input gradient
+    # is a forward convolution; on oneDNN's, oneDNN's kernels (but in
+    # bfloat16 the filter gradients by taps)
+    by_forward = precision == 'fp32' and not onednn
+    assert all(source == ('Conv2D' if by_forward else 'Conv2DBackpropFilter')
                for name, source in sources.items() if name not in by_taps), sources
     has_input_gradient_kernel = any(op.type == 'Conv2DBackpropInput'
                                     for op in graph.get_operations())
-    assert has_input_gradient_kernel == (precision == 'bf16')
+    assert has_input_gradient_kernel == (not by_forward)
     # Only training has other gradients: the evaluation graph, which
     # predict.py and the exports take, is plain convolutions
     overridden = collections.Counter(op.node_def.attr['_gradient_op_type'].s
