@@ -6,7 +6,11 @@ float32), one script on this machine.
 
 bfloat16 is skipped on a CPU without it (`cli.cpu_has_bf16`: AVX-512 BF16 or
 AMX; $ONEDNN_MAX_CPU_ISA=AVX2 counts as without), where oneDNN would emulate
-it. Both train with batch 128 on the training set held in memory; inference runs
+it. The graph side runs TensorFlow's kernels as cnn.py does
+(`cli.prepare_tensorflow`: oneDNN's on x86-64), Keras as TensorFlow picks
+them for this CPU (oneDNN's only with VNNI, AVX-512 BF16 or AMX); where that
+is TensorFlow's own (Eigen) kernels, Keras is also timed on oneDNN's
+(`keras-onednn`, $TF_ENABLE_ONEDNN_OPTS=1). Both train with batch 128 on the training set held in memory; inference runs
 over 10,000 images. Reported: images/second (median of --repeats timings
 after a warm-up), the ratio, and each side's GFLOP/s (1.22 GFLOP per
 training image: the six convolutions' forward, input gradient and filter
@@ -189,23 +193,31 @@ def measure_keras(x, y, x_test, steps, repeats):
                                                           callbacks=[clock]), 500))
 
 
+def graph_and_keras_sides(sides):
+    """(cnn.py's graph sides, Keras' sides) among those measured."""
+    return ([side for side in sides if side.startswith('graph')],
+            [side for side in sides if side.startswith('keras')])
+
+
 def print_round(results, sides):
     """One round's figures: the ceiling, each side's rates, the graph's step, the ratios."""
     ceiling = results['ceiling']
     print('ceiling: the convolutions\' forward, fp32, batch %d: %.1f GFLOP/s' % (BATCH, ceiling))
     for side in sides[1:]:
         train, infer = results[side][:2]
-        print('%-10s training %6.0f images/s (%5.1f GFLOP/s, %3.0f%% of the ceiling)  '
+        print('%-12s training %6.0f images/s (%5.1f GFLOP/s, %3.0f%% of the ceiling)  '
               'inference %6.0f images/s' % (
                   side, train, train * GFLOP_PER_TRAINING_IMAGE,
                   100 * train * GFLOP_PER_TRAINING_IMAGE / ceiling, infer))
-    for side in sides[1:-1]:
+    graphs, kerases = graph_and_keras_sides(sides)
+    for side in graphs:
         step = results[side][2]
         print('%s, a traced step of %.0f ms: %s' % (side, sum(step.values()), ', '.join(
             '%s %.0f%%' % (kind, 100 * ms / sum(step.values())) for kind, ms in step.items())))
-        print('%s / keras: training %.2fx, inference %.2fx'
-              % (side, results[side][0] / results['keras'][0],
-                 results[side][1] / results['keras'][1]))
+        for keras_side in kerases:
+            print('%s / %s: training %.2fx, inference %.2fx'
+                  % (side, keras_side, results[side][0] / results[keras_side][0],
+                     results[side][1] / results[keras_side][1]))
 
 
 def main():
@@ -218,7 +230,8 @@ def main():
                         help='timings per side (median)')
     parser.add_argument('--rounds', type=cli.positive_int, default=1,
                         help='times every side is measured in turn (median of the ratios)')
-    parser.add_argument('--only', choices=['ceiling', 'graph', 'graph-bf16', 'keras'],
+    parser.add_argument('--only', choices=['ceiling', 'graph', 'graph-bf16', 'keras',
+                                           'keras-onednn'],
                         help=argparse.SUPPRESS)    # measure one thing in this process
     args = parser.parse_args()
     if args.steps > MAX_STEPS:
@@ -227,11 +240,17 @@ def main():
     if args.only is None:
         # Each side in a fresh process: cnn.py switches TensorFlow to graph
         # mode for its whole process, and Keras needs eager mode.
-        sides = ['ceiling', 'graph', 'graph-bf16', 'keras']
+        sides = ['ceiling', 'graph', 'graph-bf16', 'keras', 'keras-onednn']
         if not cli.cpu_has_bf16():
             sides.remove('graph-bf16')
             print('graph-bf16 skipped: this CPU has no native bfloat16 (AVX-512 BF16 or AMX), '
                   'so oneDNN would emulate it, slower than fp32; cnn.py picks fp32 here')
+        if tensorflow_picks_onednn():
+            sides.remove('keras-onednn')
+            print('keras runs oneDNN\'s kernels here, as TensorFlow picks them for this CPU')
+        else:
+            print("keras: TensorFlow's own (Eigen) kernels, as it picks them for this CPU; "
+                  "keras-onednn: oneDNN's, asked for as cnn.py asks")
         rounds = []         # one {side: result} per round
         for round_number in range(1, args.rounds + 1):
             results = {}
@@ -241,16 +260,23 @@ def main():
             rounds.append(results)
             print('round %d of %d' % (round_number, args.rounds))
             print_round(results, sides)
+        graphs, kerases = graph_and_keras_sides(sides)
         if args.rounds > 1:
             print('median over %d rounds:' % args.rounds)
-            for side in sides[1:-1]:
-                print('%s / keras: training %.2fx, inference %.2fx' % (side, *(
-                    statistics.median(r[side][i] / r['keras'][i] for r in rounds)
-                    for i in (0, 1))))
+            for side in graphs:
+                for keras_side in kerases:
+                    print('%s / %s: training %.2fx, inference %.2fx' % (side, keras_side, *(
+                        statistics.median(r[side][i] / r[keras_side][i] for r in rounds)
+                        for i in (0, 1))))
         default = 'graph-bf16' if cli.precision('auto') == 'bf16' else 'graph'
         print("cnn.py's default here (auto: %s) / keras: training %.2fx" % (default, (
             statistics.median(r[default][0] / r['keras'][0] for r in rounds))))
         return
+    # The kernels, chosen before TensorFlow loads: cnn.py's, or Keras' as a user gets them
+    if args.only == 'keras-onednn':
+        os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1'
+    elif args.only != 'keras':
+        cli.prepare_tensorflow()
     if args.only == 'ceiling':
         print(RESULT + json.dumps(measure_ceiling(args.repeats)))
         return
@@ -258,7 +284,7 @@ def main():
     data = data_helpers.load_data(normalization='scale', layout='nhwc')
     x, y = data['images_train'][:40000], data['labels_train'][:40000]
     test = data['images_test']
-    if args.only == 'keras':
+    if args.only.startswith('keras'):
         result = measure_keras(x, y, test, args.steps, args.repeats)
     else:
         result = measure_graph(x, y, test, args.steps, args.repeats,
@@ -267,6 +293,16 @@ def main():
 
 
 RESULT = 'result: '      # the line of a child's output that holds its result
+
+
+def tensorflow_picks_onednn():
+    """Whether TensorFlow, left to itself, runs oneDNN's kernels on this CPU
+    (asked of a fresh process without $TF_ENABLE_ONEDNN_OPTS)."""
+    env = {name: value for name, value in os.environ.items() if name != 'TF_ENABLE_ONEDNN_OPTS'}
+    child = subprocess.run([sys.executable, '-c', 'import convolutions; '
+                            'print(convolutions.onednn_kernels())'],
+                           cwd=ROOT, env=env, capture_output=True, text=True)
+    return child.stdout.split() == ['True']
 
 
 def measure_in_a_process(side, args):

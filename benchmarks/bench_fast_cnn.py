@@ -17,12 +17,15 @@
    With one op at a time on both cores (the session config), the kinds add
    up to the step.
 4. With --gradients: each convolution's forward, its input gradient as
-   TensorFlow takes it and as fast_cnn takes it in float32 (a forward
-   convolution of the kernel turned), and its filter gradient as TensorFlow
-   takes it, as fast_cnn takes it in bfloat16 on small maps (by taps), and
-   as a forward convolution (convolutions.conv2d_by_forward), in ms.
+   TensorFlow takes it and as fast_cnn takes it in float32 on TensorFlow's
+   own kernels (a forward convolution of the kernel turned), and its filter
+   gradient as TensorFlow takes it, as fast_cnn takes it in bfloat16 on
+   small maps (by taps), and as a forward convolution
+   (convolutions.conv2d_by_forward), in ms.
 
-Median of --repeats timings after a warm-up; nothing else should run.
+TensorFlow runs the kernels fast_cnn.py runs (`cli.prepare_tensorflow`:
+oneDNN's on x86-64; $TF_ENABLE_ONEDNN_OPTS=0 for its own). Median of
+--repeats timings after a warm-up; nothing else should run.
 """
 
 import argparse
@@ -37,10 +40,10 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import cli  # noqa: E402  (no TensorFlow inside)
+cli.prepare_tensorflow()  # TensorFlow's kernels as fast_cnn.py runs them
 import tensorflow.compat.v1 as tf  # noqa: E402
 
-import cli  # noqa: E402
 import convolutions  # noqa: E402
 import data_helpers  # noqa: E402
 import fast_cnn  # noqa: E402
