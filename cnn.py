@@ -16,10 +16,11 @@
 `--precision auto` (the default for small and batchnorm) computes the layers
 in bfloat16 on CPUs with AVX-512 BF16 or AMX, with float32 weights, loss and
 batch-norm statistics; augmented stays fp32 (its bfloat16 accuracy has not
-been measured). Float32 training takes each convolution's gradients as
-forward convolutions (convolutions.py): the same numbers, faster where
-oneDNN's own kernels are slow (on an AVX2 CPU 1.62x Keras' `fit`, from
-0.97x). What each model reaches, in what time, per precision and CPU:
+been measured). On x86-64 CPUs TensorFlow is asked for oneDNN's kernels
+(cli.prepare_tensorflow; it picks its own, slower, on CPUs without VNNI or
+AMX); on its own kernels, float32 training takes each convolution's
+gradients as forward convolutions (convolutions.py): the same numbers,
+faster there. What each model reaches, in what time, per precision and CPU:
 BENCHMARKS.md, "cnn.py".
 
 `--data-dir` may also name a folder of your own pictures (one sub-folder per
