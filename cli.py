@@ -29,15 +29,20 @@ def prepare_tensorflow():
     before the first `import tensorflow`. A value already set wins.
 
     * TF_CPP_MIN_LOG_LEVEL=2: a quiet start-up.
-    * TF_ENABLE_ONEDNN_OPTS=1 on x86-64: oneDNN's kernels. TensorFlow turns
-      them on by itself only on CPUs with VNNI, AVX-512 BF16 or AMX; on an
+    * TF_ENABLE_ONEDNN_OPTS=1 on x86-64: oneDNN's kernels. TensorFlow on Linux
+      turns them on by itself only on CPUs with VNNI, AVX-512 BF16 or AMX; on an
       AVX2 AMD EPYC (Zen 3), without them, its own (Eigen) kernels trained
       cnn.py's batchnorm model 1.15x and fast_cnn.py 1.2x slower than
       oneDNN's (BENCHMARKS.md). ARM CPUs keep TensorFlow's choice (not measured).
     """
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    if platform.machine().lower() in ('x86_64', 'amd64'):
+    if asks_for_onednn():
         os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+
+
+def asks_for_onednn():
+    """Whether prepare_tensorflow asks for oneDNN's kernels here: on x86-64."""
+    return platform.machine().lower() in ('x86_64', 'amd64')
 
 
 def _number(text, convert, valid, requirement):

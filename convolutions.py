@@ -25,9 +25,10 @@ import tensorflow.compat.v1 as tf
 
 
 def onednn_kernels():
-    """Whether TensorFlow runs oneDNN's kernels in this process (decided once,
-    as it loads, from the CPU and $TF_ENABLE_ONEDNN_OPTS), rather than its own
-    (Eigen) ones."""
+    """Whether TensorFlow runs oneDNN's kernels on this process's CPU (decided
+    once, as it loads, from the CPU and $TF_ENABLE_ONEDNN_OPTS), rather than
+    its own (Eigen) ones. (A GPU runs its own either way; there the gradients
+    by forward convolutions, taken where this is False, were never measured.)"""
     try:
         from tensorflow.python.util import _pywrap_util_port
     except ImportError:       # (a private module: if it moves, assume TensorFlow's own)

@@ -8,10 +8,11 @@ bfloat16 is skipped on a CPU without it (`cli.cpu_has_bf16`: AVX-512 BF16 or
 AMX; $ONEDNN_MAX_CPU_ISA=AVX2 counts as without), where oneDNN would emulate
 it. The graph side runs TensorFlow's kernels as cnn.py does
 (`cli.prepare_tensorflow`: oneDNN's on x86-64), Keras as TensorFlow picks
-them for this CPU (oneDNN's only with VNNI, AVX-512 BF16 or AMX); where that
-is TensorFlow's own (Eigen) kernels, Keras is also timed on oneDNN's
-(`keras-onednn`, $TF_ENABLE_ONEDNN_OPTS=1). Both train with batch 128 on the training set held in memory; inference runs
-over 10,000 images. Reported: images/second (median of --repeats timings
+them for this CPU (on Linux oneDNN's only with VNNI, AVX-512 BF16 or AMX;
+$TF_ENABLE_ONEDNN_OPTS ignored); where that is TensorFlow's own (Eigen)
+kernels and the graph side runs oneDNN's, Keras is also timed on oneDNN's
+(`keras-onednn`). Both train with batch 128 on the training set held in
+memory; inference runs over 10,000 images. Reported: images/second (median of --repeats timings
 after a warm-up), the ratio, and each side's GFLOP/s (1.22 GFLOP per
 training image: the six convolutions' forward, input gradient and filter
 gradient, the first one's input gradient left out: the images need none) as
@@ -21,7 +22,8 @@ would reach if both gradients ran as fast as the forward and nothing else
 took time. The graph side also traces one step and sums its ops' times by
 kind (convolution forward, input gradient, filter gradient, the rest).
 With --rounds N every side is measured N times in turn (a fresh process
-each; the sides in the opposite order every other round) and the ratios,
+each; the ceiling first, the other sides in the opposite order every other
+round) and the ratios,
 taken within each round, are reported as their median: this machine's
 speed drifts from minute to minute. Set $CIFAR10_DIR first.
 """
@@ -106,9 +108,9 @@ def measure_ceiling(repeats):
     return BATCH * GFLOP_FORWARD / seconds
 
 
-# A traced step's ops by kind: oneDNN's op types, or (the gradients cnn.py
-# takes by forward convolutions) convolutions.py's name scopes; the first
-# match wins
+# A traced step's ops by kind: TensorFlow's op types (oneDNN's _Mkl ones
+# included), or (the gradients cnn.py takes by forward convolutions)
+# convolutions.py's name scopes; the first match wins
 KINDS = [('conv filter gradient', 'BackpropFilter', '/filter_gradient/'),
          ('conv input gradient', 'BackpropInput', '/input_gradient/'),
          ('conv forward (with bias and ReLU)', 'Conv2D', None), ('batch norm', 'BatchNorm', None)]
@@ -247,7 +249,10 @@ def main():
                   'so oneDNN would emulate it, slower than fp32; cnn.py picks fp32 here')
         if tensorflow_picks_onednn():
             sides.remove('keras-onednn')
-            print('keras runs oneDNN\'s kernels here, as TensorFlow picks them for this CPU')
+            print("keras runs oneDNN's kernels here, as TensorFlow picks them for this CPU")
+        elif not cli.asks_for_onednn():
+            sides.remove('keras-onednn')
+            print("keras and the graph run TensorFlow's own (Eigen) kernels here")
         else:
             print("keras: TensorFlow's own (Eigen) kernels, as it picks them for this CPU; "
                   "keras-onednn: oneDNN's, asked for as cnn.py asks")
@@ -269,14 +274,17 @@ def main():
                         statistics.median(r[side][i] / r[keras_side][i] for r in rounds)
                         for i in (0, 1))))
         default = 'graph-bf16' if cli.precision('auto') == 'bf16' else 'graph'
-        print("cnn.py's default here (auto: %s) / keras: training %.2fx" % (default, (
-            statistics.median(r[default][0] / r['keras'][0] for r in rounds))))
+        for keras_side in kerases:
+            print("cnn.py's default here (auto: %s) / %s: training %.2fx" % (
+                default, keras_side,
+                statistics.median(r[default][0] / r[keras_side][0] for r in rounds)))
         return
     # The kernels, chosen before TensorFlow loads: cnn.py's, or Keras' as a user gets them
-    if args.only == 'keras-onednn':
+    if args.only == 'keras':
+        os.environ.pop('TF_ENABLE_ONEDNN_OPTS', None)
+    elif args.only == 'keras-onednn':
         os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1'
-    elif args.only != 'keras':
-        cli.prepare_tensorflow()
+    cli.prepare_tensorflow()
     if args.only == 'ceiling':
         print(RESULT + json.dumps(measure_ceiling(args.repeats)))
         return
@@ -302,6 +310,9 @@ def tensorflow_picks_onednn():
     child = subprocess.run([sys.executable, '-c', 'import convolutions; '
                             'print(convolutions.onednn_kernels())'],
                            cwd=ROOT, env=env, capture_output=True, text=True)
+    if child.returncode != 0 or child.stdout.split() not in (['True'], ['False']):
+        last = (child.stderr.strip().splitlines() or ['(no output)'])[-1]
+        sys.exit('bench_cnn_keras.py: error: asking TensorFlow for its kernels failed: ' + last)
     return child.stdout.split() == ['True']
 
 

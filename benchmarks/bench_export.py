@@ -20,6 +20,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import cli  # noqa: E402  (no TensorFlow inside)
+cli.prepare_tensorflow()  # TensorFlow's kernels as export.py and predict.py run them
 import data_helpers  # noqa: E402
 import export  # noqa: E402
 import predict  # noqa: E402

@@ -126,11 +126,12 @@ KINDS = [   # (kind, test on the op's type and name), first match wins
     ('optimiser', lambda t, n: n.startswith(('filters/', 'biases/', 'head/', 'whiten/',
                                               'lookahead/'))),
     # (in bfloat16 fast_cnn takes it on small maps by taps: slices of the
-    # padded input, nine MatMuls; in float32 as a forward convolution, in
-    # the name scope filter_gradient)
+    # padded input, nine MatMuls; in float32 on TensorFlow's own kernels as
+    # a forward convolution, in the name scope filter_gradient)
     ('conv filter gradient', lambda t, n: 'BackpropFilter' in t or '/filter_gradient/' in n or (
         t in ('MatMul', 'StridedSlice', 'Pad') and re.search(r'/Conv2D(_\d+)?_grad/', n))),
-    # (in float32 fast_cnn takes it as a forward convolution, in input_gradient)
+    # (in float32 on TensorFlow's own kernels fast_cnn takes it as a forward
+    # convolution, in input_gradient)
     ('conv input gradient', lambda t, n: 'BackpropInput' in t or '/input_gradient/' in n),
     ('conv forward', lambda t, n: 'Conv2D' in t),
     ('layout reorder / transpose', lambda t, n: 'Reorder' in t or 'Transpose' in t

@@ -71,8 +71,8 @@ def main():
             original.append(run_program(args.original, []))
     compare(ours, original)
 
+    import softmax           # first: it prepares TensorFlow's loading as a run of it does
     import data_helpers
-    import softmax
 
     loads = []
     for _ in range(args.runs):

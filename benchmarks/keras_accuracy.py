@@ -8,7 +8,9 @@ the last 20% held out for validation), one run per seed.
 
 `batchnorm` is bench_cnn_keras.py's model (1,517,450 parameters); `small` is
 the article's first net, conv 16/32/64 and dense 128, as cnn.py builds it.
-`--budget` stops starting new runs after that many seconds.
+`--budget` stops starting new runs after that many seconds. Keras runs
+TensorFlow's kernels as TensorFlow picks them for the CPU, as a Keras user
+gets them (not cli.prepare_tensorflow's choice).
 """
 
 import argparse

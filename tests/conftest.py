@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # as the scripts do: quiet start-up
+import cli  # noqa: E402
+cli.prepare_tensorflow()    # as the scripts do: a quiet start, oneDNN's kernels on x86-64
 
 # In several processes (pytest-xdist's -n), each one's share of the cores,
 # before TensorFlow starts: each process's TensorFlow otherwise takes every
@@ -32,7 +33,6 @@ if _processes > 1:
               else os.cpu_count() or 1)
     os.environ.setdefault('TF_NUM_INTRAOP_THREADS', str(max(1, _cores // _processes)))
     os.environ.setdefault('TF_NUM_INTEROP_THREADS', '1')
-import cli  # noqa: E402
 
 
 def pytest_collection(session):

@@ -233,8 +233,7 @@ def test_prepare_tensorflow_asks_for_onednn_on_x86_64_only(machine, preset, expe
     assert os.environ['TF_CPP_MIN_LOG_LEVEL'] == '2'
 
 
-@pytest.mark.skipif(not cli.platform.machine().lower() in ('x86_64', 'amd64'),
-                    reason='oneDNN is asked for on x86-64 CPUs only')
+@pytest.mark.skipif(not cli.asks_for_onednn(), reason='oneDNN is asked for on x86-64 CPUs only')
 def test_a_script_process_runs_onednn_kernels_on_any_x86_64_cpu():
     # Whatever this CPU (TensorFlow by itself turns them on only with VNNI or
     # AMX), once prepare_tensorflow ran before TensorFlow loaded;

@@ -123,7 +123,7 @@ def test_dropout_only_in_training():
 @pytest.mark.parametrize('model, count, precision', [
     ('augmented', 3, 'fp32'), ('small', 3, 'fp32'), ('batchnorm', 6, 'fp32'),
     ('batchnorm', 6, 'bf16')])
-def test_float32_training_on_eigen_takes_gradients_by_forward_convolutions(
+def test_float32_training_takes_gradients_by_forward_convolutions_only_on_eigen(
         model, count, precision, onednn, monkeypatch):
     # Only built (every CPU), on TensorFlow's own kernels and on oneDNN's as
     # if this process ran them. (The first convolution's input gradient is

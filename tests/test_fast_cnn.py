@@ -161,7 +161,8 @@ def filter_gradient_source(gradient):
 @pytest.mark.parametrize('precision, onednn, by_taps, gradients', [
     ('fp32', False, [], {b'Conv2DByForward': 6}),
     ('fp32', True, [], {}),
-    ('bf16', True, ['block2/conv2', 'block3/conv1', 'block3/conv2'], {b'Conv2DByTaps': 3})])
+    ('bf16', True, ['block2/conv2', 'block3/conv1', 'block3/conv2'], {b'Conv2DByTaps': 3}),
+    ('bf16', False, ['block2/conv2', 'block3/conv1', 'block3/conv2'], {b'Conv2DByTaps': 3})])
 def test_training_takes_the_gradients_measured_faster(precision, onednn, by_taps, gradients,
                                                       monkeypatch):
     # The maps: block 1 at 31x31 and 15x15, block 2 at 15x15 and 7x7, block 3
