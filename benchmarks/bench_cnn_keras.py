@@ -282,9 +282,11 @@ def main():
     # The kernels, chosen before TensorFlow loads: cnn.py's, or Keras' as a user gets them
     if args.only == 'keras':
         os.environ.pop('TF_ENABLE_ONEDNN_OPTS', None)
-    elif args.only == 'keras-onednn':
-        os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1'
-    cli.prepare_tensorflow()
+        os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    else:
+        if args.only == 'keras-onednn':
+            os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1'
+        cli.prepare_tensorflow()
     if args.only == 'ceiling':
         print(RESULT + json.dumps(measure_ceiling(args.repeats)))
         return
