@@ -32,7 +32,7 @@ def prepare_tensorflow():
     * TF_ENABLE_ONEDNN_OPTS=1 on x86-64: oneDNN's kernels. TensorFlow on Linux
       turns them on by itself only on CPUs with VNNI, AVX-512 BF16 or AMX; on an
       AVX2 AMD EPYC (Zen 3), without them, its own (Eigen) kernels trained
-      cnn.py's batchnorm model 1.15x and fast_cnn.py 1.2x slower than
+      cnn.py's batchnorm model 1.16x and fast_cnn.py 1.2x slower than
       oneDNN's (BENCHMARKS.md). ARM CPUs keep TensorFlow's choice (not measured).
     """
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

@@ -257,7 +257,7 @@ def conv(x, filters, name, is_training=False):
         return tf.nn.conv2d(x, kernel, 1, 'SAME')
     # Each only where measured faster (BENCHMARKS.md, "The filter gradient as
     # nine matrix products", "On a real AVX2 CPU", "The filter gradient is a
-    # convolution too" and "oneDNN's kernels on every x86 CPU"; on CPUs: a
+    # convolution too" and "oneDNN's kernels on every x86-64 CPU"; on CPUs: a
     # GPU was never measured): in bfloat16, the filter gradient by taps on
     # maps of 8x8 or less; in float32 on TensorFlow's own (Eigen) kernels,
     # both gradients by forward convolutions (measured on an AVX2 EPYC)
