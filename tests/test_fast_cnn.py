@@ -636,11 +636,24 @@ def test_seed_reproduces_the_run(fake_cifar10, recipe, narrow_fast_cnn):
     assert first[0] == second[0]
 
 
-def test_the_default_recipe_is_muon_with_its_schedule():
+@pytest.mark.parametrize('native_bf16', [True, False])
+def test_the_default_recipe_is_muon_with_its_schedule(native_bf16, monkeypatch):
+    monkeypatch.setattr(cli, 'cpu_has_bf16', lambda: native_bf16)
     args = fast_cnn.parse_args([])
-    assert (args.recipe, args.epochs, args.batch_size, args.tta) == ('muon', 8, 2000, 2)
+    # 'auto' trains in bf16 where the CPU has it, 8 epochs; elsewhere fp32, 9
+    epochs, note = (8, '') if native_bf16 else (9, ', 1 more in fp32')
+    assert (args.recipe, args.epochs, args.batch_size, args.tta) == ('muon', epochs, 2000, 2)
+    assert args.epochs_note == note
     args = fast_cnn.parse_args(['--recipe', 'airbench94'])
     assert (args.recipe, args.epochs, args.batch_size) == ('airbench94', 12, 1024)
+    assert args.epochs_note == ''
+
+
+@pytest.mark.parametrize('flags, epochs', [(['--precision', 'fp32'], 9), (['--precision', 'bf16'], 8),
+                                           (['--precision', 'fp32', '--epochs', '8'], 8),
+                                           (['--recipe', 'airbench94', '--precision', 'fp32'], 12)])
+def test_float32_trains_the_recipe_s_extra_epoch_unless_told(flags, epochs):
+    assert fast_cnn.parse_args(flags).epochs == epochs
 
 
 @pytest.mark.parametrize('flags', [['--epochs', '0'], ['--epochs', '1e12'], ['--precision', 'fp16'],
